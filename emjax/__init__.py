@@ -1,0 +1,26 @@
+"""emjax: GPU-accelerated, differentiable mixture models fitted by EM, on JAX.
+
+Importing emjax changes no global JAX configuration. Enable float64 yourself
+(``jax.config.update("jax_enable_x64", True)``) if you want it.
+"""
+
+from . import algorithms as algorithms
+from . import datasets as datasets
+from . import families as families
+from ._init import kmeans as kmeans
+from ._init import kmeans_plus_plus as kmeans_plus_plus
+from ._mixture import Mixture as Mixture
+from ._mixture import MixtureParams as MixtureParams
+from ._mixture import MixtureStats as MixtureStats
+from ._model import EMModel as EMModel
+from ._model import add_stats as add_stats
+from ._priors import Dirichlet as Dirichlet
+from ._priors import NormalInverseWishart as NormalInverseWishart
+from ._runner import RESULTS as RESULTS
+from ._runner import FitResult as FitResult
+from ._runner import fit as fit
+from .algorithms import BatchEM as BatchEM
+from .families import Gaussian as Gaussian
+from .families import GaussianParams as GaussianParams
+
+__version__ = "0.1.0"

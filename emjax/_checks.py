@@ -1,0 +1,144 @@
+"""Input validation, run on concrete host values before anything is compiled.
+
+Every check raises ``ValueError`` or ``TypeError`` with a message that names the
+argument and the problem. Inside ``jit`` (traced inputs) only static properties
+(rank, shape, dtype) can be checked; value checks are skipped there.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import jax
+import jax.numpy as jnp
+
+
+def is_traced(x) -> bool:
+    """True when ``x`` is an abstract value under a JAX transformation."""
+    return isinstance(x, jax.core.Tracer)
+
+
+def float_dtype(dtype=None):
+    """The floating dtype a computation runs in: float64 only where x64 is enabled."""
+    if dtype is not None and jnp.issubdtype(dtype, jnp.floating):
+        return jnp.dtype(jax.dtypes.canonicalize_dtype(dtype))
+    return jnp.dtype(jax.dtypes.canonicalize_dtype(jnp.float64))
+
+
+def as_data_matrix(x, name: str = "x", *, allow_nan: bool = False):
+    """Validate a data matrix ``(N, D)`` and return it as a floating JAX array.
+
+    Integer and boolean data are converted to the default float dtype; float
+    data keep their precision (float64 only where x64 is enabled).
+
+    Raises:
+        TypeError: non-numeric or complex data.
+        ValueError: wrong rank, no rows or columns, NaN or infinite values.
+    """
+    if is_traced(x):
+        if x.ndim != 2:
+            raise ValueError(f"{name} must be a 2-D array (N, D); got shape {x.shape}.")
+        if not (jnp.issubdtype(x.dtype, jnp.number) or x.dtype == jnp.bool_):
+            raise TypeError(f"{name} must be numeric; got dtype {x.dtype}.")
+        return x.astype(float_dtype(x.dtype))
+    arr = np.asarray(x)
+    if arr.dtype == object or arr.dtype.kind in "USVOM":
+        try:
+            arr = arr.astype(np.float64)
+        except (TypeError, ValueError):
+            raise TypeError(
+                f"{name} must be numeric; got dtype {arr.dtype} that cannot be read as numbers."
+            ) from None
+    if arr.dtype.kind == "c":
+        raise TypeError(f"{name} must be real; got complex dtype {arr.dtype}.")
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must be numeric; got dtype {arr.dtype}.")
+    if arr.ndim == 1:
+        raise ValueError(
+            f"{name} must be a 2-D array (N, D); got a 1-D array of shape {arr.shape}. "
+            f"Use x.reshape(-1, 1) for one feature or x.reshape(1, -1) for one point."
+        )
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D array (N, D); got shape {arr.shape}.")
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ValueError(f"{name} must have at least one row and one column; got shape {arr.shape}.")
+    if arr.dtype.kind == "f":
+        bad = ~np.isfinite(arr)
+        if allow_nan:
+            bad &= ~np.isnan(arr)
+        if bad.any():
+            row, col = np.argwhere(bad)[0]
+            what = "NaN" if np.isnan(arr[row, col]) else "infinite"
+            raise ValueError(
+                f"{name} contains {int(bad.sum())} NaN or infinite value(s); the first is {what} "
+                f"at row {row}, column {col}. Remove or impute them (missing-data models accept NaN)."
+            )
+    dtype = float_dtype(arr.dtype) if arr.dtype.kind == "f" else float_dtype()
+    return jnp.asarray(arr, dtype=dtype)
+
+
+def as_sample_weights(weights, n: int, dtype, name: str = "weights"):
+    """Validate per-point weights ``(N,)``: finite, non-negative, not all zero."""
+    if weights is None:
+        return None
+    if is_traced(weights):
+        if weights.shape != (n,):
+            raise ValueError(f"{name} must have shape ({n},); got {weights.shape}.")
+        return weights.astype(dtype)
+    w = np.asarray(weights)
+    if w.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must be numeric; got dtype {w.dtype}.")
+    if w.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},), one weight per data point; got {w.shape}.")
+    if not np.all(np.isfinite(w)):
+        raise ValueError(f"{name} contains NaN or infinite values.")
+    if np.any(w < 0):
+        raise ValueError(f"{name} must be non-negative; the smallest is {w.min()}.")
+    if not np.any(w > 0):
+        raise ValueError(f"{name} are all zero: there is no data to fit.")
+    return jnp.asarray(w, dtype=dtype)
+
+
+def check_n_components(n_components: int, n_points: int | None = None) -> None:
+    if not isinstance(n_components, (int, np.integer)) or isinstance(n_components, bool):
+        raise TypeError(f"n_components must be an int; got {type(n_components).__name__}.")
+    if n_components < 1:
+        raise ValueError(f"n_components must be at least 1; got {n_components}.")
+    if n_points is not None and n_components > n_points:
+        raise ValueError(
+            f"n_components={n_components} is larger than the number of data points N={n_points}: "
+            f"each component needs at least one point."
+        )
+
+
+def concrete(x) -> np.ndarray | None:
+    """The host value of ``x``, or None under tracing."""
+    if is_traced(x):
+        return None
+    return np.asarray(x)
+
+
+def check_shape(value, shape: tuple, name: str) -> None:
+    if tuple(np.shape(value)) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}; got {tuple(np.shape(value))}.")
+
+
+def check_positive_definite(mats, name: str) -> None:
+    """Raise if any matrix in ``mats`` (..., D, D) is not symmetric positive definite."""
+    m = concrete(mats)
+    if m is None:
+        return
+    m = m.astype(np.float64)
+    if not np.all(np.isfinite(m)):
+        raise ValueError(f"{name} contain NaN or infinite values.")
+    flat = m.reshape((-1,) + m.shape[-2:])
+    for i, a in enumerate(flat):
+        scale = max(np.abs(a).max(), 1e-300)
+        if not np.allclose(a, a.T, rtol=1e-5, atol=1e-8 * scale):
+            raise ValueError(f"{name}[{i}] is not symmetric.")
+        try:
+            np.linalg.cholesky(a)
+        except np.linalg.LinAlgError:
+            raise ValueError(
+                f"{name}[{i}] is not positive definite (smallest eigenvalue "
+                f"{np.linalg.eigvalsh(a).min():.3g})."
+            ) from None

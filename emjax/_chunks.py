@@ -1,0 +1,86 @@
+"""Processing data in fixed-size chunks, so no (N, K, D) intermediate is built.
+
+Statistics are additive, so an E-step over N points is the sum of E-steps over
+chunks: a ``lax.scan`` over equal chunks and one call on the ragged remainder
+(shapes stay static; no padding, so user models need no mask).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from ._model import add_stats
+
+#: Elements of the largest per-chunk intermediate (chunk x K x D) aimed for.
+_TARGET_ELEMENTS = 1 << 20
+
+
+def n_rows(x) -> int:
+    """N, the leading axis shared by every leaf of the data pytree ``x``."""
+    return jax.tree.leaves(x)[0].shape[0]
+
+
+def default_chunk_size(n: int, width: int) -> int:
+    """Rows per chunk so that a ``(chunk, width)`` intermediate stays about 4 MB in float32."""
+    return int(max(256, min(n, _TARGET_ELEMENTS // max(width, 1))))
+
+
+def _split(x, weights, chunk_size: int):
+    n = n_rows(x)
+    n_full = n // chunk_size
+    cut = n_full * chunk_size
+
+    def body(a):
+        return a[:cut].reshape((n_full, chunk_size) + a.shape[1:])
+
+    def rest(a):
+        return a[cut:]
+
+    w_body = None if weights is None else body(weights)
+    w_rest = None if weights is None else rest(weights)
+    return n_full, jax.tree.map(body, x), w_body, cut < n, jax.tree.map(rest, x), w_rest
+
+
+def chunked_sum(fn: Callable, x, weights, chunk_size: int | None):
+    """``fn(x, weights) -> (stats, scalar)`` summed over chunks of ``x``.
+
+    Equals ``fn(x, weights)`` up to rounding, with memory bounded by one chunk.
+    """
+    n = n_rows(x)
+    if chunk_size is None or chunk_size >= n:
+        return fn(x, weights)
+    n_full, xb, wb, has_rest, xr, wr = _split(x, weights, chunk_size)
+
+    def chunk(i):
+        xi = jax.tree.map(lambda a: a[i], xb)
+        return fn(xi, None if wb is None else wb[i])
+
+    total = chunk(0)
+    if n_full > 1:
+
+        def body(carry, i):
+            stats, ll = carry
+            s, l = chunk(i)
+            return (add_stats(stats, s), ll + l), None
+
+        total, _ = jax.lax.scan(body, total, jnp.arange(1, n_full))
+    if has_rest:
+        s, l = fn(xr, wr)
+        total = (add_stats(total[0], s), total[1] + l)
+    return total
+
+
+def chunked_map(fn: Callable, x, chunk_size: int | None):
+    """``fn(x)`` row-wise over chunks of ``x``, concatenated along the first axis."""
+    n = n_rows(x)
+    if chunk_size is None or chunk_size >= n:
+        return fn(x)
+    n_full, xb, _, has_rest, xr, _ = _split(x, None, chunk_size)
+    out = jax.lax.map(fn, xb)
+    out = jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:]), out)
+    if has_rest:
+        out = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), out, fn(xr))
+    return out

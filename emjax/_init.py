@@ -1,0 +1,85 @@
+"""Seeding: pure functions of a PRNG key, so they ``vmap`` over restarts.
+
+These pick locations (centres) or hard labels from the data; a model turns them
+into parameters (:meth:`emjax.Mixture.init`).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import Array
+
+from ._chunks import chunked_map, default_chunk_size
+
+
+def _sq_dists(x: Array, centers: Array) -> Array:
+    """Squared Euclidean distances ``(N, K)``, from differences (no cancellation)."""
+    diff = x[:, None, :] - centers[None, :, :]
+    return jnp.sum(diff * diff, axis=-1)
+
+
+def nearest(x: Array, centers: Array) -> Array:
+    """Index of the nearest centre for every point ``(N,)``, chunked over points."""
+    chunk = default_chunk_size(x.shape[0], centers.shape[0] * centers.shape[1])
+    return chunked_map(lambda xc: jnp.argmin(_sq_dists(xc, centers), axis=1), x, chunk)
+
+
+def random_points(key, x: Array, n_components: int) -> Array:
+    """``n_components`` distinct data points, uniformly at random: ``(K, D)``."""
+    idx = jax.random.choice(key, x.shape[0], (n_components,), replace=False)
+    return x[idx]
+
+
+def kmeans_plus_plus(key, x: Array, n_components: int) -> Array:
+    """k-means++ seeding (Arthur & Vassilvitskii, 2007): ``(K, D)`` centres.
+
+    Each new centre is a data point drawn with probability proportional to its
+    squared distance from the nearest centre chosen so far.
+    """
+    n, d = x.shape
+    key0, key = jax.random.split(key)
+    first = jax.random.randint(key0, (), 0, n)
+    centers = jnp.zeros((n_components, d), x.dtype).at[0].set(x[first])
+    dist = jnp.sum(jnp.square(x - x[first]), axis=-1)
+    keys = jax.random.split(key, max(n_components - 1, 1))
+
+    def body(i, carry):
+        centers, dist = carry
+        total = jnp.sum(dist)
+        # All remaining points coincide with centres: fall back to a uniform draw.
+        logits = jnp.where(total > 0, jnp.log(dist), jnp.zeros_like(dist))
+        idx = jax.random.categorical(keys[i - 1], logits)
+        centers = centers.at[i].set(x[idx])
+        dist = jnp.minimum(dist, jnp.sum(jnp.square(x - x[idx]), axis=-1))
+        return centers, dist
+
+    centers, _ = jax.lax.fori_loop(1, n_components, body, (centers, dist))
+    return centers
+
+
+def kmeans(key, x: Array, n_components: int, n_iter: int = 10) -> tuple[Array, Array]:
+    """k-means: k-means++ seeding then ``n_iter`` Lloyd iterations.
+
+    An emptied cluster keeps its previous centre.
+
+    Returns:
+        ``(centers (K, D), labels (N,))``.
+    """
+    centers = kmeans_plus_plus(key, x, n_components)
+
+    def body(_, centers):
+        labels = nearest(x, centers)
+        onehot = jax.nn.one_hot(labels, n_components, dtype=x.dtype)
+        counts = jnp.sum(onehot, axis=0)
+        sums = onehot.T @ x
+        return jnp.where(counts[:, None] > 0, sums / jnp.maximum(counts, 1)[:, None], centers)
+
+    centers = jax.lax.fori_loop(0, n_iter, body, centers)
+    labels = nearest(x, centers)
+    return centers, labels
+
+
+def random_responsibilities(key, n: int, n_components: int, dtype) -> Array:
+    """Responsibilities drawn uniformly from the simplex, one row per point: ``(N, K)``."""
+    return jax.random.dirichlet(key, jnp.ones(n_components, dtype), (n,))

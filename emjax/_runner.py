@@ -1,0 +1,300 @@
+"""The runner: any algorithm on any model, as one compiled program.
+
+One ``lax.while_loop`` iterates an algorithm's ``step`` until the objective
+changes by less than ``tol`` per point or ``max_iter`` steps have run; random
+restarts are a ``vmap`` of the whole fit over split keys. Nothing raises inside
+the loop: each restart ends with a status code (as optimistix's ``RESULTS``),
+and a step that would produce non-finite values is rejected, so a restart that
+fails keeps its last finite parameters and never poisons the others.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+import jax
+import jax.numpy as jnp
+import equinox as eqx
+from jax import Array
+
+from ._checks import as_sample_weights, is_traced
+from ._chunks import default_chunk_size, n_rows
+from ._data import Data
+from ._model import EMModel
+from .algorithms import Algorithm, BatchEM
+
+
+class RESULTS:
+    """Status codes of a restart (``FitResult.status``)."""
+
+    SUCCESS = 0  #: converged: the objective changed by less than ``tol`` per point.
+    MAX_ITER = 1  #: stopped at ``max_iter`` before converging.
+    NONFINITE = 2  #: a step produced NaN/inf; the last finite parameters are kept.
+    COLLAPSED = 3  #: the parameters reached a likelihood singularity (a collapsed component).
+    INIT_FAILED = 4  #: the initial parameters already had a non-finite objective.
+
+    MESSAGES = {
+        0: "converged",
+        1: "reached max_iter without converging",
+        2: "stopped: a step produced non-finite values; last finite parameters kept",
+        3: "a component collapsed (likelihood singularity); use a prior or a larger reg_covar",
+        4: "the initial parameters have a non-finite objective",
+    }
+
+    @classmethod
+    def message(cls, code: int) -> str:
+        return cls.MESSAGES[int(code)]
+
+
+class FitResult(eqx.Module):
+    """The record of a fit with R restarts.
+
+    Attributes:
+        params: parameters of the best restart.
+        restart_params: parameters of every restart, leading axis ``R``.
+        objective: ``(R,)`` final objective (log-likelihood, plus the log prior
+            for MAP-EM), summed over points.
+        trace: ``(R, max_iter + 1)`` objective at the initial parameters and after
+            each step; entries after a restart stopped repeat its final value.
+        n_iter: ``(R,)`` steps taken.
+        n_passes: ``(R,)`` passes over the data.
+        converged: ``(R,)`` whether the ``tol`` criterion was met.
+        status: ``(R,)`` codes from :class:`RESULTS`.
+        collapsed: ``(R, K)`` components at a singularity, or ``None`` when the
+            model cannot tell.
+        best: index of the best restart: the highest final objective among the
+            restarts that ended regularly (converged or ``max_iter``), falling back
+            to the others only when none did.
+        n_points: total weight of the data.
+    """
+
+    params: Any
+    restart_params: Any
+    objective: Array
+    trace: Array
+    n_iter: Array
+    n_passes: Array
+    converged: Array
+    status: Array
+    collapsed: Array | None
+    best: Array
+    n_points: Array
+
+    def summary(self) -> str:
+        """A few lines on how each restart ended."""
+        lines = []
+        for r in range(self.objective.shape[0]):
+            star = "*" if r == int(self.best) else " "
+            lines.append(
+                f"{star} restart {r:3d}: objective {float(self.objective[r]):.6f} "
+                f"({float(self.objective[r] / self.n_points):.6f} per point), {int(self.n_iter[r])} iterations, "
+                f"{RESULTS.message(int(self.status[r]))}"
+            )
+        return "\n".join(lines)
+
+
+def _all_finite(state) -> Array:
+    leaves = [jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves(state) if jnp.issubdtype(a.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+def _select(pred, on_true, on_false):
+    return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
+
+
+def _print_progress(restart, it, objective, n_points, every):
+    if int(it) % every == 0:
+        print(
+            f"restart {int(restart):3d}  iter {int(it):5d}  objective {float(objective):.8g}"
+            f"  per point {float(objective) / float(n_points):.8g}",
+            flush=True,
+        )
+
+
+def _iterate(model, algorithm, data, params0, restart, max_iter, tol, verbose, print_every):
+    state = algorithm.init(model, params0, data)
+    init_ok = _all_finite(state)
+    n_points = data.n_points
+    threshold = tol * n_points
+    trace = jnp.full((max_iter + 1,), state.objective)
+    if verbose:
+        jax.debug.callback(_print_progress, restart, 0, state.objective, n_points, print_every)
+
+    def cond(carry):
+        _, i, _, done, _, _ = carry
+        return (~done) & (i < max_iter)
+
+    def body(carry):
+        state, i, trace, _, _, _ = carry
+        new = algorithm.step(model, state, data)
+        ok = _all_finite(new)
+        converged = ok & (jnp.abs(new.objective - state.objective) <= threshold)
+        state = _select(ok, new, state)
+        i = i + ok.astype(i.dtype)
+        trace = trace.at[i].set(state.objective)
+        if verbose:
+            jax.debug.callback(_print_progress, restart, i, state.objective, n_points, print_every)
+        return state, i, trace, converged | ~ok, converged, ~ok
+
+    carry = (state, jnp.zeros((), jnp.int32), trace, ~init_ok, jnp.asarray(False), jnp.asarray(False))
+    state, n_iter, trace, _, converged, nonfinite = jax.lax.while_loop(cond, body, carry)
+    trace = jnp.where(jnp.arange(max_iter + 1) <= n_iter, trace, state.objective)
+
+    collapsed = model.collapsed(state.params, data.x) if hasattr(model, "collapsed") else None
+    status = jnp.where(converged, RESULTS.SUCCESS, RESULTS.MAX_ITER)
+    status = jnp.where(nonfinite, RESULTS.NONFINITE, status)
+    if collapsed is not None:
+        status = jnp.where(jnp.any(collapsed), RESULTS.COLLAPSED, status)
+    status = jnp.where(init_ok, status, RESULTS.INIT_FAILED)
+    return state.params, state.objective, trace, n_iter, state.n_passes, converged, status, collapsed
+
+
+def _initial_params(model, key, x, init):
+    if isinstance(init, str):
+        return model.init(key, x, init)
+    return init(key, x)
+
+
+@eqx.filter_jit
+def _fit_compiled(model, algorithm, data, keys, init, explicit, max_iter, tol, verbose, print_every):
+    def one(key, restart):
+        params0 = explicit if explicit is not None else _initial_params(model, key, data.x, init)
+        return _iterate(model, algorithm, data, params0, restart, max_iter, tol, verbose, print_every)
+
+    params, objective, trace, n_iter, n_passes, converged, status, collapsed = jax.vmap(one)(
+        keys, jnp.arange(keys.shape[0])
+    )
+    regular = (status == RESULTS.SUCCESS) | (status == RESULTS.MAX_ITER)
+    fallback = (status == RESULTS.COLLAPSED) | (status == RESULTS.NONFINITE)
+    rank = jnp.where(regular, 0, jnp.where(fallback, 1, 2))
+    finite_obj = jnp.where(jnp.isfinite(objective), objective, -jnp.inf)
+    score = jnp.where(rank == jnp.min(rank), finite_obj, -jnp.inf)
+    best = jnp.argmax(score)
+    return FitResult(
+        params=jax.tree.map(lambda a: a[best], params),
+        restart_params=params,
+        objective=objective,
+        trace=trace,
+        n_iter=n_iter,
+        n_passes=n_passes,
+        converged=converged,
+        status=status,
+        collapsed=collapsed,
+        best=best,
+        n_points=data.n_points,
+    )
+
+
+def _check_key(key):
+    if key is None:
+        raise TypeError("fit needs an explicit PRNG key, e.g. key=jax.random.key(0).")
+    if isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        if key.shape != ():
+            raise ValueError(f"key must be a single PRNG key; got a batch of shape {key.shape}.")
+        return key
+    arr = key if is_traced(key) else np.asarray(key)
+    if arr.shape != (2,) or arr.dtype != np.uint32:
+        raise TypeError("key must be a PRNG key from jax.random.key(seed) or jax.random.PRNGKey(seed).")
+    return jnp.asarray(key)
+
+
+def fit(
+    model: EMModel,
+    x,
+    *,
+    key,
+    algorithm: Algorithm | None = None,
+    n_restarts: int = 1,
+    init: str | Callable | Any = "kmeans",
+    max_iter: int = 100,
+    tol: float = 1e-6,
+    weights=None,
+    chunk_size: int | None = None,
+    verbose: bool = False,
+    print_every: int = 10,
+    throw: bool = True,
+) -> FitResult:
+    """Fit ``model`` to ``x``: one compiled program for all restarts.
+
+    Args:
+        model: an EMModel (e.g. :class:`emjax.Mixture`).
+        x: the data, ``(N, D)`` for mixtures (a pytree with leading axis ``N``
+            for user-defined models).
+        key: PRNG key; split into one key per restart.
+        algorithm: an :class:`emjax.algorithms.Algorithm`; batch EM by default.
+        n_restarts: R, random restarts run together as a ``vmap``.
+        init: a method name for ``model.init`` (mixtures: ``"kmeans"``,
+            ``"kmeans++"``, ``"random"``, ``"random_resp"``), a function
+            ``(key, x) -> params``, or explicit initial parameters (then
+            ``n_restarts`` must be 1).
+        max_iter: the most steps per restart; the trace has ``max_iter + 1`` entries.
+        tol: stop when the objective changes by at most ``tol`` per point
+            (per unit of weight) in one step.
+        weights: optional ``(N,)`` non-negative per-point weights, with the
+            meaning of repetition counts.
+        chunk_size: rows per E-step chunk; by default chosen so no chunk
+            intermediate exceeds about 4 MB.
+        verbose: print the objective every ``print_every`` iterations while the
+            compiled loop runs (a host callback; it slows a GPU fit a little).
+        print_every: iterations between progress lines.
+        throw: raise if every restart failed to start (non-finite initial
+            objective). Failures inside the loop never raise: see ``status``.
+
+    Returns:
+        A :class:`FitResult`.
+
+    Example:
+        >>> model = emjax.Mixture(emjax.Gaussian("full"), n_components=3)
+        >>> result = emjax.fit(model, x, key=jax.random.key(0), n_restarts=8)
+        >>> result.params.weights, result.status
+    """
+    for name in ("e_step", "m_step", "log_prior"):
+        if not callable(getattr(model, name, None)):
+            raise TypeError(f"model must implement {name}(); {type(model).__name__} does not.")
+    key = _check_key(key)
+    if algorithm is None:
+        algorithm = BatchEM()
+    if not isinstance(algorithm, Algorithm):
+        raise TypeError(f"algorithm must be an emjax Algorithm; got {type(algorithm).__name__}.")
+    for name, value, low in (("n_restarts", n_restarts, 1), ("max_iter", max_iter, 0), ("print_every", print_every, 1)):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}; got {value!r}.")
+    if not (np.isfinite(tol) and tol >= 0):
+        raise ValueError(f"tol must be a finite number >= 0; got {tol}.")
+
+    x = model.validate_data(x) if hasattr(model, "validate_data") else jax.tree.map(jnp.asarray, x)
+    n = n_rows(x)
+    dtype = jax.tree.leaves(x)[0].dtype
+    weights = as_sample_weights(weights, n, dtype if jnp.issubdtype(dtype, jnp.floating) else jnp.float32)
+    if chunk_size is None:
+        width = getattr(model, "n_components", 1) * (x.shape[1] if hasattr(x, "ndim") and x.ndim == 2 else 1)
+        chunk_size = default_chunk_size(n, width)
+    elif not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive integer; got {chunk_size!r}.")
+
+    explicit = None
+    if not isinstance(init, str) and not callable(init):
+        if n_restarts != 1:
+            raise ValueError(
+                "explicit initial parameters make every restart identical: use n_restarts=1, "
+                "or pass init as a method name or a function (key, x) -> params."
+            )
+        if hasattr(model, "validate_params"):
+            model.validate_params(init, x)
+        explicit = jax.tree.map(lambda a: jnp.asarray(a, dtype) if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating) else a, init)
+        init = None
+    elif isinstance(init, str) and not hasattr(model, "init"):
+        raise TypeError(f"{type(model).__name__} has no init(); pass initial parameters or a function as init.")
+
+    data = Data(x, weights, int(chunk_size))
+    keys = jax.random.split(key, n_restarts)
+    result = _fit_compiled(model, algorithm, data, keys, init, explicit, int(max_iter), float(tol), bool(verbose), int(print_every))
+    if throw and not is_traced(result.status):
+        status = np.asarray(result.status)
+        if np.all(status == RESULTS.INIT_FAILED):
+            raise RuntimeError(
+                "every restart started from parameters with a non-finite objective; "
+                "check the initial parameters, or use a prior or a larger reg_covar."
+            )
+    return result

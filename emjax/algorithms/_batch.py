@@ -1,0 +1,36 @@
+"""Batch EM: every iteration an E-step over all the data, then an M-step."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax.numpy as jnp
+
+from ._base import Algorithm, AlgorithmState
+
+
+class BatchEMState(AlgorithmState):
+    """Batch EM state: the statistics at ``params`` travel with them, so one
+    step is one M-step and one E-step (the E-step also yields the objective)."""
+
+    stats: Any
+
+
+class BatchEM(Algorithm):
+    """Batch (classic) EM (Dempster, Laird & Rubin, 1977).
+
+    Each step is ``params <- m_step(E[stats | params])``. The objective
+    (log-likelihood, plus the log prior for MAP-EM) never decreases.
+
+    Example:
+        >>> result = emjax.fit(model, x, key=key, algorithm=BatchEM())
+    """
+
+    def init(self, model, params, data) -> BatchEMState:
+        stats, loglik = data.e_step(model, params)
+        return BatchEMState(params, data.objective(model, params, loglik), jnp.ones((), jnp.int32), stats)
+
+    def step(self, model, state: BatchEMState, data) -> BatchEMState:
+        params = model.m_step(state.stats, state.params)
+        stats, loglik = data.e_step(model, params)
+        return BatchEMState(params, data.objective(model, params, loglik), state.n_passes + 1, stats)

@@ -1,0 +1,93 @@
+"""The Family contract: one kind of mixture component.
+
+A family holds static configuration (covariance type, prior hyperparameters);
+its parameters are a separate pytree whose leaves have a leading component axis
+``K`` (a tied covariance is the one exception: it is shared). Statistics are
+pytrees too, additive over data points: ``statistics(x1, r1) + statistics(x2, r2)``
+equals ``statistics(concat(x1, x2), concat(r1, r2))`` (``+`` is
+:func:`emjax.add_stats`).
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, ClassVar
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jax import Array
+
+from .._checks import as_data_matrix
+
+Params = Any
+Stats = Any
+
+
+class Family(eqx.Module):
+    """Abstract base of component families. Subclass it to add a family.
+
+    Every method is pure and vectorised over points and components.
+    """
+
+    #: Names of the parameter groups (fields of the params pytree) that can be frozen.
+    param_groups: ClassVar[tuple[str, ...]] = ()
+
+    @abc.abstractmethod
+    def log_prob(self, params: Params, x: Array) -> Array:
+        """Log density of every point under every component: ``(N, K)``."""
+
+    @abc.abstractmethod
+    def statistics(self, x: Array, resp: Array, params: Params | None = None) -> Stats:
+        """Responsibility-weighted sufficient statistics, leading axis ``K``.
+
+        Args:
+            x: data ``(N, D)``.
+            resp: weights ``(N, K)`` (responsibilities times sample weights).
+            params: the current parameters, used as the expansion point where the
+                statistics are stored relative to one (Gaussian scatter about the
+                current means); ``None`` lets the family choose.
+        """
+
+    @abc.abstractmethod
+    def maximize(self, stats: Stats, params: Params | None = None, frozen: frozenset = frozenset()) -> Params:
+        """The M-step: parameters maximising the expected complete-data log
+        likelihood (plus the family's log prior).
+
+        Args:
+            stats: statistics summed over the data.
+            params: the current parameters (needed only for frozen groups).
+            frozen: names of parameter groups held at their current values; the
+                other groups are maximised conditionally on them.
+        """
+
+    def log_prior(self, params: Params) -> Array:
+        """Log prior density of the component parameters (0 without a prior)."""
+        return jnp.zeros(())
+
+    @abc.abstractmethod
+    def init_from_centers(self, x: Array, centers: Array) -> Params:
+        """Parameters with ``centers`` ``(K, D)`` as locations and a broad spread taken from the data."""
+
+    @abc.abstractmethod
+    def n_parameters(self, n_components: int, n_features: int, frozen: frozenset = frozenset()) -> int:
+        """Number of free parameters of ``n_components`` components, less the frozen groups."""
+
+    @abc.abstractmethod
+    def sample(self, key, params: Params, components: Array) -> Array:
+        """One draw from each listed component: ``components`` ``(M,)`` -> ``(M, D)``."""
+
+    @abc.abstractmethod
+    def moments(self, params: Params) -> tuple[Array, Array]:
+        """Component means ``(K, D)`` and covariances ``(K, D, D)``."""
+
+    def validate_data(self, x) -> Array:
+        """Check and convert data for this family; raise a clear error if it does not fit."""
+        return as_data_matrix(x)
+
+    def validate_params(self, params: Params, n_components: int, n_features: int) -> None:
+        """Raise a clear error if ``params`` are inconsistent (shapes, constraints)."""
+
+    def degenerate(self, params: Params, data_scale: Array) -> Array:
+        """``(K,)`` booleans: components at a likelihood singularity (collapsed)."""
+        return jnp.zeros(jax.tree.leaves(params)[0].shape[0], dtype=bool)
