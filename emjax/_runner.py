@@ -129,7 +129,7 @@ def _iterate(model, algorithm, data, params0, restart, max_iter, tol, verbose, p
         state, i, trace, _, _, _ = carry
         new = algorithm.step(model, state, data)
         ok = _all_finite(new)
-        converged = ok & (jnp.abs(new.objective - state.objective) <= threshold)
+        converged = ok & (jnp.abs(new.objective - state.objective) < threshold)
         state = _select(ok, new, state)
         i = i + ok.astype(i.dtype)
         trace = trace.at[i].set(state.objective)
@@ -229,7 +229,7 @@ def fit(
             ``(key, x) -> params``, or explicit initial parameters (then
             ``n_restarts`` must be 1).
         max_iter: the most steps per restart; the trace has ``max_iter + 1`` entries.
-        tol: stop when the objective changes by at most ``tol`` per point
+        tol: stop when the objective changes by less than ``tol`` per point
             (per unit of weight) in one step.
         weights: optional ``(N,)`` non-negative per-point weights, with the
             meaning of repetition counts.

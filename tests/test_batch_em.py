@@ -1,0 +1,164 @@
+"""Batch EM: monotone objective, float32 against float64, restarts, chunking, freezing."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import emjax
+from conftest import make_blobs
+
+COV_TYPES = ["full", "diag", "spherical", "tied"]
+
+
+def gaussian_model(cov_type, x, k=3, prior=False, **kw):
+    p = emjax.NormalInverseWishart.fraley_raftery(x, k) if prior else None
+    wp = emjax.Dirichlet(2.0) if prior else None
+    return emjax.Mixture(emjax.Gaussian(cov_type, prior=p, **kw), k, weights_prior=wp)
+
+
+@pytest.mark.parametrize("prior", [False, True], ids=["ML", "MAP"])
+@pytest.mark.parametrize("cov_type", COV_TYPES)
+def test_objective_never_decreases(cov_type, prior):
+    # Overlapping components and a random start: many iterations with real progress.
+    x, _ = make_blobs(5, n=800, d=3, k=4, sep=1.5)
+    model = gaussian_model(cov_type, x, k=4, prior=prior, reg_covar=0.0)
+    res = emjax.fit(model, x, key=jax.random.key(1), n_restarts=4, init="random", max_iter=150, tol=0.0)
+    trace = np.asarray(res.trace)
+    assert np.all(np.isfinite(trace))
+    steps = np.diff(trace, axis=1)
+    assert np.all(steps >= -1e-9 * np.abs(trace[:, 1:])), steps.min()
+    # EM made real progress from the start.
+    assert np.all(trace[:, -1] - trace[:, 0] > 1.0)
+    if prior:
+        # The trace is the log posterior: log-likelihood plus log prior.
+        p = res.params
+        expected = float(jnp.sum(model.log_prob(p, x)) + model.log_prior(p))
+        np.testing.assert_allclose(float(res.objective[res.best]), expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("cov_type", COV_TYPES)
+def test_float32_agrees_with_float64(cov_type):
+    x64, _ = make_blobs(6, n=2000, d=4, k=3, sep=4.0)
+    x64 = x64 + 50.0  # an offset far from the origin: raw second moments would lose digits
+    model = emjax.Mixture(emjax.Gaussian(cov_type), 3)
+    p0 = model.init(jax.random.key(2), jnp.asarray(x64), "kmeans++")
+    r64 = emjax.fit(model, x64, key=jax.random.key(0), init=p0, max_iter=200, tol=1e-10)
+    p0_32 = jax.tree.map(lambda a: a.astype(jnp.float32), p0)
+    r32 = emjax.fit(model, x64.astype(np.float32), key=jax.random.key(0), init=p0_32, max_iter=200, tol=1e-7)
+    assert r32.params.weights.dtype == jnp.float32
+    assert r64.status[0] == emjax.RESULTS.SUCCESS
+    ll32, ll64 = float(r32.objective[0]), float(r64.objective[0])
+    assert abs(ll32 - ll64) <= 1e-4 * abs(ll64)
+    # And the parameters themselves agree (same fixed point).
+    np.testing.assert_allclose(r32.params.components.means, r64.params.components.means, rtol=1e-3, atol=1e-3)
+
+
+def test_sixty_four_restarts_are_one_compiled_program():
+    x, _ = make_blobs(7, n=400, d=2, k=4, sep=2.0)
+
+    class CountingMixture(emjax.Mixture):
+        def e_step(self, params, x, weights=None):
+            traces.append(1)
+            return super().e_step(params, x, weights)
+
+    model = CountingMixture(emjax.Gaussian("full"), 4)
+    traces = []
+    one = emjax.fit(model, x, key=jax.random.key(3), n_restarts=1, init="random", max_iter=60)
+    n_traced_one = len(traces)
+    traces.clear()
+    res = emjax.fit(model, x, key=jax.random.key(3), n_restarts=64, init="random", max_iter=60)
+    # 64 restarts trace the E-step as often as one: a vmap, not a Python loop.
+    assert len(traces) == n_traced_one <= 4
+    assert res.objective.shape == (64,) and res.trace.shape == (64, 61)
+    assert res.status.shape == res.n_iter.shape == res.converged.shape == (64,)
+    assert jax.tree.leaves(res.restart_params)[0].shape[0] == 64
+    # Restarts really differ, and the best one is the one with the highest final objective.
+    obj = np.asarray(res.objective)
+    assert np.ptp(obj) > 1e-3
+    assert np.all(np.isin(np.asarray(res.status), [emjax.RESULTS.SUCCESS, emjax.RESULTS.MAX_ITER]))
+    assert int(res.best) == int(np.argmax(obj))
+    np.testing.assert_array_equal(res.params.components.means, res.restart_params.components.means[int(np.argmax(obj))])
+    # The first restart of the batch is the single-restart fit with the same key split.
+    assert one.objective.shape == (1,)
+
+
+def test_trace_is_padded_with_the_final_value():
+    x, _ = make_blobs(8, n=300)
+    model = emjax.Mixture(emjax.Gaussian("full"), 3)
+    res = emjax.fit(model, x, key=jax.random.key(0), max_iter=200, tol=1e-4)
+    n = int(res.n_iter[0])
+    assert bool(res.converged[0]) and n < 200
+    trace = np.asarray(res.trace[0])
+    np.testing.assert_array_equal(trace[n:], trace[n])
+    assert trace[n] == float(res.objective[0])
+    assert abs(trace[n] - trace[n - 1]) < 1e-4 * x.shape[0]
+
+
+@pytest.mark.parametrize("cov_type", COV_TYPES)
+def test_chunked_e_step_equals_one_pass(cov_type):
+    x, _ = make_blobs(9, n=1003, d=3)
+    model = gaussian_model(cov_type, x, prior=True)
+    kw = dict(key=jax.random.key(4), init="kmeans++", max_iter=30, tol=0.0)
+    whole = emjax.fit(model, x, chunk_size=5000, **kw)
+    chunked = emjax.fit(model, x, chunk_size=64, **kw)  # 15 chunks and a ragged remainder of 43
+    for a, b in zip(jax.tree.leaves(whole.params), jax.tree.leaves(chunked.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(whole.trace, chunked.trace, rtol=1e-12)
+
+
+def test_sample_weights_equal_repetition():
+    x, _ = make_blobs(10, n=200)
+    rng = np.random.default_rng(0)
+    counts = rng.integers(0, 4, size=x.shape[0])
+    model = emjax.Mixture(emjax.Gaussian("full"), 3)
+    p0 = model.init(jax.random.key(0), jnp.asarray(x), "random")
+    weighted = emjax.fit(model, x, key=jax.random.key(0), init=p0, weights=counts, max_iter=40, tol=0.0)
+    repeated = emjax.fit(model, np.repeat(x, counts, axis=0), key=jax.random.key(0), init=p0, max_iter=40, tol=0.0)
+    for a, b in zip(jax.tree.leaves(weighted.params), jax.tree.leaves(repeated.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(weighted.trace, repeated.trace, rtol=1e-10)
+
+
+@pytest.mark.parametrize("frozen", ["weights", "means", "covariances", ("weights", "means")])
+def test_frozen_groups_stay_at_their_initial_values(frozen):
+    x, _ = make_blobs(11, n=500)
+    frozen = (frozen,) if isinstance(frozen, str) else frozen
+    model = emjax.Mixture(emjax.Gaussian("full"), 3, frozen=frozen)
+    p0 = emjax.Mixture(emjax.Gaussian("full"), 3).init(jax.random.key(1), jnp.asarray(x), "random")
+    res = emjax.fit(model, x, key=jax.random.key(0), init=p0, max_iter=60, tol=0.0)
+    p = res.params
+    got = {"weights": p.weights, "means": p.components.means, "covariances": p.components.covariances}
+    start = {"weights": p0.weights, "means": p0.components.means, "covariances": p0.components.covariances}
+    for g in got:
+        if g in frozen:
+            np.testing.assert_array_equal(got[g], start[g])
+        else:
+            assert np.max(np.abs(np.asarray(got[g]) - np.asarray(start[g]))) > 1e-3
+    # Conditional maximisation keeps EM monotone.
+    assert np.all(np.diff(np.asarray(res.trace[0])) >= -1e-9 * np.abs(np.asarray(res.trace[0, 1:])))
+
+
+def test_frozen_means_give_the_scatter_about_them():
+    # With the means frozen, the ML covariance is the weighted scatter about those means.
+    x, _ = make_blobs(12, n=300, d=2, k=2)
+    model = emjax.Mixture(emjax.Gaussian("full", reg_covar=0.0), 2, frozen=("means",))
+    p0 = model.init(jax.random.key(2), jnp.asarray(x), "random")
+    stats, _ = model.e_step(p0, jnp.asarray(x))
+    p1 = model.m_step(stats, p0)
+    resp = np.asarray(model.posterior(p0, x))
+    for k in range(2):
+        d = x - np.asarray(p0.components.means[k])
+        expected = (resp[:, k, None] * d).T @ d / resp[:, k].sum()
+        np.testing.assert_allclose(p1.components.covariances[k], expected, rtol=1e-10)
+
+
+def test_verbose_prints_progress(capfd):
+    x, _ = make_blobs(13, n=200)
+    model = emjax.Mixture(emjax.Gaussian("diag"), 3)
+    res = emjax.fit(model, x, key=jax.random.key(0), max_iter=20, tol=0.0, verbose=True, print_every=5)
+    jax.effects_barrier()
+    out = capfd.readouterr().out
+    lines = [line for line in out.splitlines() if line.startswith("restart")]
+    assert [int(line.split()[3]) for line in lines] == [0, 5, 10, 15, 20]
+    assert f"{float(res.trace[0, 20]):.8g}" in lines[-1]
