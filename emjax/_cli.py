@@ -75,8 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fit a 2-component full-covariance Gaussian mixture to the Old Faithful geyser data "
         "(272 points), print the EM iterations and the fitted parameters, and write an SVG plot.",
     )
-    demo.add_argument("--out", metavar="PATH", default="emjax-demo.svg", help="SVG file to write (default: %(default)s)")
-    demo.add_argument("--seed", type=int, default=0, help="PRNG seed of the k-means initialisation (default: %(default)s)")
+    demo.add_argument(
+        "--out", metavar="PATH", default="emjax-demo.svg", help="SVG file to write (default: %(default)s)"
+    )
+    demo.add_argument(
+        "--seed", type=int, default=0, help="PRNG seed of the k-means initialisation (default: %(default)s)"
+    )
 
     fit = sub.add_parser(
         "fit",
@@ -85,16 +89,27 @@ def build_parser() -> argparse.ArgumentParser:
         "PREFIX.json (the fitted parameters and criteria) and, for 2 or more columns, PREFIX.svg "
         "(a plot of the first two columns).",
     )
-    fit.add_argument("csv", metavar="FILE.csv", help="comma-separated numbers, one point per row; an optional header row")
-    fit.add_argument("-k", "--components", dest="k", type=_positive_int, required=True, help="number of components K")
+    fit.add_argument(
+        "csv", metavar="FILE.csv", help="comma-separated numbers, one point per row; an optional header row"
+    )
+    fit.add_argument(
+        "-k", "--components", dest="k", type=_positive_int, required=True, help="number of components K"
+    )
     fit.add_argument(
         "--covariance",
         choices=COVARIANCE_TYPES,
         default="full",
         help="covariance type (default: %(default)s)",
     )
-    fit.add_argument("--restarts", type=_positive_int, default=1, help="random restarts, run together (default: %(default)s)")
-    fit.add_argument("--max-iter", type=_nonnegative_int, default=100, help="most EM iterations per restart (default: %(default)s)")
+    fit.add_argument(
+        "--restarts", type=_positive_int, default=1, help="random restarts, run together (default: %(default)s)"
+    )
+    fit.add_argument(
+        "--max-iter",
+        type=_nonnegative_int,
+        default=100,
+        help="most EM iterations per restart (default: %(default)s)",
+    )
     fit.add_argument(
         "--tol",
         type=_nonnegative_float,
