@@ -136,23 +136,22 @@ class Gaussian(Family):
     def log_prob(self, params: GaussianParams, x: Array) -> Array:
         mu, cov = params.means, params.covariances
         d = x.shape[-1]
-        diff = x[:, None, :] - mu[None, :, :]  # (N, K, D)
+        # Component-major layout (K, N, D): the products below are K batched
+        # matmuls with a long row axis, which XLA runs faster than (N, K, D).
+        diff = x[None, :, :] - mu[:, None, :]
         ct = self.covariance_type
-        if ct == "full":
+        if ct in ("full", "tied"):
             chol = _cholesky(cov)
-            y = jnp.einsum("nkd,ked->nke", diff, _tri_inverse(chol))
+            y = diff @ jnp.swapaxes(_tri_inverse(chol), -1, -2)  # L_k^{-1} (x - mu_k)
             maha, logdet = jnp.sum(y * y, axis=-1), _logdet_from_chol(chol)
-        elif ct == "tied":
-            chol = _cholesky(cov)
-            y = jnp.einsum("nkd,ed->nke", diff, _tri_inverse(chol))
-            maha, logdet = jnp.sum(y * y, axis=-1), _logdet_from_chol(chol)
+            logdet = jnp.broadcast_to(logdet, (mu.shape[0],))
         elif ct == "diag":
-            maha = jnp.sum(diff * diff / cov[None], axis=-1)
+            maha = jnp.sum(diff * diff / cov[:, None, :], axis=-1)
             logdet = jnp.sum(jnp.log(cov), axis=-1)
         else:
-            maha = jnp.sum(diff * diff, axis=-1) / cov[None]
+            maha = jnp.sum(diff * diff, axis=-1) / cov[:, None]
             logdet = d * jnp.log(cov)
-        return -0.5 * (d * _LOG_2PI + logdet + maha)
+        return (-0.5 * (d * _LOG_2PI + logdet[:, None] + maha)).T
 
     # -- statistics and M-step -----------------------------------------------------
 
@@ -164,13 +163,13 @@ class Gaussian(Family):
             shift = (resp.T @ x) / safe[:, None]
         else:
             shift = params.means
-        diff = x[:, None, :] - shift[None, :, :]  # (N, K, D)
-        rdiff = resp[:, :, None] * diff
-        s1 = jnp.sum(rdiff, axis=0)
+        diff = x[None, :, :] - shift[:, None, :]  # (K, N, D), as in log_prob
+        rdiff = resp.T[:, :, None] * diff
+        s1 = jnp.sum(rdiff, axis=1)
         if self.covariance_type in ("full", "tied"):
-            s2 = jnp.einsum("nkd,nke->kde", rdiff, diff)
+            s2 = jnp.swapaxes(rdiff, 1, 2) @ diff
         else:
-            s2 = jnp.sum(rdiff * diff, axis=0)
+            s2 = jnp.sum(rdiff * diff, axis=1)
         return GaussianStats(counts, s1, s2, shift)
 
     def maximize(self, stats: GaussianStats, params=None, frozen: frozenset = frozenset()) -> GaussianParams:
