@@ -14,8 +14,11 @@ import jax.numpy as jnp
 
 from ._model import add_stats
 
-#: Elements of the largest per-chunk intermediate (chunk x K x D) aimed for.
-_TARGET_ELEMENTS = 1 << 20
+#: Elements of the largest per-chunk intermediate (chunk x K x D) aimed for: small
+#: on a CPU, where chunks that stay in cache are fastest; large on an accelerator,
+#: where a chunk must fill the device and each scan step costs a launch.
+_TARGET_ELEMENTS = {"cpu": 1 << 20}
+_TARGET_ELEMENTS_ACCELERATOR = 1 << 26
 
 
 def n_rows(x) -> int:
@@ -24,8 +27,10 @@ def n_rows(x) -> int:
 
 
 def default_chunk_size(n: int, width: int) -> int:
-    """Rows per chunk so that a ``(chunk, width)`` intermediate stays about 4 MB in float32."""
-    return int(max(256, min(n, _TARGET_ELEMENTS // max(width, 1))))
+    """Rows per chunk so that a ``(chunk, width)`` intermediate stays about 4 MB in
+    float32 on a CPU (256 MB on a GPU), for ``width`` = K x D."""
+    target = _TARGET_ELEMENTS.get(jax.default_backend(), _TARGET_ELEMENTS_ACCELERATOR)
+    return int(max(256, min(n, target // max(width, 1))))
 
 
 def _split(x, weights, chunk_size: int):

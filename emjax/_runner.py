@@ -234,7 +234,7 @@ def fit(
         weights: optional ``(N,)`` non-negative per-point weights, with the
             meaning of repetition counts.
         chunk_size: rows per E-step chunk; by default chosen so no chunk
-            intermediate exceeds about 4 MB.
+            intermediate exceeds about 4 MB on a CPU (256 MB on a GPU).
         verbose: print the objective every ``print_every`` iterations while the
             compiled loop runs (a host callback; it slows a GPU fit a little).
         print_every: iterations between progress lines.
