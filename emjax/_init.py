@@ -72,7 +72,7 @@ def kmeans(key, x: Array, n_components: int, n_iter: int = 10) -> tuple[Array, A
         labels = nearest(x, centers)
         onehot = jax.nn.one_hot(labels, n_components, dtype=x.dtype)
         counts = jnp.sum(onehot, axis=0)
-        sums = onehot.T @ x
+        sums = jnp.matmul(onehot.T, x, precision=jax.lax.Precision.HIGHEST)
         return jnp.where(counts[:, None] > 0, sums / jnp.maximum(counts, 1)[:, None], centers)
 
     centers = jax.lax.fori_loop(0, n_iter, body, centers)

@@ -27,6 +27,9 @@ from .._priors import (
 from ._base import Family
 
 COVARIANCE_TYPES = ("full", "diag", "spherical", "tied")
+#: Exact float32 products: TF32 or bf16 passes on GPU matrix units lose EM's
+#: accuracy (DESIGN.md, measured on an H100), so the data-sized products ask for it.
+_EXACT = jax.lax.Precision.HIGHEST
 _LOG_2PI = float(np.log(2 * np.pi))
 
 
@@ -142,7 +145,7 @@ class Gaussian(Family):
         ct = self.covariance_type
         if ct in ("full", "tied"):
             chol = _cholesky(cov)
-            y = diff @ jnp.swapaxes(_tri_inverse(chol), -1, -2)  # L_k^{-1} (x - mu_k)
+            y = jnp.matmul(diff, jnp.swapaxes(_tri_inverse(chol), -1, -2), precision=_EXACT)  # L_k^-1 (x - mu_k)
             maha, logdet = jnp.sum(y * y, axis=-1), _logdet_from_chol(chol)
             logdet = jnp.broadcast_to(logdet, (mu.shape[0],))
         elif ct == "diag":
@@ -160,14 +163,14 @@ class Gaussian(Family):
         if params is None:
             # Two passes: the responsibility-weighted means are the expansion point.
             safe = jnp.where(counts > 0, counts, 1.0)
-            shift = (resp.T @ x) / safe[:, None]
+            shift = jnp.matmul(resp.T, x, precision=_EXACT) / safe[:, None]
         else:
             shift = params.means
         diff = x[None, :, :] - shift[:, None, :]  # (K, N, D), as in log_prob
         rdiff = resp.T[:, :, None] * diff
         s1 = jnp.sum(rdiff, axis=1)
         if self.covariance_type in ("full", "tied"):
-            s2 = jnp.swapaxes(rdiff, 1, 2) @ diff
+            s2 = jnp.matmul(jnp.swapaxes(rdiff, 1, 2), diff, precision=_EXACT)
         else:
             s2 = jnp.sum(rdiff * diff, axis=1)
         return GaussianStats(counts, s1, s2, shift)
@@ -281,7 +284,7 @@ class Gaussian(Family):
     def init_from_centers(self, x: Array, centers: Array) -> GaussianParams:
         k, d = centers.shape
         xc = x - jnp.mean(x, axis=0)
-        cov = xc.T @ xc / x.shape[0]
+        cov = jnp.matmul(xc.T, xc, precision=_EXACT) / x.shape[0]
         ct = self.covariance_type
         if ct == "full":
             c = jnp.broadcast_to(cov + self.reg_covar * jnp.eye(d, dtype=x.dtype), (k, d, d))
