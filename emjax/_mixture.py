@@ -13,7 +13,7 @@ from jax.scipy.special import logsumexp
 
 from . import _init
 from ._checks import check_n_components, check_shape, concrete
-from ._chunks import chunked_map, default_chunk_size, n_rows
+from ._chunks import chunked_map, chunked_sum, default_chunk_size, n_rows
 from ._model import add_stats
 from ._priors import Dirichlet
 from .families._base import Family
@@ -169,7 +169,12 @@ class Mixture(eqx.Module):
         """Parameters from one M-step on given responsibilities ``(N, K)``."""
         check_shape(resp, (n_rows(x), self.n_components), "resp")
         resp = jnp.asarray(resp, x.dtype)
-        stats = MixtureStats(jnp.sum(resp, axis=0), self.family.statistics(x, resp, None))
+
+        def chunk_stats(xc, rc):
+            return MixtureStats(jnp.sum(rc, axis=0), self.family.statistics(xc, rc, None)), jnp.zeros(())
+
+        chunk = default_chunk_size(n_rows(x), self.n_components * x.shape[-1])
+        stats, _ = chunked_sum(chunk_stats, x, resp, chunk)
         return self.m_step(stats, None)
 
     def init_from_labels(self, x: Array, labels: Array) -> MixtureParams:
