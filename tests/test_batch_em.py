@@ -162,3 +162,21 @@ def test_verbose_prints_progress(capfd):
     lines = [line for line in out.splitlines() if line.startswith("restart")]
     assert [int(line.split()[3]) for line in lines] == [0, 5, 10, 15, 20]
     assert f"{float(res.trace[0, 20]):.8g}" in lines[-1]
+
+
+@pytest.mark.parametrize("cov_type", ["full", "diag"])
+def test_no_full_data_intermediate(cov_type):
+    # The compiled E-step, initialisation and fit never hold an (N, K, D) array.
+    n, d, k = 200_000, 8, 32
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(n, d)).astype(np.float32))
+    model = emjax.Mixture(emjax.Gaussian(cov_type), k)
+    nkd_bytes = n * k * d * 4
+    labels = jnp.asarray(np.random.default_rng(1).integers(0, k, n))
+    init_mem = jax.jit(model.init_from_labels).lower(x, labels).compile().memory_analysis()
+    assert init_mem.temp_size_in_bytes < nkd_bytes / 3  # the (N, K) one-hot labels are nkd / 8
+    p0 = model.init_from_labels(x, labels)
+    fit_mem = (
+        jax.jit(lambda x, p: emjax.fit(model, x, key=jax.random.key(0), init=p, max_iter=3).objective)
+        .lower(x, p0).compile().memory_analysis()
+    )
+    assert fit_mem.temp_size_in_bytes < nkd_bytes / 3
