@@ -1,15 +1,10 @@
 """Reference comparisons run in float64; float32 tests cast their data explicitly."""
 
-import os
-
 import jax
 import numpy as np
 import pytest
 
 jax.config.update("jax_enable_x64", True)
-
-#: "small" (default, CI) or "full": the size of the cases marked slow.
-TEST_SIZE = os.environ.get("EMJAX_TEST_SIZE", "small")
 
 
 def make_blobs(seed, n=600, d=3, k=3, sep=4.0, dtype=np.float64):
