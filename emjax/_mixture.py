@@ -21,6 +21,12 @@ from .families._base import Family
 INIT_METHODS = ("kmeans", "kmeans++", "random", "random_resp")
 
 
+def _n_features(x) -> int:
+    """D: the trailing size of the data (of its first leaf for pytree data)."""
+    leaf = jax.tree.leaves(x)[0]
+    return leaf.shape[-1] if leaf.ndim > 1 else 1
+
+
 class MixtureParams(eqx.Module):
     """Parameters of a finite mixture.
 
@@ -151,41 +157,41 @@ class Mixture(eqx.Module):
                 spread) or ``"random_resp"`` (one M-step from random responsibilities).
         """
         k = self.n_components
+        seeds = self.family.seed_points(x)
         if method == "kmeans":
-            _, labels = _init.kmeans(key, x, k)
+            _, labels = _init.kmeans(key, seeds, k)
             return self.init_from_labels(x, labels)
         if method == "random_resp":
-            return self.init_from_resp(x, _init.random_responsibilities(key, x.shape[0], k, x.dtype))
+            return self.init_from_resp(x, _init.random_responsibilities(key, n_rows(x), k, seeds.dtype))
         if method == "kmeans++":
-            centers = _init.kmeans_plus_plus(key, x, k)
+            centers = _init.kmeans_plus_plus(key, seeds, k)
         elif method == "random":
-            centers = _init.random_points(key, x, k)
+            centers = _init.random_points(key, seeds, k)
         else:
             raise ValueError(f"unknown init method {method!r}; choose one of {INIT_METHODS}.")
-        weights = jnp.full((k,), 1.0 / k, dtype=x.dtype)
+        weights = jnp.full((k,), 1.0 / k, dtype=seeds.dtype)
         return MixtureParams(weights, self.family.init_from_centers(x, centers))
 
     def init_from_resp(self, x: Array, resp: Array) -> MixtureParams:
         """Parameters from one M-step on given responsibilities ``(N, K)``."""
         check_shape(resp, (n_rows(x), self.n_components), "resp")
-        resp = jnp.asarray(resp, x.dtype)
+        resp = jnp.asarray(resp, self.family.seed_points(x).dtype)
 
         def chunk_stats(xc, rc):
             return MixtureStats(jnp.sum(rc, axis=0), self.family.statistics(xc, rc, None)), jnp.zeros(())
 
-        chunk = default_chunk_size(n_rows(x), self.n_components * x.shape[-1])
-        stats, _ = chunked_sum(chunk_stats, x, resp, chunk)
+        stats, _ = chunked_sum(chunk_stats, x, resp, self._chunk_size(x))
         return self.m_step(stats, None)
 
     def init_from_labels(self, x: Array, labels: Array) -> MixtureParams:
         """Parameters from one M-step on hard labels ``(N,)`` in ``0..K-1``."""
-        return self.init_from_resp(x, jax.nn.one_hot(labels, self.n_components, dtype=x.dtype))
+        return self.init_from_resp(x, jax.nn.one_hot(labels, self.n_components))
 
     # -- validation (host side, before compiling) ------------------------------------
 
     def validate_data(self, x) -> Array:
         x = self.family.validate_data(x)
-        check_n_components(self.n_components, x.shape[0])
+        check_n_components(self.n_components, n_rows(x))
         return x
 
     def validate_params(self, params, x) -> None:
@@ -199,17 +205,20 @@ class Mixture(eqx.Module):
                 raise ValueError(f"weights must be finite and non-negative; got {w}.")
             if abs(float(np.sum(w, dtype=np.float64)) - 1.0) > 1e-5:
                 raise ValueError(f"weights must sum to 1; they sum to {float(np.sum(w, dtype=np.float64))}.")
-        self.family.validate_params(params.components, k, x.shape[1])
+        self.family.validate_params(params.components, k, _n_features(x))
 
     def collapsed(self, params: MixtureParams, x: Array) -> Array:
         """``(K,)`` booleans: components at a likelihood singularity."""
-        return self.family.degenerate(params.components, jnp.var(x, axis=0))
+        return self.family.degenerate(params.components, x)
 
     # -- the fitted mixture ----------------------------------------------------------
 
+    def _chunk_size(self, x) -> int:
+        return default_chunk_size(n_rows(x), self.n_components * _n_features(x))
+
     def _map(self, fn, x):
-        x = jnp.asarray(x)
-        return chunked_map(fn, x, default_chunk_size(x.shape[0], self.n_components * x.shape[-1]))
+        x = jax.tree.map(jnp.asarray, x)
+        return chunked_map(fn, x, self._chunk_size(x))
 
     def log_prob(self, params: MixtureParams, x: Array) -> Array:
         """Log density of each point under the mixture: ``(N,)``."""
@@ -263,11 +272,9 @@ class Mixture(eqx.Module):
 
     def bic(self, params: MixtureParams, x: Array) -> Array:
         """Bayesian information criterion ``-2 log L + p log N`` (lower is better)."""
-        x = jnp.asarray(x)
         ll = jnp.sum(self.log_prob(params, x))
-        return -2 * ll + self.n_parameters(x.shape[1]) * jnp.log(x.shape[0])
+        return -2 * ll + self.n_parameters(_n_features(x)) * jnp.log(n_rows(x))
 
     def aic(self, params: MixtureParams, x: Array) -> Array:
         """Akaike information criterion ``-2 log L + 2 p`` (lower is better)."""
-        x = jnp.asarray(x)
-        return -2 * jnp.sum(self.log_prob(params, x)) + 2 * self.n_parameters(x.shape[1])
+        return -2 * jnp.sum(self.log_prob(params, x)) + 2 * self.n_parameters(_n_features(x))

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import equinox as eqx
 from jax import Array
 
-from ._checks import as_sample_weights, is_traced
+from ._checks import as_sample_weights, float_dtype, is_traced
 from ._chunks import default_chunk_size, n_rows
 from ._data import Data
 from ._model import EMModel
@@ -266,7 +266,7 @@ def fit(
     x = model.validate_data(x) if hasattr(model, "validate_data") else jax.tree.map(jnp.asarray, x)
     n = n_rows(x)
     dtype = jax.tree.leaves(x)[0].dtype
-    weights = as_sample_weights(weights, n, dtype if jnp.issubdtype(dtype, jnp.floating) else jnp.float32)
+    weights = as_sample_weights(weights, n, dtype if jnp.issubdtype(dtype, jnp.floating) else float_dtype())
     if chunk_size is None:
         width = getattr(model, "n_components", 1) * (x.shape[1] if hasattr(x, "ndim") and x.ndim == 2 else 1)
         chunk_size = default_chunk_size(n, width)
@@ -282,7 +282,10 @@ def fit(
             )
         if hasattr(model, "validate_params"):
             model.validate_params(init, x)
-        explicit = jax.tree.map(lambda a: jnp.asarray(a, dtype) if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating) else a, init)
+        param_dtype = dtype if jnp.issubdtype(dtype, jnp.floating) else float_dtype()
+        explicit = jax.tree.map(
+            lambda a: jnp.asarray(a, param_dtype) if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating) else a, init
+        )
         init = None
     elif isinstance(init, str) and not hasattr(model, "init"):
         raise TypeError(f"{type(model).__name__} has no init(); pass initial parameters or a function as init.")

@@ -67,7 +67,8 @@ class Family(eqx.Module):
 
     @abc.abstractmethod
     def init_from_centers(self, x: Array, centers: Array) -> Params:
-        """Parameters with ``centers`` ``(K, D)`` as locations and a broad spread taken from the data."""
+        """Parameters with ``centers`` (rows of ``seed_points(x)``) as locations and a
+        broad spread taken from the data."""
 
     @abc.abstractmethod
     def n_parameters(self, n_components: int, n_features: int, frozen: frozenset = frozenset()) -> int:
@@ -88,6 +89,13 @@ class Family(eqx.Module):
     def validate_params(self, params: Params, n_components: int, n_features: int) -> None:
         """Raise a clear error if ``params`` are inconsistent (shapes, constraints)."""
 
-    def degenerate(self, params: Params, data_scale: Array) -> Array:
-        """``(K,)`` booleans: components at a likelihood singularity (collapsed)."""
+    def degenerate(self, params: Params, x: Array) -> Array:
+        """``(K,)`` booleans: components at a likelihood singularity (collapsed) on data ``x``."""
         return jnp.zeros(jax.tree.leaves(params)[0].shape[0], dtype=bool)
+
+    def seed_points(self, x: Array) -> Array:
+        """The ``(N, D')`` float matrix that k-means and random-point seeding run on.
+
+        ``init_from_centers`` receives rows of it. The data themselves by default.
+        """
+        return x

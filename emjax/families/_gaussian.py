@@ -325,8 +325,9 @@ class Gaussian(Family):
 
     # -- diagnostics and validation ----------------------------------------------------
 
-    def degenerate(self, params: GaussianParams, data_scale: Array) -> Array:
+    def degenerate(self, params: GaussianParams, x: Array) -> Array:
         k = params.means.shape[0]
+        data_scale = jnp.var(x, axis=0)
         ct = self.covariance_type
         if ct == "tied":
             cond_var = jnp.square(jnp.diagonal(_cholesky(params.covariances)))

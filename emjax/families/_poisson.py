@@ -1,0 +1,211 @@
+"""Poisson components: D independent counts per point.
+
+``p(x | lambda_k) = prod_d lambda_kd^x_d exp(-lambda_kd) / x_d!``, the full
+normalised pmf. Statistics are the responsibility-weighted counts and sums
+``S_kd = sum_n r_nk x_nd``; the ML M-step is ``lambda_kd = S_kd / N_k`` and the
+MAP M-step under a ``Gamma(a, b)`` prior (shape ``a >= 1``, rate ``b > 0``) is
+``lambda_kd = (S_kd + a - 1) / (N_k + b)``.
+
+Numerics: ``log_prob`` takes ``log(max(lambda, tiny))`` (``tiny`` the smallest
+normal number of the dtype), so a zero rate (an ML estimate for a feature a
+component has only seen zeros of) gives ``log p = 0`` at ``x = 0`` and a very
+negative but finite ``log p`` elsewhere, never NaN.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+import jax
+import jax.numpy as jnp
+import equinox as eqx
+from jax import Array
+from jax.scipy.special import gammaln, xlogy
+
+from .._checks import as_data_matrix, check_shape, concrete, is_traced
+from ._base import Family
+
+_EXACT = jax.lax.Precision.HIGHEST
+
+
+def count_matrix(x, name: str = "x", *, what: str = "counts") -> Array:
+    """Validate count data ``(N, D)``: non-negative and integer-valued; a float JAX array.
+
+    Raises:
+        TypeError / ValueError: as :func:`emjax._checks.as_data_matrix`, and for
+            negative or non-integer values (naming the first offending entry).
+    """
+    arr = as_data_matrix(x, name)
+    if is_traced(arr):
+        return arr
+    host = np.asarray(arr)
+    neg = host < 0
+    if neg.any():
+        row, col = np.argwhere(neg)[0]
+        raise ValueError(
+            f"{name} must hold non-negative {what}; {int(neg.sum())} value(s) are negative, "
+            f"the first {host[row, col]} at row {row}, column {col}."
+        )
+    frac = host != np.round(host)
+    if frac.any():
+        row, col = np.argwhere(frac)[0]
+        raise ValueError(
+            f"{name} must hold integer-valued {what}; {int(frac.sum())} value(s) are not integers, "
+            f"the first {host[row, col]} at row {row}, column {col}."
+        )
+    return arr
+
+
+def _safe_log(p: Array) -> Array:
+    """``log p`` with ``p`` clipped below at the dtype's smallest normal number (no ``-inf``)."""
+    return jnp.log(jnp.maximum(p, jnp.finfo(p.dtype).tiny))
+
+
+def _check_finite(value, name: str):
+    v = concrete(value)
+    if v is not None and not np.all(np.isfinite(v)):
+        raise ValueError(f"{name} contain NaN or infinite values.")
+    return v
+
+
+class GammaPrior(eqx.Module):
+    """Gamma prior on Poisson rates, ``p(lambda) ∝ lambda^(a-1) exp(-b lambda)``.
+
+    The MAP M-step is ``lambda_kd = (S_kd + a - 1) / (N_k + b)``: ``a - 1``
+    pseudo-counts spread over ``b`` pseudo-observations. ``a >= 1`` is needed
+    for the mode to be the stationary point (below 1 the density is unbounded at 0).
+
+    Args:
+        shape: ``a >= 1``, a scalar or ``(D,)`` (one per feature).
+        rate: ``b > 0``, a scalar or ``(D,)``.
+    """
+
+    shape: Array
+    rate: Array
+
+    def __init__(self, shape, rate):
+        a = np.asarray(shape, dtype=np.float64)
+        b = np.asarray(rate, dtype=np.float64)
+        if a.ndim > 1 or b.ndim > 1:
+            raise ValueError(f"Gamma shape and rate must be scalars or (D,) vectors; got {a.shape} and {b.shape}.")
+        if not np.all(np.isfinite(a)) or np.any(a < 1):
+            raise ValueError(f"Gamma shape a must be finite and >= 1 for a MAP estimate to exist; got {shape}.")
+        if not np.all(np.isfinite(b)) or np.any(b <= 0):
+            raise ValueError(f"Gamma rate b must be finite and > 0; got {rate}.")
+        self.shape = jnp.asarray(a, dtype=float)
+        self.rate = jnp.asarray(b, dtype=float)
+
+    def log_prob(self, rates: Array) -> Array:
+        """Elementwise ``log Gamma(rates | a, b)`` (same shape as ``rates``)."""
+        a = self.shape.astype(rates.dtype)
+        b = self.rate.astype(rates.dtype)
+        return xlogy(a, b) - gammaln(a) + xlogy(a - 1, rates) - b * rates
+
+
+class PoissonParams(eqx.Module):
+    """Parameters of K Poisson components: ``rates`` ``(K, D)``, non-negative."""
+
+    rates: Array
+
+
+class PoissonStats(eqx.Module):
+    """Statistics of K Poisson components (plain sums, additive leaf-wise).
+
+    Attributes:
+        counts: ``(K,)`` sum of responsibilities ``N_k``.
+        sums: ``(K, D)`` ``S_kd = sum_n r_nk x_nd``.
+    """
+
+    counts: Array
+    sums: Array
+
+
+class Poisson(Family):
+    """Components of D independent Poisson counts.
+
+    Args:
+        prior: a :class:`GammaPrior` on every rate for MAP-EM, or ``None`` for
+            maximum likelihood.
+
+    Example:
+        >>> model = emjax.Mixture(Poisson(prior=GammaPrior(2.0, 0.1)), 3)
+    """
+
+    prior: GammaPrior | None
+
+    param_groups: ClassVar[tuple[str, ...]] = ("rates",)
+
+    def __init__(self, prior: GammaPrior | None = None):
+        if prior is not None and not isinstance(prior, GammaPrior):
+            raise TypeError(f"prior must be a GammaPrior or None; got {type(prior).__name__}.")
+        self.prior = prior
+
+    def _prior_arrays(self, d: int, dtype):
+        a = jnp.broadcast_to(self.prior.shape.astype(dtype), (d,))
+        b = jnp.broadcast_to(self.prior.rate.astype(dtype), (d,))
+        return a, b
+
+    def log_prob(self, params: PoissonParams, x: Array) -> Array:
+        rates = params.rates
+        lp = jnp.matmul(x, _safe_log(rates).T, precision=_EXACT)  # sum_d x_d log lambda_kd
+        return lp - jnp.sum(rates, axis=1)[None, :] - jnp.sum(gammaln(x + 1), axis=1)[:, None]
+
+    def statistics(self, x: Array, resp: Array, params: PoissonParams | None = None) -> PoissonStats:
+        return PoissonStats(jnp.sum(resp, axis=0), jnp.matmul(resp.T, x, precision=_EXACT))
+
+    def maximize(self, stats: PoissonStats, params=None, frozen: frozenset = frozenset()) -> PoissonParams:
+        if "rates" in frozen:
+            return PoissonParams(params.rates)
+        n = stats.counts[:, None]
+        s = stats.sums
+        if self.prior is None:
+            num, den = s, n
+        else:
+            a, b = self._prior_arrays(s.shape[1], s.dtype)
+            num, den = s + a - 1, n + b
+        # An empty component (N_k = 0, ML) gets rate 0 rather than 0/0.
+        safe = jnp.where(den > 0, den, 1.0)
+        return PoissonParams(jnp.where(den > 0, num / safe, 0.0))
+
+    def log_prior(self, params: PoissonParams) -> Array:
+        if self.prior is None:
+            return jnp.zeros((), params.rates.dtype)
+        return jnp.sum(self.prior.log_prob(params.rates))
+
+    def seed_points(self, x: Array) -> Array:
+        """k-means / random-point seeding runs on the counts themselves."""
+        return x
+
+    def init_from_centers(self, x: Array, centers: Array) -> PoissonParams:
+        # The centres as rates, shrunk 10% towards the pooled mean so that a zero
+        # in a centre does not give a zero rate where the data have counts.
+        mean = jnp.mean(x, axis=0)
+        return PoissonParams((0.9 * centers + 0.1 * mean[None, :]).astype(x.dtype))
+
+    def n_parameters(self, n_components: int, n_features: int, frozen: frozenset = frozenset()) -> int:
+        return 0 if "rates" in frozen else n_components * n_features
+
+    def sample(self, key, params: PoissonParams, components: Array) -> Array:
+        rates = params.rates[components]
+        return jax.random.poisson(key, rates, rates.shape).astype(rates.dtype)
+
+    def moments(self, params: PoissonParams):
+        rates = params.rates
+        return rates, jax.vmap(jnp.diag)(rates)
+
+    def degenerate(self, params: PoissonParams, x: Array) -> Array:
+        # The Poisson likelihood is bounded (a pmf is <= 1): no singularity, only
+        # non-finite parameters are flagged.
+        return ~jnp.all(jnp.isfinite(params.rates), axis=1)
+
+    def validate_data(self, x) -> Array:
+        return count_matrix(x)
+
+    def validate_params(self, params, n_components: int, n_features: int) -> None:
+        if not isinstance(params, PoissonParams):
+            raise TypeError(f"Poisson parameters must be a PoissonParams; got {type(params).__name__}.")
+        check_shape(params.rates, (n_components, n_features), "rates")
+        r = _check_finite(params.rates, "rates")
+        if r is not None and np.any(r < 0):
+            raise ValueError(f"Poisson rates must be non-negative; the smallest is {np.min(r)}.")
