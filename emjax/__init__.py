@@ -14,13 +14,25 @@ from ._mixture import MixtureParams as MixtureParams
 from ._mixture import MixtureStats as MixtureStats
 from ._model import EMModel as EMModel
 from ._model import add_stats as add_stats
+from ._priors import BetaPrior as BetaPrior
 from ._priors import Dirichlet as Dirichlet
+from ._priors import GammaPrior as GammaPrior
 from ._priors import NormalInverseWishart as NormalInverseWishart
 from ._runner import RESULTS as RESULTS
 from ._runner import FitResult as FitResult
 from ._runner import fit as fit
 from .algorithms import BatchEM as BatchEM
+from .families import Bernoulli as Bernoulli
+from .families import BernoulliParams as BernoulliParams
+from .families import Categorical as Categorical
+from .families import CategoricalParams as CategoricalParams
+from .families import Binomial as Binomial
+from .families import BinomialParams as BinomialParams
 from .families import Gaussian as Gaussian
 from .families import GaussianParams as GaussianParams
+from .families import Multinomial as Multinomial
+from .families import MultinomialParams as MultinomialParams
+from .families import Poisson as Poisson
+from .families import PoissonParams as PoissonParams
 
 __version__ = "0.1.0"

@@ -192,6 +192,9 @@ class Mixture(eqx.Module):
     def validate_data(self, x) -> Array:
         x = self.family.validate_data(x)
         check_n_components(self.n_components, n_rows(x))
+        if hasattr(self.family, "check_identifiable"):
+            # Warns where K components over these features are not identifiable.
+            self.family.check_identifiable(self.n_components, _n_features(x))
         return x
 
     def validate_params(self, params, x) -> None:

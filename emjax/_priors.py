@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import equinox as eqx
 from jax import Array
-from jax.scipy.special import gammaln, multigammaln, xlogy
+from jax.scipy.special import betaln, gammaln, multigammaln, xlog1py, xlogy
 
 from ._checks import as_data_matrix, check_n_components
 
@@ -130,6 +130,94 @@ class NormalInverseWishart(eqx.Module):
     def cast(self, dtype) -> "NormalInverseWishart":
         """The same prior with its arrays in ``dtype``."""
         return jax.tree.map(lambda a: a.astype(dtype), self)
+
+
+class BetaPrior(eqx.Module):
+    """Beta prior on every Bernoulli probability: ``mu_kd ~ Beta(a_d, b_d)``.
+
+    The MAP M-step is ``mu_kd = (N_k xbar_kd + a_d - 1) / (N_k + a_d + b_d - 2)``,
+    which needs ``a, b >= 1`` (below 1 the posterior has no interior mode).
+    ``a = b = 1`` is the flat prior (maximum likelihood); ``a = b = 2`` adds one
+    pseudo-observation of each value (Laplace smoothing).
+
+    Args:
+        a, b: scalars or ``(D,)`` arrays, finite and ``>= 1``.
+
+    Used by :class:`emjax.Bernoulli` and :class:`emjax.Binomial`.
+
+    Example:
+        >>> Bernoulli(prior=BetaPrior(2.0, 2.0))
+    """
+
+    a: Array
+    b: Array
+
+    def __init__(self, a, b):
+        for name, v in (("a", a), ("b", b)):
+            arr = np.asarray(v, dtype=np.float64)
+            if arr.ndim > 1:
+                raise ValueError(f"BetaPrior {name} must be a scalar or a (D,) array; got shape {arr.shape}.")
+            if not np.all(np.isfinite(arr)) or np.any(arr < 1):
+                raise ValueError(f"BetaPrior {name} must be finite and >= 1 for a MAP estimate to exist; got {v}.")
+        a_arr, b_arr = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+        if a_arr.ndim == 1 and b_arr.ndim == 1 and a_arr.shape != b_arr.shape:
+            raise ValueError(f"BetaPrior a and b must have the same length; got {a_arr.shape} and {b_arr.shape}.")
+        self.a = jnp.asarray(a, dtype=float)
+        self.b = jnp.asarray(b, dtype=float)
+
+    def n_features(self) -> int | None:
+        """D if the hyperparameters are per feature, else ``None``."""
+        for v in (self.a, self.b):
+            if v.ndim == 1:
+                return v.shape[0]
+        return None
+
+    def broadcast(self, n_features: int, dtype) -> tuple[Array, Array]:
+        """``(a, b)`` as ``(D,)`` arrays of ``dtype``."""
+        return (
+            jnp.broadcast_to(jnp.asarray(self.a, dtype), (n_features,)),
+            jnp.broadcast_to(jnp.asarray(self.b, dtype), (n_features,)),
+        )
+
+    def log_prob(self, probs: Array) -> Array:
+        """Elementwise ``log Beta(probs | a, b)`` (same shape as ``probs``)."""
+        a = self.a.astype(probs.dtype)
+        b = self.b.astype(probs.dtype)
+        return xlogy(a - 1, probs) + xlog1py(b - 1, -probs) - betaln(a, b)
+
+
+class GammaPrior(eqx.Module):
+    """Gamma prior on Poisson rates, ``p(lambda) ∝ lambda^(a-1) exp(-b lambda)``.
+
+    The MAP M-step is ``lambda_kd = (S_kd + a - 1) / (N_k + b)``: ``a - 1``
+    pseudo-counts spread over ``b`` pseudo-observations. ``a >= 1`` is needed
+    for the mode to be the stationary point (below 1 the density is unbounded at 0).
+
+    Args:
+        shape: ``a >= 1``, a scalar or ``(D,)`` (one per feature).
+        rate: ``b > 0``, a scalar or ``(D,)``.
+    """
+
+    shape: Array
+    rate: Array
+
+    def __init__(self, shape, rate):
+        a = np.asarray(shape, dtype=np.float64)
+        b = np.asarray(rate, dtype=np.float64)
+        if a.ndim > 1 or b.ndim > 1:
+            raise ValueError(f"Gamma shape and rate must be scalars or (D,) vectors; got {a.shape} and {b.shape}.")
+        if not np.all(np.isfinite(a)) or np.any(a < 1):
+            raise ValueError(f"Gamma shape a must be finite and >= 1 for a MAP estimate to exist; got {shape}.")
+        if not np.all(np.isfinite(b)) or np.any(b <= 0):
+            raise ValueError(f"Gamma rate b must be finite and > 0; got {rate}.")
+        self.shape = jnp.asarray(a, dtype=float)
+        self.rate = jnp.asarray(b, dtype=float)
+
+    def log_prob(self, rates: Array) -> Array:
+        """Elementwise ``log Gamma(rates | a, b)`` (same shape as ``rates``)."""
+        a = self.shape.astype(rates.dtype)
+        b = self.rate.astype(rates.dtype)
+        return xlogy(a, b) - gammaln(a) + xlogy(a - 1, rates) - b * rates
 
 
 def mean_log_prior_terms(kappa0: Array, quad: Array, logdet: Array, dim: int) -> Array:

@@ -25,6 +25,7 @@ from jax import Array
 from jax.scipy.special import gammaln
 
 from .._checks import as_data_matrix, check_shape, concrete, float_dtype, is_traced
+from .._priors import BetaPrior
 from ._base import Family
 
 _EXACT = jax.lax.Precision.HIGHEST
@@ -97,52 +98,6 @@ def identifiability_problem(n_components: int, n_features: int, n_categories: in
             f"identifiable. Use fewer components."
         )
     return None
-
-
-class BetaPrior(eqx.Module):
-    """Beta prior on every Bernoulli probability: ``mu_kd ~ Beta(a_d, b_d)``.
-
-    The MAP M-step is ``mu_kd = (N_k xbar_kd + a_d - 1) / (N_k + a_d + b_d - 2)``,
-    which needs ``a, b >= 1`` (below 1 the posterior has no interior mode).
-    ``a = b = 1`` is the flat prior (maximum likelihood); ``a = b = 2`` adds one
-    pseudo-observation of each value (Laplace smoothing).
-
-    Args:
-        a, b: scalars or ``(D,)`` arrays, finite and ``>= 1``.
-
-    Example:
-        >>> Bernoulli(prior=BetaPrior(2.0, 2.0))
-    """
-
-    a: Array
-    b: Array
-
-    def __init__(self, a, b):
-        for name, v in (("a", a), ("b", b)):
-            arr = np.asarray(v, dtype=np.float64)
-            if arr.ndim > 1:
-                raise ValueError(f"BetaPrior {name} must be a scalar or a (D,) array; got shape {arr.shape}.")
-            if not np.all(np.isfinite(arr)) or np.any(arr < 1):
-                raise ValueError(f"BetaPrior {name} must be finite and >= 1 for a MAP estimate to exist; got {v}.")
-        a_arr, b_arr = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-        if a_arr.ndim == 1 and b_arr.ndim == 1 and a_arr.shape != b_arr.shape:
-            raise ValueError(f"BetaPrior a and b must have the same length; got {a_arr.shape} and {b_arr.shape}.")
-        self.a = jnp.asarray(a, dtype=float)
-        self.b = jnp.asarray(b, dtype=float)
-
-    def n_features(self) -> int | None:
-        """D if the hyperparameters are per feature, else ``None``."""
-        for v in (self.a, self.b):
-            if v.ndim == 1:
-                return v.shape[0]
-        return None
-
-    def broadcast(self, n_features: int, dtype) -> tuple[Array, Array]:
-        """``(a, b)`` as ``(D,)`` arrays of ``dtype``."""
-        return (
-            jnp.broadcast_to(jnp.asarray(self.a, dtype), (n_features,)),
-            jnp.broadcast_to(jnp.asarray(self.b, dtype), (n_features,)),
-        )
 
 
 class BernoulliParams(eqx.Module):
@@ -290,14 +245,14 @@ class Bernoulli(Family):
         than the ``2^D - 1`` cell probabilities)."""
         problem = identifiability_problem(n_components, n_features, 2)
         if problem is not None:
-            warnings.warn(problem.replace("categorical", "binary"), UserWarning, stacklevel=2)
+            problem = problem.replace("categoricals", "Bernoullis").replace("Cat(", "Bernoulli(").replace("categorical", "binary")
+            warnings.warn(problem, UserWarning, stacklevel=2)
         return problem is None
 
     def validate_data(self, x) -> Array:
         """2-D data of 0/1 values (bool or numeric), as floats of the working precision.
 
-        Warns (``UserWarning``) when D == 1: a mixture of K > 1 Bernoulli components
-        over one binary feature is itself one Bernoulli, so it is not identifiable.
+        :class:`emjax.Mixture` then calls :meth:`check_identifiable` with its K.
         """
         if is_traced(x):
             return as_data_matrix(x)
@@ -309,20 +264,12 @@ class Bernoulli(Family):
                 row, col = np.argwhere(bad)[0]
                 raise ValueError(
                     f"Bernoulli data must be binary (0/1 or bool); x has {int(bad.sum())} other value(s), the "
-                    f"first is {arr[row, col]!r} at row {row}, column {col}."
+                    f"first is {arr[row, col].item()!r} at row {row}, column {col}."
                 )
         d = xm.shape[1]
         if self.prior is not None and self.prior.n_features() not in (None, d):
             raise ValueError(
                 f"the BetaPrior has {self.prior.n_features()} per-feature hyperparameters but x has D={d} features."
-            )
-        if d == 1:
-            warnings.warn(
-                "a mixture of K > 1 Bernoulli components over a single binary feature is not identifiable: "
-                "sum_k pi_k Bernoulli(mu_k) is itself one Bernoulli with mean sum_k pi_k mu_k, so the fitted "
-                "components are arbitrary (harmless with K=1).",
-                UserWarning,
-                stacklevel=3,
             )
         return xm
 

@@ -26,6 +26,7 @@ from jax import Array
 from jax.scipy.special import betaln, gammaln, xlog1py, xlogy
 
 from .._checks import check_shape, is_traced
+from .._priors import BetaPrior
 from ._base import Family
 from ._poisson import _check_finite, count_matrix
 
@@ -36,37 +37,6 @@ def _clip_prob(p: Array) -> Array:
     """``p`` clipped into ``[tiny, 1 - eps/2]``: both ``log p`` and ``log(1 - p)`` finite."""
     fi = jnp.finfo(p.dtype)
     return jnp.clip(p, fi.tiny, 1 - fi.eps / 2)
-
-
-class BetaPrior(eqx.Module):
-    """Beta prior on success probabilities, ``p(p) ∝ p^(a-1) (1-p)^(b-1)``.
-
-    The MAP M-step adds ``a - 1`` pseudo-successes and ``b - 1`` pseudo-failures;
-    ``a, b >= 1`` are needed for the mode to exist in closed form.
-
-    Args:
-        a, b: scalars or ``(D,)`` vectors (one per feature), ``>= 1``.
-    """
-
-    a: Array
-    b: Array
-
-    def __init__(self, a, b):
-        a_ = np.asarray(a, dtype=np.float64)
-        b_ = np.asarray(b, dtype=np.float64)
-        if a_.ndim > 1 or b_.ndim > 1:
-            raise ValueError(f"Beta a and b must be scalars or (D,) vectors; got shapes {a_.shape} and {b_.shape}.")
-        for name, v, raw in (("a", a_, a), ("b", b_, b)):
-            if not np.all(np.isfinite(v)) or np.any(v < 1):
-                raise ValueError(f"Beta {name} must be finite and >= 1 for a MAP estimate to exist; got {raw}.")
-        self.a = jnp.asarray(a_, dtype=float)
-        self.b = jnp.asarray(b_, dtype=float)
-
-    def log_prob(self, probs: Array) -> Array:
-        """Elementwise ``log Beta(probs | a, b)`` (same shape as ``probs``)."""
-        a = self.a.astype(probs.dtype)
-        b = self.b.astype(probs.dtype)
-        return xlogy(a - 1, probs) + xlog1py(b - 1, -probs) - betaln(a, b)
 
 
 class BinomialParams(eqx.Module):

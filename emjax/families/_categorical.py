@@ -88,8 +88,7 @@ class Categorical(Family):
     the initial components are always distinct.
 
     Identifiability: with one feature a K > 1 mixture is not identifiable.
-    ``validate_data`` warns (``UserWarning``) whenever D == 1 (it does not know K);
-    :meth:`check_identifiable` warns for a given K and D, also for D == 2 and for
+    :meth:`check_identifiable` (called by ``Mixture.validate_data``) warns for K and D, also for D == 2 and for
     more parameters than cells.
 
     Example:
@@ -239,8 +238,7 @@ class Categorical(Family):
     def validate_data(self, x) -> Array:
         """Integer codes ``(N, D)`` in ``0..S-1``, returned as floats of the working precision.
 
-        Warns (``UserWarning``) when D == 1: a K > 1 mixture over one categorical
-        feature is not identifiable (see :meth:`check_identifiable`).
+        :class:`emjax.Mixture` then calls :meth:`check_identifiable` with its K.
         """
         s = self.n_categories
         if is_traced(x):
@@ -253,26 +251,18 @@ class Categorical(Family):
                 row, col = np.argwhere(bad)[0]
                 raise ValueError(
                     f"Categorical data must be integer category codes in 0..{s - 1}; x has {int(bad.sum())} "
-                    f"non-integer value(s), the first is {arr[row, col]!r} at row {row}, column {col}."
+                    f"non-integer value(s), the first is {arr[row, col].item()!r} at row {row}, column {col}."
                 )
         bad = (arr < 0) | (arr > s - 1)
         if bad.any():
             row, col = np.argwhere(bad)[0]
             raise ValueError(
                 f"Categorical data must be codes in 0..{s - 1} (n_categories={s}); x has {int(bad.sum())} "
-                f"value(s) out of range, the first is {arr[row, col]!r} at row {row}, column {col}."
+                f"value(s) out of range, the first is {arr[row, col].item()!r} at row {row}, column {col}."
             )
         d = xm.shape[1]
         if self.prior is not None and np.ndim(self.prior.alpha) == 2 and np.shape(self.prior.alpha)[0] != d:
             raise ValueError(f"the Dirichlet alpha has shape {np.shape(self.prior.alpha)} but x has D={d} features.")
-        if d == 1:
-            warnings.warn(
-                "x has a single categorical feature (D == 1): a mixture of K > 1 categorical components is then "
-                "not identifiable, because sum_k pi_k Cat(theta_k) is itself one categorical with parameter "
-                "sum_k pi_k theta_k, so the fitted components are arbitrary (harmless with K=1).",
-                UserWarning,
-                stacklevel=3,
-            )
         return xm
 
     def validate_params(self, params, n_components: int, n_features: int) -> None:

@@ -24,6 +24,7 @@ from jax import Array
 from jax.scipy.special import gammaln, xlogy
 
 from .._checks import as_data_matrix, check_shape, concrete, is_traced
+from .._priors import GammaPrior
 from ._base import Family
 
 _EXACT = jax.lax.Precision.HIGHEST
@@ -67,40 +68,6 @@ def _check_finite(value, name: str):
     if v is not None and not np.all(np.isfinite(v)):
         raise ValueError(f"{name} contain NaN or infinite values.")
     return v
-
-
-class GammaPrior(eqx.Module):
-    """Gamma prior on Poisson rates, ``p(lambda) ∝ lambda^(a-1) exp(-b lambda)``.
-
-    The MAP M-step is ``lambda_kd = (S_kd + a - 1) / (N_k + b)``: ``a - 1``
-    pseudo-counts spread over ``b`` pseudo-observations. ``a >= 1`` is needed
-    for the mode to be the stationary point (below 1 the density is unbounded at 0).
-
-    Args:
-        shape: ``a >= 1``, a scalar or ``(D,)`` (one per feature).
-        rate: ``b > 0``, a scalar or ``(D,)``.
-    """
-
-    shape: Array
-    rate: Array
-
-    def __init__(self, shape, rate):
-        a = np.asarray(shape, dtype=np.float64)
-        b = np.asarray(rate, dtype=np.float64)
-        if a.ndim > 1 or b.ndim > 1:
-            raise ValueError(f"Gamma shape and rate must be scalars or (D,) vectors; got {a.shape} and {b.shape}.")
-        if not np.all(np.isfinite(a)) or np.any(a < 1):
-            raise ValueError(f"Gamma shape a must be finite and >= 1 for a MAP estimate to exist; got {shape}.")
-        if not np.all(np.isfinite(b)) or np.any(b <= 0):
-            raise ValueError(f"Gamma rate b must be finite and > 0; got {rate}.")
-        self.shape = jnp.asarray(a, dtype=float)
-        self.rate = jnp.asarray(b, dtype=float)
-
-    def log_prob(self, rates: Array) -> Array:
-        """Elementwise ``log Gamma(rates | a, b)`` (same shape as ``rates``)."""
-        a = self.shape.astype(rates.dtype)
-        b = self.rate.astype(rates.dtype)
-        return xlogy(a, b) - gammaln(a) + xlogy(a - 1, rates) - b * rates
 
 
 class PoissonParams(eqx.Module):

@@ -1,0 +1,460 @@
+"""Bernoulli and Categorical component families: densities, M-steps, priors, fits.
+
+Runs in float64 (tests/conftest.py enables x64); the float32 test casts its data.
+Shapes are shared between tests so that few programs are compiled.
+"""
+
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats as st
+from scipy.optimize import linear_sum_assignment, minimize
+
+import emjax
+from emjax.families._bernoulli import Bernoulli, BernoulliParams, BetaPrior
+from emjax.families._categorical import Categorical, CategoricalParams
+
+KB, DB = 3, 8  # Bernoulli: components, features
+KC, DC, SC = 3, 3, 4  # Categorical: components, features, categories
+
+B_MEANS = np.array(
+    [
+        [0.9, 0.8, 0.9, 0.1, 0.2, 0.1, 0.7, 0.3],
+        [0.1, 0.2, 0.1, 0.9, 0.8, 0.9, 0.6, 0.2],
+        [0.8, 0.1, 0.2, 0.8, 0.1, 0.7, 0.1, 0.9],
+    ]
+)
+B_WEIGHTS = np.array([0.3, 0.3, 0.4])
+
+
+def planted_probs():
+    """Three classes, each favouring a different category (0.85) in every feature."""
+    p = np.full((KC, DC, SC), 0.05)
+    for k in range(KC):
+        for d in range(DC):
+            p[k, d, (k + d) % SC] = 0.85
+    return p
+
+
+C_WEIGHTS = np.array([0.25, 0.35, 0.4])
+
+
+def bern_params(means=B_MEANS, weights=B_WEIGHTS):
+    return emjax.MixtureParams(jnp.asarray(weights), BernoulliParams(jnp.asarray(means)))
+
+
+def cat_params(probs=None, weights=C_WEIGHTS):
+    return emjax.MixtureParams(jnp.asarray(weights), CategoricalParams(jnp.asarray(planted_probs() if probs is None else probs)))
+
+
+def bern_data(n, seed=0):
+    x, z = emjax.Mixture(Bernoulli(), KB).sample(jax.random.key(seed), bern_params(), n)
+    return np.asarray(x), np.asarray(z)
+
+
+def cat_data(n, seed=0):
+    x, z = emjax.Mixture(Categorical(SC), KC).sample(jax.random.key(seed), cat_params(), n)
+    return np.asarray(x), np.asarray(z)
+
+
+def one_hot(x, s):
+    return np.eye(s)[x.astype(int)]  # (N, D, S)
+
+
+def best_permutation(est, true):
+    """Component order of ``est`` matching ``true`` (Hungarian on the L1 distance)."""
+    cost = np.abs(true.reshape(len(true), -1)[:, None, :] - est.reshape(len(est), -1)[None, :, :]).sum(-1)
+    rows, cols = linear_sum_assignment(cost)
+    return cols[np.argsort(rows)]
+
+
+def assert_monotone(trace):
+    trace = np.asarray(trace)
+    drops = trace[:, :-1] - trace[:, 1:]
+    assert np.all(drops <= 1e-9 * np.abs(trace[:, :-1])), drops.max()
+
+
+# -- densities ----------------------------------------------------------------------------
+
+
+def test_bernoulli_log_prob_matches_scipy():
+    rng = np.random.default_rng(1)
+    mu = rng.uniform(0.02, 0.98, size=(KB, DB))
+    x = (rng.random((50, DB)) < 0.5).astype(float)
+    got = np.asarray(Bernoulli().log_prob(BernoulliParams(jnp.asarray(mu)), jnp.asarray(x)))
+    want = st.bernoulli.logpmf(x[:, None, :], mu[None, :, :]).sum(-1)
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    # The mixture density.
+    w = np.array([0.2, 0.5, 0.3])
+    model = emjax.Mixture(Bernoulli(), KB)
+    lp = model.log_prob(emjax.MixtureParams(jnp.asarray(w), BernoulliParams(jnp.asarray(mu))), jnp.asarray(x))
+    np.testing.assert_allclose(lp, np.log(np.exp(want) @ w), rtol=1e-12)
+
+
+def test_bernoulli_log_prob_finite_at_zero_and_one():
+    mu = np.array([[0.0, 1.0], [1.0, 0.0]])
+    x = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])  # impossible under both components
+    lp = np.asarray(Bernoulli().log_prob(BernoulliParams(jnp.asarray(mu)), jnp.asarray(x)))
+    assert np.all(np.isfinite(lp))
+    np.testing.assert_allclose(lp[2], [np.log(1e-10), np.log(1e-10)], rtol=1e-9)
+    post = emjax.Mixture(Bernoulli(), 2).posterior(bern_params(mu, [0.5, 0.5]), jnp.asarray(x))
+    assert np.all(np.isfinite(np.asarray(post)))
+
+
+def test_categorical_log_prob_matches_scipy():
+    rng = np.random.default_rng(2)
+    theta = rng.dirichlet(np.ones(SC), size=(KC, DC))
+    x = rng.integers(0, SC, size=(40, DC)).astype(float)
+    got = np.asarray(Categorical(SC).log_prob(CategoricalParams(jnp.asarray(theta)), jnp.asarray(x)))
+    oh = one_hot(x, SC)
+    want = np.zeros((40, KC))
+    for k in range(KC):
+        for d in range(DC):
+            want[:, k] += st.multinomial.logpmf(oh[:, d, :], 1, theta[k, d])
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
+def test_moments():
+    p = planted_probs()
+    means, covs = Categorical(SC).moments(CategoricalParams(jnp.asarray(p)))
+    np.testing.assert_allclose(means, p.reshape(KC, DC * SC))
+    blk = np.diag(p[1, 2]) - np.outer(p[1, 2], p[1, 2])
+    np.testing.assert_allclose(np.asarray(covs)[1, 2 * SC:3 * SC, 2 * SC:3 * SC], blk, rtol=1e-12)
+    assert np.all(np.asarray(covs)[1, :SC, SC:] == 0)  # independent features
+    # Against the empirical moments of the one-hot encoding of samples.
+    x, _ = cat_data(20000)
+    model = emjax.Mixture(Categorical(SC), KC)
+    e = one_hot(x, SC).reshape(len(x), -1)
+    np.testing.assert_allclose(model.mean(cat_params()), e.mean(0), atol=0.015)
+    np.testing.assert_allclose(model.covariance(cat_params()), np.cov(e.T), atol=0.015)
+    m, c = Bernoulli().moments(BernoulliParams(jnp.asarray(B_MEANS)))
+    np.testing.assert_allclose(np.asarray(c)[2], np.diag(B_MEANS[2] * (1 - B_MEANS[2])))
+
+
+# -- M-steps --------------------------------------------------------------------------------
+
+
+def _mstep(model, x, resp):
+    x, resp = jnp.asarray(x), jnp.asarray(resp)
+    stats = emjax.MixtureStats(jnp.sum(resp, 0), model.family.statistics(x, resp, None))
+    return model.m_step(stats, None)
+
+
+def test_bernoulli_m_steps_by_hand():
+    rng = np.random.default_rng(3)
+    x, _ = bern_data(60, seed=3)
+    resp = rng.dirichlet(np.ones(KB), size=len(x))
+    nk = resp.sum(0)
+    xbar = resp.T @ x / nk[:, None]
+    ml = _mstep(emjax.Mixture(Bernoulli(), KB), x, resp)
+    np.testing.assert_allclose(ml.components.means, xbar, rtol=1e-12)
+    np.testing.assert_allclose(ml.weights, nk / len(x), rtol=1e-12)
+    a, b = np.linspace(1.0, 3.0, DB), 2.5
+    model = emjax.Mixture(Bernoulli(prior=BetaPrior(a, b)), KB, weights_prior=emjax.Dirichlet(2.0))
+    mp = _mstep(model, x, resp)
+    want = (nk[:, None] * xbar + a - 1) / (nk[:, None] + a + b - 2)
+    np.testing.assert_allclose(mp.components.means, want, rtol=1e-12)
+    np.testing.assert_allclose(mp.weights, (nk + 1) / (len(x) + KB), rtol=1e-12)
+
+
+def test_categorical_m_steps_by_hand():
+    rng = np.random.default_rng(4)
+    x, _ = cat_data(60, seed=4)
+    resp = rng.dirichlet(np.ones(KC), size=len(x))
+    counts = np.einsum("nk,nds->kds", resp, one_hot(x, SC))
+    nk = resp.sum(0)
+    ml = _mstep(emjax.Mixture(Categorical(SC), KC), x, resp)
+    np.testing.assert_allclose(ml.components.probs, counts / nk[:, None, None], rtol=1e-12)
+    alpha = 1.0 + rng.uniform(0, 2, size=(DC, SC))
+    mp = _mstep(emjax.Mixture(Categorical(SC, prior=alpha), KC), x, resp)
+    want = (counts + alpha - 1) / (nk[:, None, None] + alpha.sum(-1)[None, :, None] - SC)
+    np.testing.assert_allclose(mp.components.probs, want, rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(mp.components.probs).sum(-1), 1.0, rtol=1e-12)
+
+
+def _numerical_maximiser(model, x, resp, unpack, n_theta):
+    x, resp = jnp.asarray(x), jnp.asarray(resp)
+
+    def neg_q(theta):
+        params = unpack(theta)
+        return -(jnp.sum(resp * model.log_joint(params, x)) + model.log_prior(params))
+
+    fun = jax.jit(jax.value_and_grad(neg_q))
+    opt = minimize(lambda t: tuple(np.asarray(v, dtype=np.float64) for v in fun(jnp.asarray(t))),
+                   np.zeros(n_theta), jac=True, method="BFGS", options={"gtol": 1e-10, "maxiter": 5000})
+    return unpack(jnp.asarray(opt.x)), opt.fun, neg_q
+
+
+def _softmax_weights(theta, k):
+    return jax.nn.softmax(jnp.concatenate([jnp.zeros(1), theta[: k - 1]]))
+
+
+@pytest.mark.parametrize("family_name", ["bernoulli", "categorical"])
+def test_map_m_step_is_the_numerical_maximiser(family_name):
+    rng = np.random.default_rng(5)
+    if family_name == "bernoulli":
+        x, _ = bern_data(40, seed=5)
+        k = KB
+        model = emjax.Mixture(Bernoulli(prior=BetaPrior(np.linspace(1.5, 3.0, DB), 2.0)), k,
+                              weights_prior=emjax.Dirichlet([2.0, 3.5, 1.5]))
+
+        def unpack(t):  # logits of the means
+            return emjax.MixtureParams(_softmax_weights(t, k), BernoulliParams(jax.nn.sigmoid(t[k - 1:].reshape(k, DB))))
+
+        n_theta = k - 1 + k * DB
+    else:
+        x, _ = cat_data(40, seed=5)
+        k = KC
+        alpha = 1.0 + rng.uniform(0.5, 2, size=(DC, SC))
+        model = emjax.Mixture(Categorical(SC, prior=alpha), k, weights_prior=emjax.Dirichlet([2.0, 3.5, 1.5]))
+
+        def unpack(t):  # logits, the first category's fixed at 0
+            logits = jnp.concatenate([jnp.zeros((k, DC, 1)), t[k - 1:].reshape(k, DC, SC - 1)], axis=-1)
+            return emjax.MixtureParams(_softmax_weights(t, k), CategoricalParams(jax.nn.softmax(logits, -1)))
+
+        n_theta = k - 1 + k * DC * (SC - 1)
+    resp = rng.dirichlet(np.ones(k), size=len(x))
+    numeric, best, neg_q = _numerical_maximiser(model, x, resp, unpack, n_theta)
+    closed = _mstep(model, x, resp)
+    for a, b in zip(jax.tree.leaves(closed), jax.tree.leaves(numeric)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    q_closed = -(jnp.sum(jnp.asarray(resp) * model.log_joint(closed, jnp.asarray(x))) + model.log_prior(closed))
+    assert float(q_closed) <= best + 1e-9
+
+
+def test_log_prior_values():
+    mu = np.array([[0.2, 0.7], [0.6, 0.4]])
+    fam = Bernoulli(prior=BetaPrior([2.0, 3.0], 1.5))
+    want = st.beta.logpdf(mu, [2.0, 3.0], 1.5).sum()
+    np.testing.assert_allclose(fam.log_prior(BernoulliParams(jnp.asarray(mu))), want, rtol=1e-12)
+    theta = planted_probs()
+    alpha = np.array([1.5, 2.0, 1.0, 3.0])
+    fam = Categorical(SC, prior=alpha)
+    want = sum(st.dirichlet.logpdf(theta[k, d], alpha) for k in range(KC) for d in range(DC))
+    np.testing.assert_allclose(fam.log_prior(CategoricalParams(jnp.asarray(theta))), want, rtol=1e-12)
+
+
+@pytest.mark.parametrize("family_name", ["bernoulli", "categorical"])
+def test_statistics_are_additive(family_name):
+    rng = np.random.default_rng(6)
+    if family_name == "bernoulli":
+        fam, (x, _), k = Bernoulli(), bern_data(70, seed=6), KB
+    else:
+        fam, (x, _), k = Categorical(SC), cat_data(70, seed=6), KC
+    resp = jnp.asarray(rng.dirichlet(np.ones(k), size=len(x)))
+    x = jnp.asarray(x)
+    whole = fam.statistics(x, resp)
+    parts = emjax.add_stats(fam.statistics(x[:25], resp[:25]), fam.statistics(x[25:], resp[25:]))
+    for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(parts)):
+        np.testing.assert_allclose(a, b, rtol=1e-12)
+
+
+# -- fits --------------------------------------------------------------------------------------
+
+
+def test_bernoulli_parameter_recovery():
+    model = emjax.Mixture(Bernoulli(), KB)
+    errors = []
+    for n in (2000, 20000):
+        x, _ = bern_data(n, seed=7)
+        res = emjax.fit(model, x, key=jax.random.key(0), n_restarts=8, max_iter=300, tol=1e-8)
+        assert_monotone(res.trace)
+        means = np.asarray(res.params.components.means)
+        perm = best_permutation(means, B_MEANS)
+        errors.append(np.abs(means[perm] - B_MEANS).max())
+        np.testing.assert_allclose(np.asarray(res.params.weights)[perm], B_WEIGHTS, atol=0.05)
+    assert errors[1] < errors[0], errors
+    assert errors[1] < 0.03, errors
+
+
+def test_categorical_recovery_and_planted_classes():
+    model = emjax.Mixture(Categorical(SC), KC)
+    errors = []
+    for n in (2000, 20000):
+        x, z = cat_data(n, seed=8)
+        res = emjax.fit(model, x, key=jax.random.key(0), n_restarts=8, max_iter=300, tol=1e-8)
+        assert_monotone(res.trace)
+        probs = np.asarray(res.params.components.probs)
+        perm = best_permutation(probs, planted_probs())
+        errors.append(np.abs(probs[perm] - planted_probs()).max())
+        # The planted classes: predicted labels agree with the truth after the best relabelling.
+        pred = np.asarray(model.predict(res.params, jnp.asarray(x)))
+        table = np.zeros((KC, KC))
+        np.add.at(table, (z, pred), 1)
+        rows, cols = linear_sum_assignment(-table)
+        accuracy = table[rows, cols].sum() / n
+        assert accuracy > 0.9, accuracy
+    assert errors[1] < errors[0], errors
+    assert errors[1] < 0.03, errors
+
+
+def _explicit_init(family_name):
+    if family_name == "bernoulli":
+        return bern_params(np.clip(B_MEANS + np.array([[0.05], [-0.05], [0.02]]) * np.cos(np.arange(DB)), 0.02, 0.98),
+                           [0.4, 0.3, 0.3])
+    p = planted_probs() * 0.6 + 0.4 / SC
+    p[0] = np.roll(p[0], 1, axis=-1) * 0.5 + p[0] * 0.5
+    return cat_params(p, [0.3, 0.4, 0.3])
+
+
+def _models(family_name):
+    if family_name == "bernoulli":
+        return (emjax.Mixture(Bernoulli(), KB),
+                emjax.Mixture(Bernoulli(prior=BetaPrior(2.0, 3.0)), KB, weights_prior=emjax.Dirichlet(2.0)))
+    return (emjax.Mixture(Categorical(SC), KC),
+            emjax.Mixture(Categorical(SC, prior=2.0), KC, weights_prior=emjax.Dirichlet(2.0)))
+
+
+def _data(family_name, n, seed):
+    return (bern_data if family_name == "bernoulli" else cat_data)(n, seed)[0]
+
+
+@pytest.mark.parametrize("family_name", ["bernoulli", "categorical"])
+def test_monotone_map_and_float32_agreement(family_name):
+    """MAP-EM's traced log posterior never decreases; float32 and float64 fits from
+    the same initial parameters agree."""
+    ml, map_ = _models(family_name)
+    x = _data(family_name, 2000, seed=9)
+    init = _explicit_init(family_name)
+    for model in (ml, map_):
+        r64 = emjax.fit(model, x, key=jax.random.key(0), init=init, max_iter=40, tol=0.0)
+        assert_monotone(r64.trace)
+        assert int(r64.n_iter[0]) == 40
+        init32 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), init)
+        r32 = emjax.fit(model, x.astype(np.float32), key=jax.random.key(0), init=init32, max_iter=40, tol=0.0)
+        assert r32.objective.dtype == jnp.float32
+        np.testing.assert_allclose(float(r32.objective[0]), float(r64.objective[0]), rtol=1e-4)
+        for a, b in zip(jax.tree.leaves(r32.params), jax.tree.leaves(r64.params)):
+            np.testing.assert_allclose(np.asarray(a, np.float64), b, atol=2e-3)
+
+
+@pytest.mark.parametrize("family_name", ["bernoulli", "categorical"])
+def test_sample_weights_equal_duplication(family_name):
+    _, model = _models(family_name)  # MAP: the prior enters once either way
+    x = _data(family_name, 300, seed=10)
+    w = np.random.default_rng(10).integers(0, 4, size=len(x))
+    init = _explicit_init(family_name)
+    a = emjax.fit(model, x, key=jax.random.key(0), init=init, weights=w, max_iter=25, tol=0.0)
+    b = emjax.fit(model, np.repeat(x, w, axis=0), key=jax.random.key(0), init=init, max_iter=25, tol=0.0)
+    np.testing.assert_allclose(float(a.objective[0]), float(b.objective[0]), rtol=1e-12)
+    for u, v in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+        np.testing.assert_allclose(u, v, rtol=1e-9, atol=1e-12)
+
+
+# -- initialisation ----------------------------------------------------------------------------
+
+
+def test_bernoulli_equal_means_init_is_rejected():
+    x, _ = bern_data(100, seed=11)
+    model = emjax.Mixture(Bernoulli(), KB)
+    same = bern_params(np.full((KB, DB), 0.5), [0.2, 0.3, 0.5])
+    with pytest.raises(ValueError, match="all 3 component means are equal"):
+        emjax.fit(model, x, key=jax.random.key(0), init=same)
+    pair = bern_params(np.stack([B_MEANS[0], B_MEANS[1], B_MEANS[0]]))
+    with pytest.raises(ValueError, match="components 0 and 2 have equal means"):
+        emjax.fit(model, x, key=jax.random.key(0), init=pair)
+    with pytest.raises(ValueError, match=r"must lie in \[0, 1\]"):
+        emjax.fit(model, x, key=jax.random.key(0), init=bern_params(B_MEANS + 0.2))
+    cmodel = emjax.Mixture(Categorical(SC), KC)
+    with pytest.raises(ValueError, match="component probs are equal"):
+        emjax.fit(cmodel, cat_data(100)[0], key=jax.random.key(0), init=cat_params(np.full((KC, DC, SC), 1 / SC)))
+
+
+def test_every_string_init_gives_distinct_components():
+    """Binary data with few distinct rows (two, fewer than K = 3): the initial
+    components are pairwise distinct for every method and key."""
+    rows = np.array([[1, 0, 1, 1, 0, 0], [0, 1, 1, 0, 0, 1]], float)
+    x = jnp.asarray(np.tile(rows, (30, 1)))
+    model = emjax.Mixture(Bernoulli(), KB)
+    cx = jnp.asarray(np.tile(np.array([[0.0] * DC, [2.0] * DC]), (30, 1)))
+    cmodel = emjax.Mixture(Categorical(SC), KC)
+    methods = ("kmeans", "kmeans++", "random", "random_resp")
+    keys = jax.random.split(jax.random.key(1), 8)
+    for m, data, leaf in ((model, x, "means"), (cmodel, cx, "probs")):
+        # One compiled program for the four methods, each vmapped over 8 keys.
+        inits = jax.jit(lambda ks: [jax.vmap(lambda k: m.init(k, data, meth))(ks) for meth in methods])(keys)
+        for method, params in zip(methods, inits):
+            comps = np.asarray(getattr(params.components, leaf)).reshape(8, KB, -1)
+            assert np.all(np.isfinite(comps))
+            for r in range(8):
+                gaps = [np.abs(comps[r, i] - comps[r, j]).max() for i in range(KB) for j in range(i)]
+                assert min(gaps) > 1e-3, (method, leaf, r, gaps)
+
+
+# -- identifiability and bad input -------------------------------------------------------------
+
+
+def test_categorical_single_feature_warns_not_identifiable():
+    x = np.random.default_rng(12).integers(0, 3, size=(50, 1))
+    model = emjax.Mixture(Categorical(3), 2)
+    with pytest.warns(UserWarning, match="not identifiable"):
+        model.validate_data(x)
+    with pytest.warns(UserWarning, match="not identifiable"):
+        assert not Categorical(3).check_identifiable(2, 1)
+    with pytest.warns(UserWarning, match="two categorical features"):
+        assert not Categorical(3).check_identifiable(2, 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert Categorical(SC).check_identifiable(KC, DC)
+        assert Categorical(3).check_identifiable(1, 1)
+        emjax.Mixture(Categorical(SC), KC).validate_data(cat_data(20)[0])
+        emjax.Mixture(Categorical(3), 1).validate_data(x)  # one component over one feature is fine
+    with pytest.warns(UserWarning, match="not identifiable"):
+        emjax.Mixture(Bernoulli(), 2).validate_data(np.array([[0], [1], [1]]))
+    with pytest.warns(UserWarning, match="Bernoulli"):
+        assert not Bernoulli().check_identifiable(2, 1)
+
+
+def test_bad_input_errors():
+    bern = emjax.Mixture(Bernoulli(), 2)
+    with pytest.raises(ValueError, match=r"binary .* 1 other value\(s\), the first is 2.0 at row 1, column 0"):
+        bern.validate_data(np.array([[0.0, 1.0], [2.0, 0.0]]))
+    with pytest.raises(ValueError, match="binary"):
+        bern.validate_data(np.array([[0.5, 1.0], [1.0, 0.0]]))
+    with pytest.raises(ValueError, match="2-D"):
+        bern.validate_data(np.array([0.0, 1.0]))
+    ok = bern.validate_data(np.array([[True, False], [False, True]]))
+    assert ok.dtype == jnp.float64 and float(ok[0, 0]) == 1.0
+    assert bern.validate_data(np.array([[1, 0], [0, 1]], np.float32)).dtype == jnp.float32
+    with pytest.raises(ValueError, match="per-feature"):
+        emjax.Mixture(Bernoulli(prior=BetaPrior([2.0, 2.0, 2.0], 2.0)), 2).validate_data(np.eye(2))
+
+    cat = emjax.Mixture(Categorical(3), 2)
+    with pytest.raises(ValueError, match=r"out of range, the first is 3 at row 1, column 1"):
+        cat.validate_data(np.array([[0, 1], [2, 3]]))
+    with pytest.raises(ValueError, match="out of range"):
+        cat.validate_data(np.array([[0, -1], [2, 1]]))
+    with pytest.raises(ValueError, match=r"non-integer value\(s\), the first is 1.5"):
+        cat.validate_data(np.array([[0.0, 1.5], [2.0, 1.0]]))
+    with pytest.raises(ValueError, match="NaN"):
+        cat.validate_data(np.array([[0.0, np.nan], [2.0, 1.0]]))
+    codes = cat.validate_data(np.array([[0, 1], [2, 1]]))
+    assert codes.dtype == jnp.float64
+    with pytest.raises(ValueError, match="n_categories"):
+        Categorical(1)
+    with pytest.raises(ValueError, match=">= 1"):
+        Categorical(3, prior=0.5)
+    with pytest.raises(ValueError, match=r"\(3,\) or \(D, 3\)"):
+        Categorical(3, prior=np.ones(4) * 2)
+    with pytest.raises(ValueError, match=">= 1"):
+        BetaPrior(0.5, 2.0)
+    with pytest.raises(TypeError, match="BetaPrior"):
+        Bernoulli(prior=emjax.Dirichlet(2.0))
+    with pytest.raises(ValueError, match=r"sum to 1"):
+        emjax.fit(emjax.Mixture(Categorical(SC), KC), cat_data(50)[0], key=jax.random.key(0),
+                  init=cat_params(planted_probs() * 1.1))
+
+
+def test_n_parameters_and_frozen():
+    assert emjax.Mixture(Bernoulli(), KB).n_parameters(DB) == KB - 1 + KB * DB
+    assert emjax.Mixture(Categorical(SC), KC).n_parameters(DC) == KC - 1 + KC * DC * (SC - 1)
+    assert emjax.Mixture(Categorical(SC), KC, frozen=("probs",)).n_parameters(DC) == KC - 1
+    model = emjax.Mixture(Bernoulli(), KB, frozen=("means",))
+    x, _ = bern_data(200, seed=13)
+    init = _explicit_init("bernoulli")
+    res = emjax.fit(model, x, key=jax.random.key(0), init=init, max_iter=5, tol=0.0)
+    np.testing.assert_array_equal(res.params.components.means, init.components.means)
+    assert not np.allclose(res.params.weights, init.weights)

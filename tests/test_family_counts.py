@@ -1,0 +1,408 @@
+"""Count-data families: Poisson, Binomial (known trials) and Multinomial."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.stats as st
+from scipy.optimize import linear_sum_assignment, minimize
+
+import emjax
+from emjax.families._binomial import Binomial, BinomialParams, BetaPrior
+from emjax.families._multinomial import Multinomial, MultinomialParams
+from emjax.families._poisson import GammaPrior, Poisson, PoissonParams
+
+FAMILIES = ["poisson", "binomial", "multinomial"]
+K, D, N_TRIALS, N_DRAWS = 3, 4, 20, 30
+
+
+def family(name, prior=False, n_trials=N_TRIALS):
+    if name == "poisson":
+        return Poisson(prior=GammaPrior(2.0, 0.1) if prior else None)
+    if name == "binomial":
+        return Binomial(n_trials, prior=BetaPrior(2.0, 3.0) if prior else None)
+    return Multinomial(prior=emjax.Dirichlet(1.5) if prior else None, n_draws=N_DRAWS)
+
+
+def model_for(name, prior=False, k=K, **kw):
+    return emjax.Mixture(family(name, prior, **kw), k, weights_prior=emjax.Dirichlet(2.0) if prior else None)
+
+
+def true_params(name):
+    """Well-separated components, K = 3, D = 4."""
+    w = jnp.array([0.2, 0.3, 0.5])
+    if name == "poisson":
+        return emjax.MixtureParams(w, PoissonParams(jnp.array([[1.0, 8.0, 3.0, 15.0], [10.0, 2.0, 6.0, 4.0], [5.0, 5.0, 12.0, 0.5]])))
+    if name == "binomial":
+        return emjax.MixtureParams(w, BinomialParams(jnp.array([[0.1, 0.8, 0.5, 0.3], [0.7, 0.2, 0.4, 0.9], [0.45, 0.5, 0.05, 0.6]])))
+    return emjax.MixtureParams(w, MultinomialParams(jnp.array([[0.1, 0.2, 0.3, 0.4], [0.5, 0.3, 0.1, 0.1], [0.25, 0.05, 0.6, 0.1]])))
+
+
+def component_leaf(params):
+    return np.asarray(jax.tree.leaves(params.components)[0])
+
+
+def sample(name, n, seed):
+    """Draws from the true mixture with numpy (fast; ``Mixture.sample`` is tested separately)."""
+    rng = np.random.default_rng(seed)
+    params = true_params(name)
+    z = rng.choice(K, size=n, p=np.asarray(params.weights))
+    theta = component_leaf(params)[z]
+    if name == "poisson":
+        x = rng.poisson(theta)
+    elif name == "binomial":
+        x = rng.binomial(N_TRIALS, theta)
+    else:
+        x = np.stack([rng.multinomial(N_DRAWS, t) for t in theta])
+    return x.astype(np.float64), z
+
+
+def assert_monotone(trace):
+    trace = np.asarray(trace)
+    assert np.all(np.isfinite(trace))
+    steps = np.diff(trace, axis=-1)
+    assert np.all(steps >= -1e-9 * np.abs(trace[..., 1:])), steps.min()
+
+
+# -- the three-coin example -----------------------------------------------------------------
+
+HEADS = [6, 5, 4, 2, 2, 6, 5, 5, 4, 2, 5, 2, 4, 4, 6, 4, 5, 6, 3, 3]
+POSTERIORS = {
+    2: [0.5674795, 0.4124300, 0.0200905],
+    3: [0.4568744, 0.4980674, 0.0450583],
+    4: [0.3436451, 0.5619435, 0.0944114],
+    5: [0.2370680, 0.5814960, 0.1814361],
+    6: [0.1468149, 0.5401758, 0.3130094],
+}
+
+
+def test_three_coins_one_em_step():
+    model = emjax.Mixture(Binomial(10), 3)
+    x = model.validate_data(np.array(HEADS)[:, None])
+    assert x.shape == (20, 1)
+    params = emjax.MixtureParams(jnp.array([0.25, 0.5, 0.25]), BinomialParams(jnp.array([[0.4], [0.5], [0.65]])))
+    post = np.asarray(model.posterior(params, x))
+    for outcome, expected in POSTERIORS.items():
+        rows = post[np.array(HEADS) == outcome]
+        np.testing.assert_allclose(rows, np.broadcast_to(expected, rows.shape), atol=1e-6)
+    stats, loglik = model.e_step(params, x)
+    np.testing.assert_allclose(stats.counts, [6.6744913, 10.5237552, 2.8017535], atol=1e-6)
+    new = model.m_step(stats, params)
+    np.testing.assert_allclose(new.weights, [0.3337246, 0.5261878, 0.1400877], atol=1e-6)
+    np.testing.assert_allclose(new.components.probs[:, 0], [0.3536485, 0.4278732, 0.5128013], atol=1e-6)
+    # The log-likelihood is the full binomial one (with the C(10, x) terms).
+    ref = np.log(sum(w * st.binom.pmf(HEADS, 10, p) for w, p in zip([0.25, 0.5, 0.25], [0.4, 0.5, 0.65])))
+    np.testing.assert_allclose(loglik, ref.sum(), rtol=1e-12)
+
+
+# -- log densities against scipy ---------------------------------------------------------------
+
+
+def random_setup(name, rng, n=50, k=K, d=D):
+    """Random parameters and data (Multinomial totals differ per point)."""
+    if name == "poisson":
+        comps = PoissonParams(jnp.asarray(rng.uniform(0.2, 12.0, size=(k, d))))
+        x = rng.poisson(5.0, size=(n, d))
+    elif name == "binomial":
+        comps = BinomialParams(jnp.asarray(rng.uniform(0.02, 0.98, size=(k, d))))
+        x = rng.integers(0, N_TRIALS + 1, size=(n, d))
+    else:
+        comps = MultinomialParams(jnp.asarray(rng.dirichlet(np.ones(d), size=k)))
+        x = rng.poisson(rng.uniform(0.5, 6.0, size=(n, 1)), size=(n, d))
+    return comps, x.astype(np.float64)
+
+
+def scipy_log_prob(name, comps, x):
+    leaf = np.asarray(jax.tree.leaves(comps)[0])
+    cols = []
+    for theta in leaf:
+        if name == "poisson":
+            cols.append(st.poisson.logpmf(x, theta).sum(1))
+        elif name == "binomial":
+            cols.append(st.binom.logpmf(x, N_TRIALS, theta).sum(1))
+        else:
+            cols.append(np.array([st.multinomial.logpmf(row, row.sum(), theta) for row in x]))
+    return np.stack(cols, axis=1)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_log_prob_matches_scipy(name):
+    rng = np.random.default_rng(1)
+    comps, x = random_setup(name, rng)
+    fam = family(name)
+    got = np.asarray(fam.log_prob(comps, fam.validate_data(x)))
+    np.testing.assert_allclose(got, scipy_log_prob(name, comps, x), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_log_prob_is_finite_at_boundary_parameters(name):
+    # Zero rates, probabilities of exactly 0 and 1: finite (clipped), and exact where the
+    # outcome is the one the boundary value allows.
+    fam = family(name)
+    x = jnp.asarray([[0.0, 3.0, 0.0, 1.0], [1.0, 0.0, 0.0, 5.0]])
+    if name == "poisson":
+        comps = PoissonParams(jnp.array([[0.0, 1.0, 0.0, 2.0]]))
+    elif name == "binomial":
+        comps = BinomialParams(jnp.array([[0.0, 1.0, 0.0, 1.0]]))
+        x = jnp.asarray([[0.0, 20.0, 0.0, 20.0], [0.0, 0.0, 0.0, 5.0]])
+    else:
+        comps = MultinomialParams(jnp.array([[0.0, 0.5, 0.0, 0.5]]))
+    lp = np.asarray(fam.log_prob(comps, x))
+    assert np.all(np.isfinite(lp))
+    ref = scipy_log_prob(name, comps, np.asarray(x))
+    np.testing.assert_allclose(lp[0], ref[0], rtol=1e-12, atol=1e-13)  # p clipped to 1 - eps/2
+    assert lp[1, 0] < -300  # impossible outcome: very negative, not NaN
+    grad = jax.grad(lambda c: jnp.sum(fam.log_prob(c, x)))(comps)
+    assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grad))
+
+
+# -- M-steps ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("prior", [False, True], ids=["ML", "MAP"])
+@pytest.mark.parametrize("name", FAMILIES)
+def test_m_step_hand_formulas(name, prior):
+    rng = np.random.default_rng(2)
+    _, x = random_setup(name, rng, n=40)
+    resp = rng.dirichlet(np.ones(K), size=x.shape[0])
+    fam = family(name, prior)
+    got = component_leaf(emjax.MixtureParams(None, fam.maximize(fam.statistics(jnp.asarray(x), jnp.asarray(resp)))))
+    nk = resp.sum(0)[:, None]
+    s = resp.T @ x
+    if name == "poisson":
+        expected = (s + 1.0) / (nk + 0.1) if prior else s / nk
+    elif name == "binomial":
+        expected = (s + 1.0) / (N_TRIALS * nk + 3.0) if prior else s / (N_TRIALS * nk)
+    else:
+        expected = (s + 0.5) / (s.sum(1, keepdims=True) + 6.0 - 4) if prior else s / s.sum(1, keepdims=True)
+    np.testing.assert_allclose(got, expected, rtol=1e-12)
+
+
+def unpack(name, theta, k, d):
+    weights = jax.nn.softmax(jnp.concatenate([jnp.zeros(1), theta[: k - 1]]))
+    rest = theta[k - 1:]
+    if name == "poisson":
+        comps = PoissonParams(jnp.exp(rest.reshape(k, d)))
+    elif name == "binomial":
+        comps = BinomialParams(jax.nn.sigmoid(rest.reshape(k, d)))
+    else:
+        logits = jnp.concatenate([jnp.zeros((k, 1)), rest.reshape(k, d - 1)], axis=1)
+        comps = MultinomialParams(jax.nn.softmax(logits, axis=1))
+    return emjax.MixtureParams(weights, comps)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_map_m_step_is_the_numerical_maximiser(name):
+    k, d = 2, 3
+    rng = np.random.default_rng(3)
+    _, x = random_setup(name, rng, n=40, k=k, d=d)
+    x = jnp.asarray(x)
+    resp = jnp.asarray(rng.dirichlet(np.ones(k), size=x.shape[0]))
+    model = emjax.Mixture(family(name, prior=True), k, weights_prior=emjax.Dirichlet([2.0, 3.5]))
+
+    def neg_q(theta):
+        params = unpack(name, theta, k, d)
+        return -(jnp.sum(resp * model.log_joint(params, x)) + model.log_prior(params))
+
+    n_theta = k - 1 + k * (d - 1 if name == "multinomial" else d)
+    fun = jax.jit(jax.value_and_grad(neg_q))
+    opt = minimize(lambda t: tuple(np.asarray(v, dtype=np.float64) for v in fun(jnp.asarray(t))),
+                   np.zeros(n_theta), jac=True, method="BFGS", options={"gtol": 1e-10, "maxiter": 5000})
+    numeric = unpack(name, jnp.asarray(opt.x), k, d)
+
+    stats = emjax.MixtureStats(jnp.sum(resp, 0), model.family.statistics(x, resp))
+    closed = model.m_step(stats, None)
+    for a, b in zip(jax.tree.leaves(closed), jax.tree.leaves(numeric)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    q_closed = -float(jnp.sum(resp * model.log_joint(closed, x)) + model.log_prior(closed))
+    assert q_closed <= opt.fun + 1e-9
+
+
+def test_log_priors_match_scipy():
+    rates = jnp.array([[0.5, 3.0], [7.0, 0.1]])
+    g = GammaPrior(2.5, 0.4)
+    np.testing.assert_allclose(g.log_prob(rates), st.gamma.logpdf(rates, 2.5, scale=1 / 0.4), rtol=1e-12)
+    probs = jnp.array([[0.2, 0.9], [0.5, 0.01]])
+    b = BetaPrior(2.0, 3.5)
+    np.testing.assert_allclose(b.log_prob(probs), st.beta.logpdf(probs, 2.0, 3.5), rtol=1e-12)
+    theta = jnp.array([[0.2, 0.3, 0.5], [0.6, 0.3, 0.1]])
+    fam = Multinomial(prior=emjax.Dirichlet([1.5, 2.0, 3.0]))
+    ref = sum(st.dirichlet.logpdf(t, [1.5, 2.0, 3.0]) for t in np.asarray(theta))
+    np.testing.assert_allclose(fam.log_prior(MultinomialParams(theta)), ref, rtol=1e-12)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_statistics_are_additive(name):
+    rng = np.random.default_rng(4)
+    _, x = random_setup(name, rng, n=60)
+    x = jnp.asarray(x)
+    resp = jnp.asarray(rng.dirichlet(np.ones(K), size=60))
+    fam = family(name)
+    whole = fam.statistics(x, resp)
+    parts = emjax.add_stats(fam.statistics(x[:23], resp[:23]), fam.statistics(x[23:], resp[23:]))
+    for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(parts)):
+        np.testing.assert_allclose(a, b, rtol=1e-12)
+
+
+# -- fitting ------------------------------------------------------------------------------------
+
+
+def matched_errors(name, est, true):
+    """Max abs errors of the weights and of the component parameters (Poisson rates
+    divided by sqrt(rate), their standard deviation's scale), after matching components."""
+    e, t = component_leaf(est), component_leaf(true)
+    scale = np.sqrt(t) if name == "poisson" else np.ones_like(t)
+    cost = np.abs((e[:, None, :] - t[None, :, :]) / scale[None]).sum(-1)
+    rows, cols = linear_sum_assignment(cost)
+    comp_err = np.max(np.abs(e[rows] - t[cols]) / scale[cols])
+    w_err = np.max(np.abs(np.asarray(est.weights)[rows] - np.asarray(true.weights)[cols]))
+    return max(comp_err, w_err)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_sample_and_moments(name):
+    # Mixture.sample through the family, against the mixture's mean and covariance.
+    n = 20000
+    model = model_for(name)
+    true = true_params(name)
+    x, z = model.sample(jax.random.key(7), true, n)
+    x = np.asarray(x)
+    assert x.shape == (n, D) and np.all(x == np.round(x)) and x.min() >= 0
+    if name == "multinomial":
+        assert np.all(x.sum(1) == N_DRAWS)
+    if name == "binomial":
+        assert x.max() <= N_TRIALS
+    cov = np.asarray(model.covariance(true))
+    se = np.sqrt(np.outer(np.diag(cov), np.diag(cov)) / n)  # about the sampling error of a covariance
+    np.testing.assert_allclose(x.mean(0), model.mean(true), atol=float(5 * np.sqrt(np.diag(cov) / n).max()))
+    np.testing.assert_array_less(np.abs(np.cov(x.T) - cov), 5 * se + 1e-12)
+    np.testing.assert_allclose(np.bincount(np.asarray(z), minlength=K) / n, true.weights, atol=0.015)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_parameter_recovery_and_monotone_ml(name):
+    true = true_params(name)
+    model = model_for(name)
+    errors = []
+    for n, seed in ((2000, 10), (20000, 11)):
+        x, _ = sample(name, n, seed)
+        res = emjax.fit(model, x, key=jax.random.key(seed), n_restarts=8)
+        assert int(res.status[res.best]) in (emjax.RESULTS.SUCCESS, emjax.RESULTS.MAX_ITER)
+        assert_monotone(res.trace)  # ML: the log-likelihood never decreases, all 8 restarts
+        errors.append(matched_errors(name, res.params, true))
+    assert errors[1] < errors[0], errors
+    assert errors[1] < {"poisson": 0.06, "binomial": 0.02, "multinomial": 0.02}[name], errors
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_float32_agrees_with_float64(name):
+    x64, _ = sample(name, 2000, 30)
+    model = model_for(name)
+    p0 = model.init(jax.random.key(2), jnp.asarray(x64), "kmeans++")
+    r64 = emjax.fit(model, x64, key=jax.random.key(0), init=p0, max_iter=200, tol=1e-10)
+    p0_32 = jax.tree.map(lambda a: a.astype(jnp.float32), p0)
+    r32 = emjax.fit(model, x64.astype(np.float32), key=jax.random.key(0), init=p0_32, max_iter=200, tol=1e-7)
+    assert component_leaf(r32.params).dtype == np.float32
+    ll32, ll64 = float(r32.objective[0]), float(r64.objective[0])
+    assert abs(ll32 - ll64) <= 1e-4 * abs(ll64)
+    np.testing.assert_allclose(component_leaf(r32.params), component_leaf(r64.params), rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_sample_weights_equal_repetition_and_monotone_map(name):
+    x, _ = sample(name, 200, 40)
+    counts = np.random.default_rng(0).integers(0, 4, size=x.shape[0])
+    model = model_for(name, prior=True)
+    p0 = model.init(jax.random.key(0), jnp.asarray(x), "random")
+    weighted = emjax.fit(model, x, key=jax.random.key(0), init=p0, weights=counts, max_iter=40, tol=0.0)
+    repeated = emjax.fit(model, np.repeat(x, counts, axis=0), key=jax.random.key(0), init=p0, max_iter=40, tol=0.0)
+    for a, b in zip(jax.tree.leaves(weighted.params), jax.tree.leaves(repeated.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(weighted.trace, repeated.trace, rtol=1e-10)
+    # MAP: the log posterior never decreases, and real progress was made.
+    assert_monotone(repeated.trace)
+    assert float(repeated.trace[0, -1] - repeated.trace[0, 0]) > 1.0
+    p = repeated.params
+    xr = np.repeat(x, counts, axis=0)
+    expected = float(jnp.sum(model.log_prob(p, xr)) + model.log_prior(p))
+    np.testing.assert_allclose(float(repeated.objective[0]), expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_frozen_parameters_and_counts(name):
+    x, _ = sample(name, 200, 50)
+    model = emjax.Mixture(family(name), K, frozen=("weights",) + type(family(name)).param_groups)
+    p0 = model_for(name).init(jax.random.key(0), jnp.asarray(x), "random")
+    res = emjax.fit(model, x, key=jax.random.key(0), init=p0, max_iter=5, tol=0.0)
+    for a, b in zip(jax.tree.leaves(res.params), jax.tree.leaves(p0)):
+        np.testing.assert_array_equal(a, b)
+    per = {"poisson": K * D, "binomial": K * D, "multinomial": K * (D - 1)}[name]
+    assert model_for(name).n_parameters(D) == K - 1 + per
+    assert model.n_parameters(D) == 0
+
+
+# -- bad input ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_bad_data_is_rejected(name):
+    model = model_for(name)
+    good = np.array([[1, 2, 0, 3], [0, 1, 4, 2], [2, 2, 2, 2], [3, 0, 1, 1]])
+    model.validate_data(good)
+    with pytest.raises(ValueError, match="non-negative"):
+        model.validate_data(good - np.eye(4, dtype=int) * 5)
+    with pytest.raises(ValueError, match="integer-valued"):
+        model.validate_data(good + 0.5 * np.eye(4))
+    with pytest.raises(ValueError, match="2-D"):
+        model.validate_data(good[0])
+    with pytest.raises(ValueError, match="2-D"):
+        model.validate_data(good[None])
+    with pytest.raises(ValueError, match="NaN"):
+        model.validate_data(np.where(np.eye(4) > 0, np.nan, good))
+    with pytest.raises(ValueError, match="n_components"):
+        model.validate_data(good[:2])
+    with pytest.raises(ValueError, match="non-negative"):
+        emjax.fit(model, good - np.eye(4, dtype=int) * 5, key=jax.random.key(0))
+
+
+def test_family_specific_errors():
+    with pytest.raises(ValueError, match="n_trials=5"):
+        Binomial(5).validate_data(np.array([[6], [1]]))
+    with pytest.raises(TypeError, match="n_trials"):
+        Binomial(2.5)
+    with pytest.raises(ValueError, match="n_trials"):
+        Binomial(0)
+    with pytest.raises(ValueError, match="2 categories"):
+        Multinomial().validate_data(np.array([[3], [1]]))
+    with pytest.raises(ValueError, match="3 entries"):
+        Multinomial(prior=emjax.Dirichlet([2.0, 2.0, 2.0])).validate_data(np.ones((5, 4)))
+    with pytest.raises(ValueError, match=">= 1"):
+        GammaPrior(0.5, 1.0)
+    with pytest.raises(ValueError, match="> 0"):
+        GammaPrior(2.0, 0.0)
+    with pytest.raises(ValueError, match=">= 1"):
+        BetaPrior(2.0, 0.9)
+    with pytest.raises(TypeError, match="GammaPrior"):
+        Poisson(prior=BetaPrior(2.0, 2.0))
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_bad_params_are_rejected(name):
+    x, _ = sample(name, 50, 60)
+    model = model_for(name)
+    good = true_params(name)
+    leaf = component_leaf(good)
+    cls = type(good.components)
+    bad = {
+        "shape": emjax.MixtureParams(good.weights, cls(jnp.asarray(leaf[:, :2]))),
+        "negative": emjax.MixtureParams(good.weights, cls(jnp.asarray(leaf * np.where(np.eye(K, D) > 0, -1.0, 1.0)))),
+    }
+    with pytest.raises(ValueError, match=r"shape \(3, 4\)"):
+        emjax.fit(model, x, key=jax.random.key(0), init=bad["shape"])
+    with pytest.raises(ValueError, match="non-negative|lie in"):
+        emjax.fit(model, x, key=jax.random.key(0), init=bad["negative"])
+    with pytest.raises(TypeError):
+        emjax.fit(model, x, key=jax.random.key(0), init=emjax.MixtureParams(good.weights, emjax.GaussianParams(leaf, leaf)))
+    if name == "multinomial":
+        with pytest.raises(ValueError, match="sum to 1"):
+            emjax.fit(model, x, key=jax.random.key(0), init=emjax.MixtureParams(good.weights, cls(jnp.asarray(leaf * 1.1))))
