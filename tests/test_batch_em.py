@@ -180,3 +180,28 @@ def test_no_full_data_intermediate(cov_type):
         .lower(x, p0).compile().memory_analysis()
     )
     assert fit_mem.temp_size_in_bytes < nkd_bytes / 3
+
+
+def test_gaussian_parameters_are_recovered_with_shrinking_error():
+    from scipy.optimize import linear_sum_assignment
+
+    model = emjax.Mixture(emjax.Gaussian("full"), 3)
+    truth = emjax.MixtureParams(
+        jnp.array([0.5, 0.3, 0.2]),
+        emjax.GaussianParams(jnp.array([[0.0, 0.0], [6.0, 0.0], [0.0, 6.0]]),
+                             jnp.array([[[1.0, 0.3], [0.3, 0.8]], [[0.5, 0.0], [0.0, 1.5]], [[1.2, -0.4], [-0.4, 0.7]]])),
+    )
+    errors = []
+    for n in (2000, 20000):
+        x, _ = model.sample(jax.random.key(n), truth, n)
+        res = emjax.fit(model, x, key=jax.random.key(1), n_restarts=4)
+        m = np.asarray(res.params.components.means)
+        cost = ((m[:, None] - np.asarray(truth.components.means)[None]) ** 2).sum(-1)
+        rows, cols = linear_sum_assignment(cost)
+        err = max(
+            np.abs(m[rows] - np.asarray(truth.components.means)[cols]).max(),
+            np.abs(np.asarray(res.params.components.covariances)[rows] - np.asarray(truth.components.covariances)[cols]).max(),
+            np.abs(np.asarray(res.params.weights)[rows] - np.asarray(truth.weights)[cols]).max(),
+        )
+        errors.append(err)
+    assert errors[1] < errors[0] and errors[1] < 0.05, errors
