@@ -26,6 +26,12 @@ def n_rows(x) -> int:
     return jax.tree.leaves(x)[0].shape[0]
 
 
+def n_features(x) -> int:
+    """D: the trailing size of the data (of its first leaf for pytree data)."""
+    leaf = jax.tree.leaves(x)[0]
+    return leaf.shape[-1] if leaf.ndim > 1 else 1
+
+
 def default_chunk_size(n: int, width: int) -> int:
     """Rows per chunk so that a ``(chunk, width)`` intermediate stays about 4 MB in
     float32 on a CPU (256 MB on a GPU), for ``width`` = K x D."""

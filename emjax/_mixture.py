@@ -13,18 +13,12 @@ from jax.scipy.special import logsumexp
 
 from . import _init
 from ._checks import check_n_components, check_shape, concrete
-from ._chunks import chunked_map, chunked_sum, default_chunk_size, n_rows
+from ._chunks import chunked_map, chunked_sum, default_chunk_size, n_features, n_rows
 from ._model import add_stats
 from ._priors import Dirichlet
 from .families._base import Family
 
 INIT_METHODS = ("kmeans", "kmeans++", "random", "random_resp")
-
-
-def _n_features(x) -> int:
-    """D: the trailing size of the data (of its first leaf for pytree data)."""
-    leaf = jax.tree.leaves(x)[0]
-    return leaf.shape[-1] if leaf.ndim > 1 else 1
 
 
 class MixtureParams(eqx.Module):
@@ -194,7 +188,7 @@ class Mixture(eqx.Module):
         check_n_components(self.n_components, n_rows(x))
         if hasattr(self.family, "check_identifiable"):
             # Warns where K components over these features are not identifiable.
-            self.family.check_identifiable(self.n_components, _n_features(x))
+            self.family.check_identifiable(self.n_components, n_features(x))
         return x
 
     def validate_params(self, params, x) -> None:
@@ -208,7 +202,7 @@ class Mixture(eqx.Module):
                 raise ValueError(f"weights must be finite and non-negative; got {w}.")
             if abs(float(np.sum(w, dtype=np.float64)) - 1.0) > 1e-5:
                 raise ValueError(f"weights must sum to 1; they sum to {float(np.sum(w, dtype=np.float64))}.")
-        self.family.validate_params(params.components, k, _n_features(x))
+        self.family.validate_params(params.components, k, n_features(x))
 
     def collapsed(self, params: MixtureParams, x: Array) -> Array:
         """``(K,)`` booleans: components at a likelihood singularity."""
@@ -217,7 +211,7 @@ class Mixture(eqx.Module):
     # -- the fitted mixture ----------------------------------------------------------
 
     def _chunk_size(self, x) -> int:
-        return default_chunk_size(n_rows(x), self.n_components * _n_features(x))
+        return default_chunk_size(n_rows(x), self.n_components * n_features(x))
 
     def _map(self, fn, x):
         x = jax.tree.map(jnp.asarray, x)
@@ -276,8 +270,8 @@ class Mixture(eqx.Module):
     def bic(self, params: MixtureParams, x: Array) -> Array:
         """Bayesian information criterion ``-2 log L + p log N`` (lower is better)."""
         ll = jnp.sum(self.log_prob(params, x))
-        return -2 * ll + self.n_parameters(_n_features(x)) * jnp.log(n_rows(x))
+        return -2 * ll + self.n_parameters(n_features(x)) * jnp.log(n_rows(x))
 
     def aic(self, params: MixtureParams, x: Array) -> Array:
         """Akaike information criterion ``-2 log L + 2 p`` (lower is better)."""
-        return -2 * jnp.sum(self.log_prob(params, x)) + 2 * self.n_parameters(_n_features(x))
+        return -2 * jnp.sum(self.log_prob(params, x)) + 2 * self.n_parameters(n_features(x))

@@ -19,7 +19,7 @@ import equinox as eqx
 from jax import Array
 
 from ._checks import as_sample_weights, float_dtype, is_traced
-from ._chunks import default_chunk_size, n_rows
+from ._chunks import default_chunk_size, n_features, n_rows
 from ._data import Data
 from ._model import EMModel
 from .algorithms import Algorithm, BatchEM
@@ -268,8 +268,7 @@ def fit(
     dtype = jax.tree.leaves(x)[0].dtype
     weights = as_sample_weights(weights, n, dtype if jnp.issubdtype(dtype, jnp.floating) else float_dtype())
     if chunk_size is None:
-        width = getattr(model, "n_components", 1) * (x.shape[1] if hasattr(x, "ndim") and x.ndim == 2 else 1)
-        chunk_size = default_chunk_size(n, width)
+        chunk_size = default_chunk_size(n, getattr(model, "n_components", 1) * n_features(x))
     elif not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive integer; got {chunk_size!r}.")
 

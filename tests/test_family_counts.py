@@ -406,3 +406,146 @@ def test_bad_params_are_rejected(name):
     if name == "multinomial":
         with pytest.raises(ValueError, match="sum to 1"):
             emjax.fit(model, x, key=jax.random.key(0), init=emjax.MixtureParams(good.weights, cls(jnp.asarray(leaf * 1.1))))
+
+
+# -- Binomial with per-point trials (n_trials=None, data (successes, trials)) -------------------
+
+
+def sample_per_point(n, seed, per_feature=False, allow_zero=False):
+    """Draws from the binomial true mixture with trials varying between points (numpy)."""
+    rng = np.random.default_rng(seed)
+    params = true_params("binomial")
+    z = rng.choice(K, size=n, p=np.asarray(params.weights))
+    theta = component_leaf(params)[z]
+    low = 0 if allow_zero else 1
+    trials = rng.integers(low, 40, size=(n, D) if per_feature else n)
+    s = rng.binomial(trials if per_feature else trials[:, None], theta)
+    return s.astype(np.float64), trials, z
+
+
+@pytest.mark.parametrize("per_feature", [False, True])
+def test_binomial_per_point_log_prob_matches_scipy(per_feature):
+    s, t, _ = sample_per_point(300, 70, per_feature, allow_zero=True)
+    rng = np.random.default_rng(71)
+    probs = rng.uniform(0.02, 0.98, size=(K, D))
+    w = np.array([0.2, 0.3, 0.5])
+    fam = Binomial(None)
+    tt = t if per_feature else t[:, None]
+    ref = np.stack([st.binom.logpmf(s, tt, probs[k]).sum(1) for k in range(K)], axis=1)
+    got = fam.log_prob(BinomialParams(jnp.asarray(probs)), fam.validate_data((s, t)))
+    np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-10)
+    model = emjax.Mixture(fam, K)
+    params = emjax.MixtureParams(jnp.asarray(w), BinomialParams(jnp.asarray(probs)))
+    mix_ref = np.log(np.exp(ref) @ w)
+    np.testing.assert_allclose(model.log_prob(params, (s, t)), mix_ref, rtol=1e-10)
+    np.testing.assert_allclose(model.posterior(params, (s, t)).sum(1), 1.0, rtol=1e-12)
+    assert model.predict(params, (s, t)).shape == (300,)
+
+
+@pytest.mark.parametrize("per_feature", [False, True])
+def test_binomial_per_point_recovery_and_monotone(per_feature):
+    true = true_params("binomial")
+    model = emjax.Mixture(Binomial(None), K)
+    errors = []
+    for n, seed in ((2000, 72), (20000, 73)):
+        s, t, _ = sample_per_point(n, seed, per_feature)
+        res = emjax.fit(model, (s, t), key=jax.random.key(seed), n_restarts=4)
+        assert int(res.status[res.best]) in (emjax.RESULTS.SUCCESS, emjax.RESULTS.MAX_ITER)
+        assert_monotone(res.trace)
+        errors.append(matched_errors("binomial", res.params, true))
+    assert errors[1] < errors[0], errors
+    assert errors[1] < 0.02, errors
+
+
+@pytest.mark.parametrize("init", ["kmeans", "random_resp"])
+def test_binomial_per_point_equal_trials_equals_fixed(init):
+    x, _ = sample("binomial", 1000, 74)
+    fixed = emjax.fit(model_for("binomial"), x, key=jax.random.key(1), init=init, n_restarts=2, tol=0.0, max_iter=30)
+    t = np.full(x.shape[0], N_TRIALS)
+    for trials in (t, np.broadcast_to(t[:, None], x.shape)):
+        per = emjax.fit(emjax.Mixture(Binomial(None), K), (x, trials), key=jax.random.key(1), init=init, n_restarts=2, tol=0.0, max_iter=30)
+        for a, b in zip(jax.tree.leaves(per.restart_params), jax.tree.leaves(fixed.restart_params)):
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(per.trace, fixed.trace, rtol=1e-10)
+
+
+def test_binomial_per_point_weights_equal_repetition():
+    s, t, _ = sample_per_point(200, 75, allow_zero=True)
+    counts = np.random.default_rng(1).integers(0, 4, size=s.shape[0])
+    model = emjax.Mixture(Binomial(None, prior=BetaPrior(2.0, 3.0)), K, weights_prior=emjax.Dirichlet(2.0))
+    p0 = model.init(jax.random.key(0), model.validate_data((s, t)), "random")
+    weighted = emjax.fit(model, (s, t), key=jax.random.key(0), init=p0, weights=counts, max_iter=40, tol=0.0)
+    rep = (np.repeat(s, counts, axis=0), np.repeat(t, counts, axis=0))
+    repeated = emjax.fit(model, rep, key=jax.random.key(0), init=p0, max_iter=40, tol=0.0)
+    for a, b in zip(jax.tree.leaves(weighted.params), jax.tree.leaves(repeated.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(weighted.trace, repeated.trace, rtol=1e-10)
+    assert_monotone(repeated.trace)
+    # Float32 successes: the runner takes the dtype from the first leaf.
+    r32 = emjax.fit(model, (s.astype(np.float32), t), key=jax.random.key(0), weights=counts, max_iter=40)
+    assert component_leaf(r32.params).dtype == np.float32
+
+
+def test_binomial_per_point_sampling():
+    params = true_params("binomial")
+    fam = Binomial(None)
+    model = emjax.Mixture(fam, K)
+    with pytest.raises(ValueError, match="sample_successes"):
+        model.sample(jax.random.key(0), params, 10)
+    with pytest.raises(ValueError, match="n_trials=None"):
+        model.mean(params)
+    z = jnp.asarray(np.random.default_rng(0).integers(0, K, 50000))
+    trials = np.random.default_rng(1).integers(0, 30, 50000)
+    x = fam.sample_successes(jax.random.key(1), params.components, z, trials)
+    assert x.shape == (50000, D)
+    assert np.all(np.asarray(x) <= trials[:, None]) and np.all(np.asarray(x) >= 0)
+    fam.validate_data((x, trials))
+    probs = component_leaf(params)
+    for k in range(K):
+        sel = np.asarray(z) == k
+        frac = np.asarray(x)[sel].sum(0) / trials[sel].sum()
+        np.testing.assert_allclose(frac, probs[k], atol=0.01)
+    # Fixed mode: sample and sample_successes(n) agree.
+    fixed = Binomial(7)
+    np.testing.assert_array_equal(
+        fixed.sample(jax.random.key(2), params.components, z[:100]),
+        fixed.sample_successes(jax.random.key(2), params.components, z[:100], 7),
+    )
+
+
+def test_binomial_per_point_bad_data_is_rejected():
+    fam = Binomial(None)
+    s = np.array([[1, 2], [0, 3], [2, 2]])
+    t = np.array([3, 4, 2])
+    out = fam.validate_data((s, t))
+    assert isinstance(out, tuple) and out[1].dtype == out[0].dtype
+    fam.validate_data([s, np.array([[1, 2], [0, 3], [2, 2]])])
+    fam.validate_data((s * 0, np.zeros(3)))  # zero trials: allowed (nothing observed)
+    with pytest.raises(TypeError, match=r"pair \(successes, trials\)"):
+        fam.validate_data(s)
+    with pytest.raises(TypeError, match="pair"):
+        fam.validate_data((s, t, t))
+    with pytest.raises(ValueError, match=r"trials must have shape"):
+        fam.validate_data((s, t[:2]))
+    with pytest.raises(ValueError, match=r"trials must have shape"):
+        fam.validate_data((s, np.ones((3, 3))))
+    with pytest.raises(ValueError, match=r"\(N,\) or \(N, D\)"):
+        fam.validate_data((s, np.ones((3, 2, 1))))
+    with pytest.raises(ValueError, match="non-negative integer"):
+        fam.validate_data((s, np.array([3, -4, 2])))
+    with pytest.raises(ValueError, match="non-negative integer"):
+        fam.validate_data((s, np.array([3, 4.5, 2])))
+    with pytest.raises(ValueError, match="non-negative integer"):
+        fam.validate_data((s, np.array([3, np.nan, 2])))
+    with pytest.raises(ValueError, match="non-negative"):
+        fam.validate_data((s - 1, t))
+    with pytest.raises(ValueError, match="integer-valued"):
+        fam.validate_data((s + 0.5, t))
+    with pytest.raises(ValueError, match=r"must not exceed trials.*3.0 > 2.0 at row 1, column 1"):
+        fam.validate_data((s, np.array([3, 2, 2])))
+    with pytest.raises(ValueError, match="must not exceed trials"):
+        emjax.fit(emjax.Mixture(fam, 2), (s, np.array([[3, 4], [4, 2], [2, 2]])), key=jax.random.key(0))
+    with pytest.raises(TypeError, match=r"Binomial\(n_trials=None\)"):
+        Binomial(5).validate_data((s, t))
+    with pytest.raises(TypeError, match="or None"):
+        Binomial(2.5)

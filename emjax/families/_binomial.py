@@ -1,12 +1,14 @@
 """Binomial components: D independent success counts out of a known number of trials.
 
 ``p(x | p_k) = prod_d C(n, x_d) p_kd^x_d (1 - p_kd)^(n - x_d)``, the full
-normalised pmf, with ``n = n_trials`` the same for every point and feature.
+normalised pmf, with ``n = n_trials`` the same for every point and feature, or,
+with ``n_trials=None``, per-point trials ``n_nd`` given with the data as a pair
+``(successes, trials)``.
 Statistics are the responsibility-weighted successes ``S_kd = sum r x`` and
 failures ``F_kd = sum r (n - x)`` (kept separately, so ``n N_k - S_kd`` is never
-formed by a cancelling subtraction); the ML M-step is ``p_kd = S_kd / (n N_k)``
-and the MAP M-step under a ``Beta(a, b)`` prior (``a, b >= 1``) is
-``p_kd = (S_kd + a - 1) / (n N_k + a + b - 2)``.
+formed by a cancelling subtraction); the ML M-step is ``p_kd = S_kd / (S_kd + F_kd)``
+(``S_kd / (n N_k)`` for a fixed ``n``) and the MAP M-step under a ``Beta(a, b)``
+prior (``a, b >= 1``) is ``p_kd = (S_kd + a - 1) / (S_kd + F_kd + a + b - 2)``.
 
 Numerics: ``log_prob`` clips ``p`` to ``[tiny, 1 - eps/2]`` (``tiny`` the
 smallest normal number, ``1 - eps/2`` the largest number below 1), so an ML
@@ -60,45 +62,82 @@ class BinomialStats(eqx.Module):
 
 
 class Binomial(Family):
-    """Components of D independent binomial counts with a known number of trials.
+    """Components of D independent binomial counts with known numbers of trials.
+
+    Two modes:
+
+    * ``Binomial(n)``: the same number of trials ``n`` for every point and
+      feature; the data are a success-count matrix ``x`` ``(N, D)`` in ``0..n``.
+    * ``Binomial(None)`` (per-point trials): the data are a pair
+      ``(successes, trials)``: ``successes`` ``(N, D)`` and ``trials`` ``(N,)``
+      (one count per point, shared by its features) or ``(N, D)``, all
+      non-negative integers with ``successes <= trials``. A trial count of 0 is
+      allowed: that entry is an observation of nothing (its likelihood is 1 and it
+      adds nothing to the statistics), so ``(N, D)`` trials with zeros encode
+      missing entries. Pass the pair wherever a mixture takes data
+      (``emjax.fit(model, (successes, trials), ...)``, ``model.log_prob``,
+      ``model.predict``, ...); every leaf is chunked along ``N``.
+      Sampling cannot know the trials of new points, so :meth:`sample` (and so
+      ``Mixture.sample``) and :meth:`moments` (``Mixture.mean``/``covariance``)
+      raise; draw with :meth:`sample_successes` given the trials instead.
+      With every ``trials`` equal to ``n`` the fit equals that of ``Binomial(n)``.
 
     Args:
-        n_trials: the number of trials ``n``, a positive int, the same for every
-            point and feature (data are success counts in ``0..n``).
+        n_trials: the number of trials ``n``, a positive int, or ``None`` for
+            per-point trials given with the data.
         prior: a :class:`BetaPrior` on every probability for MAP-EM, or ``None``
             for maximum likelihood.
 
     Example:
         >>> model = emjax.Mixture(Binomial(10), 3)   # the three-coin problem
+        >>> model = emjax.Mixture(Binomial(None), 3)  # trials differ between points
+        >>> result = emjax.fit(model, (successes, trials), key=jax.random.key(0))
+        >>> z = jax.random.categorical(k1, jnp.log(result.params.weights), shape=(m,))
+        >>> x = model.family.sample_successes(k2, result.params.components, z, new_trials)
     """
 
-    n_trials: int = eqx.field(static=True)
+    n_trials: int | None = eqx.field(static=True)
     prior: BetaPrior | None
 
     param_groups: ClassVar[tuple[str, ...]] = ("probs",)
 
-    def __init__(self, n_trials: int, prior: BetaPrior | None = None):
-        if isinstance(n_trials, bool) or not isinstance(n_trials, (int, np.integer)):
-            raise TypeError(f"n_trials must be a positive int; got {n_trials!r}.")
-        if n_trials < 1:
-            raise ValueError(f"n_trials must be a positive int; got {n_trials}.")
+    def __init__(self, n_trials: int | None, prior: BetaPrior | None = None):
+        if n_trials is not None:
+            if isinstance(n_trials, bool) or not isinstance(n_trials, (int, np.integer)):
+                raise TypeError(f"n_trials must be a positive int, or None for per-point trials; got {n_trials!r}.")
+            if n_trials < 1:
+                raise ValueError(f"n_trials must be a positive int, or None for per-point trials; got {n_trials}.")
+            n_trials = int(n_trials)
         if prior is not None and not isinstance(prior, BetaPrior):
             raise TypeError(f"prior must be a BetaPrior or None; got {type(prior).__name__}.")
-        self.n_trials = int(n_trials)
+        self.n_trials = n_trials
         self.prior = prior
 
-    def log_prob(self, params: BinomialParams, x: Array) -> Array:
-        n = self.n_trials
+    @property
+    def per_point(self) -> bool:
+        """Whether the trials come with the data (``n_trials=None``)."""
+        return self.n_trials is None
+
+    def _split(self, x):
+        """``(successes (N, D), trials)``: ``trials`` ``(N, D)``, ``(N, 1)`` or the int ``n``."""
+        if self.n_trials is not None:
+            return x, self.n_trials
+        s, t = x
+        return s, (t[:, None] if t.ndim == 1 else t)
+
+    def log_prob(self, params: BinomialParams, x) -> Array:
+        x, n = self._split(x)
         p = _clip_prob(params.probs)
         lp = jnp.matmul(x, jnp.log(p).T, precision=_EXACT) + jnp.matmul(n - x, jnp.log1p(-p).T, precision=_EXACT)
         log_binom = gammaln(jnp.asarray(n + 1, x.dtype)) - gammaln(x + 1) - gammaln(n - x + 1)
-        return lp + jnp.sum(log_binom, axis=1)[:, None]
+        return lp + jnp.sum(jnp.broadcast_to(log_binom, x.shape), axis=1)[:, None]
 
-    def statistics(self, x: Array, resp: Array, params: BinomialParams | None = None) -> BinomialStats:
+    def statistics(self, x, resp: Array, params: BinomialParams | None = None) -> BinomialStats:
+        x, n = self._split(x)
         return BinomialStats(
             jnp.sum(resp, axis=0),
             jnp.matmul(resp.T, x, precision=_EXACT),
-            jnp.matmul(resp.T, self.n_trials - x, precision=_EXACT),
+            jnp.matmul(resp.T, n - x, precision=_EXACT),
         )
 
     def maximize(self, stats: BinomialStats, params=None, frozen: frozenset = frozenset()) -> BinomialParams:
@@ -121,26 +160,65 @@ class Binomial(Family):
             return jnp.zeros((), params.probs.dtype)
         return jnp.sum(self.prior.log_prob(params.probs))
 
-    def seed_points(self, x: Array) -> Array:
-        """k-means / random-point seeding runs on the counts themselves (all out of ``n``)."""
-        return x
+    def seed_points(self, x) -> Array:
+        """k-means / random-point seeding runs on the counts themselves (all out of ``n``);
+        with per-point trials on the success fractions ``successes / trials``, an
+        entry with 0 trials taking its feature's pooled fraction (1/2 where a
+        feature has no trials at all)."""
+        if self.n_trials is not None:
+            return x
+        s, t = self._split(x)
+        t = jnp.broadcast_to(t, s.shape)
+        tot_s, tot_t = jnp.sum(s, axis=0), jnp.sum(t, axis=0)
+        pooled = jnp.where(tot_t > 0, tot_s / jnp.where(tot_t > 0, tot_t, 1), 0.5)
+        return jnp.where(t > 0, s / jnp.where(t > 0, t, 1), pooled[None, :])
 
-    def init_from_centers(self, x: Array, centers: Array) -> BinomialParams:
-        # The centres' success fractions, shrunk 10% towards the pooled fraction so
+    def init_from_centers(self, x, centers: Array) -> BinomialParams:
+        # The centres' success fractions, shrunk 10% towards the mean fraction so
         # that a 0 or n in a centre does not give a probability of exactly 0 or 1.
-        mean = jnp.mean(x, axis=0)
-        p = (0.9 * centers + 0.1 * mean[None, :]) / self.n_trials
-        return BinomialParams(jnp.clip(p, 0.0, 1.0).astype(x.dtype))
+        seeds = self.seed_points(x)
+        mean = jnp.mean(seeds, axis=0)
+        p = 0.9 * centers + 0.1 * mean[None, :]
+        if self.n_trials is not None:
+            p = p / self.n_trials
+        return BinomialParams(jnp.clip(p, 0.0, 1.0).astype(seeds.dtype))
 
     def n_parameters(self, n_components: int, n_features: int, frozen: frozenset = frozenset()) -> int:
         return 0 if "probs" in frozen else n_components * n_features
 
     def sample(self, key, params: BinomialParams, components: Array) -> Array:
+        if self.n_trials is None:
+            raise ValueError(
+                "Binomial(n_trials=None) takes its trials from the data, so it cannot draw new points "
+                "without them (Mixture.sample cannot pass them). Draw the components yourself and call "
+                "family.sample_successes(key, params, components, trials), e.g. "
+                "z = jax.random.categorical(k1, jnp.log(params.weights), shape=(m,)); "
+                "x = model.family.sample_successes(k2, params.components, z, trials)."
+            )
+        return self.sample_successes(key, params, components, self.n_trials)
+
+    def sample_successes(self, key, params: BinomialParams, components: Array, trials) -> Array:
+        """Success counts of new points with given trials: ``(M, D)``.
+
+        Args:
+            key: PRNG key.
+            params: the components' :class:`BinomialParams`.
+            components: ``(M,)`` the component of each point.
+            trials: the number of trials: an int, ``(M,)`` (one per point) or ``(M, D)``.
+        """
         p = params.probs[components]
-        n = jnp.full(p.shape, self.n_trials, p.dtype)
+        n = jnp.asarray(trials, p.dtype)
+        if n.ndim == 1:
+            n = n[:, None]
+        n = jnp.broadcast_to(n, p.shape)
         return jax.random.binomial(key, n, p, p.shape, dtype=p.dtype)
 
     def moments(self, params: BinomialParams):
+        if self.n_trials is None:
+            raise ValueError(
+                "Binomial(n_trials=None) has no fixed number of trials, so its component moments are "
+                "undefined: for n trials the means are n * probs and the covariances diag(n p (1 - p))."
+            )
         p = params.probs
         n = self.n_trials
         return n * p, jax.vmap(jnp.diag)(n * p * (1 - p))
@@ -149,7 +227,17 @@ class Binomial(Family):
         # The binomial likelihood is bounded: only non-finite parameters are flagged.
         return ~jnp.all(jnp.isfinite(params.probs), axis=1)
 
-    def validate_data(self, x) -> Array:
+    def validate_data(self, x):
+        if self.n_trials is None:
+            return self._validate_pair(x)
+        if (
+            isinstance(x, tuple) and len(x) == 2 and all(hasattr(a, "ndim") for a in x)
+            and (x[0].ndim == 2 or x[0].shape != x[1].shape)
+        ):
+            raise TypeError(
+                f"Binomial(n_trials={self.n_trials}) takes a success-count matrix (N, D), not a pair; "
+                "for data (successes, trials) with per-point trials use Binomial(n_trials=None)."
+            )
         arr = count_matrix(x, what="success counts")
         if not is_traced(arr):
             host = np.asarray(arr)
@@ -169,3 +257,46 @@ class Binomial(Family):
         p = _check_finite(params.probs, "probs")
         if p is not None and (np.any(p < 0) or np.any(p > 1)):
             raise ValueError(f"Binomial probs must lie in [0, 1]; got values in [{np.min(p)}, {np.max(p)}].")
+
+    def _validate_pair(self, x):
+        """Per-point mode: check ``(successes, trials)``; returns a tuple of float arrays."""
+        if not isinstance(x, (tuple, list)) or len(x) != 2:
+            raise TypeError(
+                "Binomial(n_trials=None) takes data as a pair (successes, trials): successes (N, D) and "
+                f"trials (N,) or (N, D); got {type(x).__name__}"
+                + (f" of length {len(x)}." if isinstance(x, (tuple, list)) else ".")
+            )
+        s = count_matrix(x[0], "successes", what="success counts")
+        t = x[1]
+        if is_traced(t):
+            t = t.astype(s.dtype)
+        else:
+            host = np.asarray(t)
+            if host.dtype.kind not in "biuf":
+                raise TypeError(f"trials must be numeric; got dtype {host.dtype}.")
+            if host.ndim not in (1, 2):
+                raise ValueError(f"trials must be (N,) or (N, D); got shape {host.shape}.")
+            bad = ~np.isfinite(host) | (host < 0) | (host != np.round(host))
+            if bad.any():
+                idx = tuple(int(i) for i in np.argwhere(bad)[0])
+                raise ValueError(
+                    f"trials must hold non-negative integer counts; {int(bad.sum())} value(s) are not, "
+                    f"the first {host[idx]} at index {idx}."
+                )
+            t = jnp.asarray(host, s.dtype)
+        if t.shape not in ((s.shape[0],), s.shape):
+            raise ValueError(
+                f"trials must have shape (N,) = ({s.shape[0]},) or (N, D) = {tuple(s.shape)} to match "
+                f"successes; got {tuple(t.shape)}."
+            )
+        if not is_traced(s) and not is_traced(t):
+            hs, ht = np.asarray(s), np.asarray(t)
+            over = hs > (ht[:, None] if ht.ndim == 1 else ht)
+            if over.any():
+                row, col = np.argwhere(over)[0]
+                trial = ht[row] if ht.ndim == 1 else ht[row, col]
+                raise ValueError(
+                    f"successes must not exceed trials; {int(over.sum())} value(s) do, the first "
+                    f"{hs[row, col]} > {trial} at row {row}, column {col}."
+                )
+        return (s, t)
