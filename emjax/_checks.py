@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import jax
 import jax.numpy as jnp
+from jax import Array
 
 
 def is_traced(x) -> bool:
@@ -142,3 +143,43 @@ def check_positive_definite(mats, name: str) -> None:
                 f"{name}[{i}] is not positive definite (smallest eigenvalue "
                 f"{np.linalg.eigvalsh(a).min():.3g})."
             ) from None
+
+
+def count_matrix(x, name: str = "x", *, what: str = "counts") -> Array:
+    """Validate count data ``(N, D)``: non-negative and integer-valued; a float JAX array.
+
+    Raises:
+        TypeError / ValueError: as :func:`emjax._checks.as_data_matrix`, and for
+            negative or non-integer values (naming the first offending entry).
+    """
+    arr = as_data_matrix(x, name)
+    if is_traced(arr):
+        return arr
+    host = np.asarray(arr)
+    neg = host < 0
+    if neg.any():
+        row, col = np.argwhere(neg)[0]
+        raise ValueError(
+            f"{name} must hold non-negative {what}; {int(neg.sum())} value(s) are negative, "
+            f"the first {host[row, col]} at row {row}, column {col}."
+        )
+    frac = host != np.round(host)
+    if frac.any():
+        row, col = np.argwhere(frac)[0]
+        raise ValueError(
+            f"{name} must hold integer-valued {what}; {int(frac.sum())} value(s) are not integers, "
+            f"the first {host[row, col]} at row {row}, column {col}."
+        )
+    return arr
+
+
+def safe_log(p: Array) -> Array:
+    """``log p`` with ``p`` clipped below at the dtype's smallest normal number (no ``-inf``)."""
+    return jnp.log(jnp.maximum(p, jnp.finfo(p.dtype).tiny))
+
+
+def check_finite(value, name: str):
+    v = concrete(value)
+    if v is not None and not np.all(np.isfinite(v)):
+        raise ValueError(f"{name} contain NaN or infinite values.")
+    return v

@@ -25,12 +25,12 @@ import jax
 import jax.numpy as jnp
 import equinox as eqx
 from jax import Array
-from jax.scipy.special import betaln, gammaln, xlog1py, xlogy
+from jax.scipy.special import gammaln
 
 from .._checks import check_shape, is_traced
 from .._priors import BetaPrior
 from ._base import Family
-from ._poisson import _check_finite, count_matrix
+from .._checks import check_finite, count_matrix
 
 _EXACT = jax.lax.Precision.HIGHEST
 
@@ -254,7 +254,7 @@ class Binomial(Family):
         if not isinstance(params, BinomialParams):
             raise TypeError(f"Binomial parameters must be a BinomialParams; got {type(params).__name__}.")
         check_shape(params.probs, (n_components, n_features), "probs")
-        p = _check_finite(params.probs, "probs")
+        p = check_finite(params.probs, "probs")
         if p is not None and (np.any(p < 0) or np.any(p > 1)):
             raise ValueError(f"Binomial probs must lie in [0, 1]; got values in [{np.min(p)}, {np.max(p)}].")
 

@@ -26,7 +26,7 @@ from jax.scipy.special import gammaln
 from .._checks import check_shape
 from .._priors import Dirichlet
 from ._base import Family
-from ._poisson import _check_finite, _safe_log, count_matrix
+from .._checks import check_finite, count_matrix, safe_log
 
 _EXACT = jax.lax.Precision.HIGHEST
 
@@ -80,7 +80,7 @@ class Multinomial(Family):
         self.n_draws = int(n_draws)
 
     def log_prob(self, params: MultinomialParams, x: Array) -> Array:
-        lp = jnp.matmul(x, _safe_log(params.probs).T, precision=_EXACT)
+        lp = jnp.matmul(x, safe_log(params.probs).T, precision=_EXACT)
         log_coef = gammaln(jnp.sum(x, axis=1) + 1) - jnp.sum(gammaln(x + 1), axis=1)
         return lp + log_coef[:, None]
 
@@ -172,7 +172,7 @@ class Multinomial(Family):
         if not isinstance(params, MultinomialParams):
             raise TypeError(f"Multinomial parameters must be a MultinomialParams; got {type(params).__name__}.")
         check_shape(params.probs, (n_components, n_features), "probs")
-        p = _check_finite(params.probs, "probs")
+        p = check_finite(params.probs, "probs")
         if p is None:
             return
         if np.any(p < 0):

@@ -21,53 +21,13 @@ import jax
 import jax.numpy as jnp
 import equinox as eqx
 from jax import Array
-from jax.scipy.special import gammaln, xlogy
+from jax.scipy.special import gammaln
 
-from .._checks import as_data_matrix, check_shape, concrete, is_traced
+from .._checks import check_finite, check_shape, count_matrix, safe_log
 from .._priors import GammaPrior
 from ._base import Family
 
 _EXACT = jax.lax.Precision.HIGHEST
-
-
-def count_matrix(x, name: str = "x", *, what: str = "counts") -> Array:
-    """Validate count data ``(N, D)``: non-negative and integer-valued; a float JAX array.
-
-    Raises:
-        TypeError / ValueError: as :func:`emjax._checks.as_data_matrix`, and for
-            negative or non-integer values (naming the first offending entry).
-    """
-    arr = as_data_matrix(x, name)
-    if is_traced(arr):
-        return arr
-    host = np.asarray(arr)
-    neg = host < 0
-    if neg.any():
-        row, col = np.argwhere(neg)[0]
-        raise ValueError(
-            f"{name} must hold non-negative {what}; {int(neg.sum())} value(s) are negative, "
-            f"the first {host[row, col]} at row {row}, column {col}."
-        )
-    frac = host != np.round(host)
-    if frac.any():
-        row, col = np.argwhere(frac)[0]
-        raise ValueError(
-            f"{name} must hold integer-valued {what}; {int(frac.sum())} value(s) are not integers, "
-            f"the first {host[row, col]} at row {row}, column {col}."
-        )
-    return arr
-
-
-def _safe_log(p: Array) -> Array:
-    """``log p`` with ``p`` clipped below at the dtype's smallest normal number (no ``-inf``)."""
-    return jnp.log(jnp.maximum(p, jnp.finfo(p.dtype).tiny))
-
-
-def _check_finite(value, name: str):
-    v = concrete(value)
-    if v is not None and not np.all(np.isfinite(v)):
-        raise ValueError(f"{name} contain NaN or infinite values.")
-    return v
 
 
 class PoissonParams(eqx.Module):
@@ -115,7 +75,7 @@ class Poisson(Family):
 
     def log_prob(self, params: PoissonParams, x: Array) -> Array:
         rates = params.rates
-        lp = jnp.matmul(x, _safe_log(rates).T, precision=_EXACT)  # sum_d x_d log lambda_kd
+        lp = jnp.matmul(x, safe_log(rates).T, precision=_EXACT)  # sum_d x_d log lambda_kd
         return lp - jnp.sum(rates, axis=1)[None, :] - jnp.sum(gammaln(x + 1), axis=1)[:, None]
 
     def statistics(self, x: Array, resp: Array, params: PoissonParams | None = None) -> PoissonStats:
@@ -173,6 +133,6 @@ class Poisson(Family):
         if not isinstance(params, PoissonParams):
             raise TypeError(f"Poisson parameters must be a PoissonParams; got {type(params).__name__}.")
         check_shape(params.rates, (n_components, n_features), "rates")
-        r = _check_finite(params.rates, "rates")
+        r = check_finite(params.rates, "rates")
         if r is not None and np.any(r < 0):
             raise ValueError(f"Poisson rates must be non-negative; the smallest is {np.min(r)}.")
