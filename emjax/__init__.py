@@ -14,6 +14,7 @@ from ._mixture import MixtureParams as MixtureParams
 from ._mixture import MixtureStats as MixtureStats
 from ._model import EMModel as EMModel
 from ._model import add_stats as add_stats
+from ._model import scale_stats as scale_stats
 from ._priors import BetaPrior as BetaPrior
 from ._priors import Dirichlet as Dirichlet
 from ._priors import GammaPrior as GammaPrior
@@ -22,6 +23,8 @@ from ._runner import RESULTS as RESULTS
 from ._runner import FitResult as FitResult
 from ._runner import fit as fit
 from .algorithms import BatchEM as BatchEM
+from .algorithms import IncrementalEM as IncrementalEM
+from .algorithms import StepwiseEM as StepwiseEM
 from .families import Bernoulli as Bernoulli
 from .families import BernoulliParams as BernoulliParams
 from .families import Categorical as Categorical

@@ -9,12 +9,12 @@ import jax
 import jax.numpy as jnp
 import equinox as eqx
 from jax import Array
-from jax.scipy.special import logsumexp
+from jax.scipy.special import logsumexp, xlogy
 
 from . import _init
 from ._checks import check_n_components, check_shape, concrete
 from ._chunks import chunked_map, chunked_sum, default_chunk_size, n_features, n_rows
-from ._model import add_stats
+from ._model import add_stats, scale_stats
 from ._priors import Dirichlet
 from .families._base import Family
 
@@ -41,6 +41,9 @@ class MixtureStats(eqx.Module):
 
     def __add__(self, other: "MixtureStats") -> "MixtureStats":
         return MixtureStats(self.counts + other.counts, add_stats(self.components, other.components))
+
+    def __mul__(self, c) -> "MixtureStats":
+        return MixtureStats(self.counts * c, scale_stats(self.components, c))
 
 
 class Mixture(eqx.Module):
@@ -135,6 +138,15 @@ class Mixture(eqx.Module):
         if self.weights_prior is not None:
             lp = lp + self.weights_prior.log_prob(params.weights)
         return lp
+
+    def expected_log_joint(self, stats: MixtureStats, params: MixtureParams) -> Array:
+        """``E_q[log p(x, z | params)]`` for the responsibilities that produced ``stats``.
+
+        Linear in ``stats``, exact up to terms free of ``params``: what
+        :class:`emjax.IncrementalEM` needs to track its free energy.
+        """
+        weight_term = jnp.sum(xlogy(stats.counts, params.weights))
+        return weight_term + self.family.expected_log_likelihood(stats.components, params.components)
 
     # -- initialisation --------------------------------------------------------------
 

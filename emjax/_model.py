@@ -32,6 +32,11 @@ class EMModel(Protocol):
     ``init(key, x, method) -> params`` (optional)
         Used when :func:`emjax.fit` is given ``init`` as a string.
 
+    ``expected_log_joint(stats, params) -> scalar`` (optional)
+        ``E_q[log p(x, z | params)]`` for the posterior that produced ``stats``,
+        linear in ``stats`` and exact up to terms free of ``params``. Needed by
+        :class:`emjax.IncrementalEM`, which tracks its free energy with it.
+
     Optional hooks the runner uses when present: ``validate_data(x) -> x``,
     ``validate_params(params, x)`` (raise on inconsistent parameters) and
     ``collapsed(params, x) -> (K,) bool`` (components at a singularity).
@@ -44,13 +49,38 @@ class EMModel(Protocol):
     def log_prior(self, params: Params) -> Array: ...
 
 
+def _adds_itself(node) -> bool:
+    return isinstance(node, eqx.Module) and hasattr(type(node), "__add__")
+
+
 def add_stats(a: Stats, b: Stats) -> Stats:
     """Sum of two statistics pytrees.
 
-    Leaves are added elementwise, except for a Module that defines ``__add__``
-    (statistics stored about an expansion point, such as
-    :class:`emjax.families.GaussianStats`), which adds itself.
+    Leaves are added elementwise, except inside a Module that defines
+    ``__add__`` (statistics stored about an expansion point, such as
+    :class:`emjax.families.GaussianStats`), which adds itself wherever it sits
+    in the tree (``(stats, loglik)`` pairs included).
     """
-    if isinstance(a, eqx.Module) and hasattr(type(a), "__add__"):
-        return a + b
-    return jax.tree.map(jnp.add, a, b)
+    return jax.tree.map(lambda u, v: u + v if _adds_itself(u) else jnp.add(u, v), a, b, is_leaf=_adds_itself)
+
+
+def scale_stats(s: Stats, c) -> Stats:
+    """Statistics ``s`` multiplied by the scalar ``c``, as if every point's weight were scaled.
+
+    Leaves are multiplied, except inside a Module that defines ``__mul__``
+    (statistics stored about an expansion point keep their point). Stepwise EM
+    moves running statistics with ``add_stats(scale_stats(new, eta), scale_stats(s, 1 - eta))``.
+    """
+    scales_itself = lambda node: isinstance(node, eqx.Module) and hasattr(type(node), "__mul__")  # noqa: E731
+    return jax.tree.map(lambda a: a * c, s, is_leaf=scales_itself)
+
+
+def sum_stats(stacked: Stats) -> Stats:
+    """The sum over the leading axis of stacked statistics (``add_stats`` folded
+    in order, so Modules with their own ``__add__`` add correctly)."""
+    first = jax.tree.map(lambda a: a[0], stacked)
+    rest = jax.tree.map(lambda a: a[1:], stacked)
+    if jax.tree.leaves(stacked)[0].shape[0] == 1:
+        return first
+    total, _ = jax.lax.scan(lambda acc, s: (add_stats(acc, s), None), first, rest)
+    return total

@@ -22,6 +22,7 @@ from ._checks import as_sample_weights, float_dtype, is_traced
 from ._chunks import default_chunk_size, n_features, n_rows
 from ._data import Data
 from ._model import EMModel
+from ._sharding import row_sharding, shard_rows, with_auto_axes
 from .algorithms import Algorithm, BatchEM
 
 
@@ -58,7 +59,8 @@ class FitResult(eqx.Module):
         trace: ``(R, max_iter + 1)`` objective at the initial parameters and after
             each step; entries after a restart stopped repeat its final value.
         n_iter: ``(R,)`` steps taken.
-        n_passes: ``(R,)`` passes over the data.
+        n_passes: ``(R,)`` passes over the data read by the algorithm's updates
+            (fractional for stepwise and incremental EM).
         converged: ``(R,)`` whether the ``tol`` criterion was met.
         status: ``(R,)`` codes from :class:`RESULTS`.
         collapsed: ``(R, K)`` components at a singularity, or ``None`` when the
@@ -94,6 +96,18 @@ class FitResult(eqx.Module):
         return "\n".join(lines)
 
 
+def best_restart(status: Array, objective: Array) -> Array:
+    """Index of the best restart: the highest finite objective among those that
+    ended regularly (converged or max_iter), else among those that collapsed or
+    hit non-finite values, else any."""
+    regular = (status == RESULTS.SUCCESS) | (status == RESULTS.MAX_ITER)
+    fallback = (status == RESULTS.COLLAPSED) | (status == RESULTS.NONFINITE)
+    rank = jnp.where(regular, 0, jnp.where(fallback, 1, 2))
+    finite_obj = jnp.where(jnp.isfinite(objective), objective, -jnp.inf)
+    score = jnp.where(rank == jnp.min(rank), finite_obj, -jnp.inf)
+    return jnp.argmax(score)
+
+
 def _all_finite(state) -> Array:
     leaves = [jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves(state) if jnp.issubdtype(a.dtype, jnp.inexact)]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
@@ -112,8 +126,8 @@ def _print_progress(restart, it, objective, n_points, every):
         )
 
 
-def _iterate(model, algorithm, data, params0, restart, max_iter, tol, verbose, print_every):
-    state = algorithm.init(model, params0, data)
+def _iterate(model, algorithm, data, params0, key, restart, max_iter, tol, verbose, print_every):
+    state = algorithm.init(model, params0, data, key)
     init_ok = _all_finite(state)
     n_points = data.n_points
     threshold = tol * n_points
@@ -158,19 +172,17 @@ def _initial_params(model, key, x, init):
 
 @eqx.filter_jit
 def _fit_compiled(model, algorithm, data, keys, init, explicit, max_iter, tol, verbose, print_every):
-    def one(key, restart):
+    def one(key, restart, explicit):
         params0 = explicit if explicit is not None else _initial_params(model, key, data.x, init)
-        return _iterate(model, algorithm, data, params0, restart, max_iter, tol, verbose, print_every)
+        # The init keeps ``key`` itself (so initial parameters do not depend on
+        # the algorithm); an algorithm that draws random numbers gets its own.
+        algorithm_key = jax.random.fold_in(key, 1)
+        return _iterate(model, algorithm, data, params0, algorithm_key, restart, max_iter, tol, verbose, print_every)
 
-    params, objective, trace, n_iter, n_passes, converged, status, collapsed = jax.vmap(one)(
-        keys, jnp.arange(keys.shape[0])
+    params, objective, trace, n_iter, n_passes, converged, status, collapsed = jax.vmap(one, in_axes=(0, 0, 0))(
+        keys, jnp.arange(keys.shape[0]), explicit
     )
-    regular = (status == RESULTS.SUCCESS) | (status == RESULTS.MAX_ITER)
-    fallback = (status == RESULTS.COLLAPSED) | (status == RESULTS.NONFINITE)
-    rank = jnp.where(regular, 0, jnp.where(fallback, 1, 2))
-    finite_obj = jnp.where(jnp.isfinite(objective), objective, -jnp.inf)
-    score = jnp.where(rank == jnp.min(rank), finite_obj, -jnp.inf)
-    best = jnp.argmax(score)
+    best = best_restart(status, objective)
     return FitResult(
         params=jax.tree.map(lambda a: a[best], params),
         restart_params=params,
@@ -220,21 +232,28 @@ def fit(
     Args:
         model: an EMModel (e.g. :class:`emjax.Mixture`).
         x: the data, ``(N, D)`` for mixtures (a pytree with leading axis ``N``
-            for user-defined models).
+            for user-defined models). A ``jax.Array`` whose ``NamedSharding``
+            splits the rows over devices stays there: it is checked on the
+            devices, each device runs the E-step on its own rows and the
+            statistics are summed across devices (also across processes under
+            ``jax.distributed``); the parameters are replicated.
         key: PRNG key; split into one key per restart.
         algorithm: an :class:`emjax.algorithms.Algorithm`; batch EM by default.
         n_restarts: R, random restarts run together as a ``vmap``.
         init: a method name for ``model.init`` (mixtures: ``"kmeans"``,
             ``"kmeans++"``, ``"random"``, ``"random_resp"``), a function
-            ``(key, x) -> params``, or explicit initial parameters (then
-            ``n_restarts`` must be 1).
+            ``(key, x) -> params``, explicit initial parameters (then
+            ``n_restarts`` must be 1), or a :class:`FitResult` whose restarts
+            are all continued (e.g. batch EM polishing a stepwise warm-up).
         max_iter: the most steps per restart; the trace has ``max_iter + 1`` entries.
         tol: stop when the objective changes by less than ``tol`` per point
             (per unit of weight) in one step.
         weights: optional ``(N,)`` non-negative per-point weights, with the
-            meaning of repetition counts.
-        chunk_size: rows per E-step chunk; by default chosen so no chunk
-            intermediate exceeds about 4 MB on a CPU (256 MB on a GPU).
+            meaning of repetition counts; placed with the row sharding of a
+            sharded ``x``.
+        chunk_size: rows per E-step chunk (per device for sharded ``x``); by
+            default chosen so no chunk intermediate exceeds about 4 MB on a CPU
+            (256 MB on a GPU).
         verbose: print the objective every ``print_every`` iterations while the
             compiled loop runs (a host callback; it slows a GPU fit a little).
         print_every: iterations between progress lines.
@@ -267,29 +286,52 @@ def fit(
     n = n_rows(x)
     dtype = jax.tree.leaves(x)[0].dtype
     weights = as_sample_weights(weights, n, dtype if jnp.issubdtype(dtype, jnp.floating) else float_dtype())
+    # Rows sharded over devices stay where they are: each device runs the E-step
+    # on its own rows (Data.e_step), and the weights follow the rows.
+    rows = row_sharding(x)
+    if rows is not None:
+        mesh, row_axes = rows
+        x, mesh = with_auto_axes(x, mesh, row_axes)
+        rows = (mesh, row_axes)
+        if weights is not None:
+            weights = shard_rows(weights, mesh, row_axes)
     if chunk_size is None:
         chunk_size = default_chunk_size(n, getattr(model, "n_components", 1) * n_features(x))
     elif not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive integer; got {chunk_size!r}.")
 
+    algorithm.validate(model, n)
+
     explicit = None
-    if not isinstance(init, str) and not callable(init):
+    if isinstance(init, FitResult):
+        # Continue every restart of an earlier fit (e.g. batch EM after a stepwise warm-up).
+        n_prev = jax.tree.leaves(init.restart_params)[0].shape[0]
+        if n_restarts not in (1, n_prev):
+            raise ValueError(f"init is a FitResult with {n_prev} restarts; n_restarts must be 1 or {n_prev}, got {n_restarts}.")
+        n_restarts = n_prev
+        explicit = init.restart_params
+        init = None
+    elif not isinstance(init, str) and not callable(init):
         if n_restarts != 1:
             raise ValueError(
                 "explicit initial parameters make every restart identical: use n_restarts=1, "
                 "or pass init as a method name or a function (key, x) -> params."
             )
-        if hasattr(model, "validate_params"):
-            model.validate_params(init, x)
-        param_dtype = dtype if jnp.issubdtype(dtype, jnp.floating) else float_dtype()
-        explicit = jax.tree.map(
-            lambda a: jnp.asarray(a, param_dtype) if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating) else a, init
-        )
+        explicit = jax.tree.map(lambda a: jnp.asarray(a)[None], init)
         init = None
     elif isinstance(init, str) and not hasattr(model, "init"):
         raise TypeError(f"{type(model).__name__} has no init(); pass initial parameters or a function as init.")
+    if explicit is not None:
+        if hasattr(model, "validate_params"):
+            for r in range(n_restarts):
+                model.validate_params(jax.tree.map(lambda a: a[r], explicit), x)
+        param_dtype = dtype if jnp.issubdtype(dtype, jnp.floating) else float_dtype()
+        explicit = jax.tree.map(
+            lambda a: jnp.asarray(a, param_dtype) if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating) else a,
+            explicit,
+        )
 
-    data = Data(x, weights, int(chunk_size))
+    data = Data(x, weights, int(chunk_size)) if rows is None else Data(x, weights, int(chunk_size), *rows)
     keys = jax.random.split(key, n_restarts)
     result = _fit_compiled(model, algorithm, data, keys, init, explicit, int(max_iter), float(tol), bool(verbose), int(print_every))
     if throw and not is_traced(result.status):

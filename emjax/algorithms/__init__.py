@@ -4,3 +4,10 @@ from ._base import Algorithm as Algorithm
 from ._base import AlgorithmState as AlgorithmState
 from ._batch import BatchEM as BatchEM
 from ._batch import BatchEMState as BatchEMState
+from ._incremental import IncrementalEM as IncrementalEM
+from ._incremental import IncrementalEMState as IncrementalEMState
+from ._shuffle import permute as permute
+from ._stepwise import StepwiseEM as StepwiseEM
+from ._stepwise import StepwiseEMState as StepwiseEMState
+from ._stepwise import step_size as step_size
+from ._stepwise import stepwise_update as stepwise_update

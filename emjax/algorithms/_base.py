@@ -14,8 +14,11 @@ class AlgorithmState(eqx.Module):
 
     Attributes:
         params: the current parameters.
-        objective: the objective (log-likelihood plus log prior) at ``params``.
-        n_passes: data passes so far (an E-step over all points is one pass).
+        objective: the objective at ``params`` (log-likelihood plus log prior;
+            incremental EM reports its free energy, a lower bound on it).
+        n_passes: data read so far by the algorithm's updates, in passes over
+            the data (an E-step over all points is one pass; stepwise and
+            incremental EM read fractions of a pass per update).
     """
 
     params: Any
@@ -24,18 +27,23 @@ class AlgorithmState(eqx.Module):
 
 
 class Algorithm(eqx.Module):
-    """An EM-family algorithm: ``init(model, params, data) -> state`` and
+    """An EM-family algorithm: ``init(model, params, data, key) -> state`` and
     ``step(model, state, data) -> state``, both pure and jit-able.
 
     The state must expose ``params``, ``objective`` (at ``params``) and
     ``n_passes``; the runner (:func:`emjax.fit`) loops ``step`` in one
-    ``lax.while_loop`` and decides when to stop.
+    ``lax.while_loop`` and decides when to stop. Algorithms that draw random
+    numbers keep the key ``init`` receives in their state.
     """
 
     @abc.abstractmethod
-    def init(self, model, params, data) -> AlgorithmState:
+    def init(self, model, params, data, key) -> AlgorithmState:
         """The state at initial ``params`` (evaluates their objective)."""
 
     @abc.abstractmethod
     def step(self, model, state: AlgorithmState, data) -> AlgorithmState:
-        """One iteration."""
+        """One iteration (one entry of the trace)."""
+
+    def validate(self, model, n_points: int) -> None:
+        """Raise, before anything is compiled, if this algorithm cannot fit
+        ``model`` to ``n_points`` rows."""

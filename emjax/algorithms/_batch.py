@@ -26,9 +26,10 @@ class BatchEM(Algorithm):
         >>> result = emjax.fit(model, x, key=key, algorithm=BatchEM())
     """
 
-    def init(self, model, params, data) -> BatchEMState:
+    def init(self, model, params, data, key=None) -> BatchEMState:
         stats, loglik = data.e_step(model, params)
-        return BatchEMState(params, data.objective(model, params, loglik), jnp.ones((), jnp.int32), stats)
+        objective = data.objective(model, params, loglik)
+        return BatchEMState(params, objective, jnp.ones((), objective.dtype), stats)
 
     def step(self, model, state: BatchEMState, data) -> BatchEMState:
         params = model.m_step(state.stats, state.params)

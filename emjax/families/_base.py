@@ -50,6 +50,15 @@ class Family(eqx.Module):
         """
 
     @abc.abstractmethod
+    def expected_log_likelihood(self, stats: Stats, params: Params) -> Array:
+        """``sum_n sum_k r_nk log p(x_n | theta_k)`` computed from the statistics.
+
+        Linear in ``stats`` and exact up to terms that do not depend on ``params``
+        (such as ``log x!``). Incremental EM uses it to track its free energy
+        without another pass over the data.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not provide expected_log_likelihood.")
+
     def maximize(self, stats: Stats, params: Params | None = None, frozen: frozenset = frozenset()) -> Params:
         """The M-step: parameters maximising the expected complete-data log
         likelihood (plus the family's log prior).

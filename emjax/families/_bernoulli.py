@@ -176,6 +176,11 @@ class Bernoulli(Family):
     def statistics(self, x: Array, resp: Array, params: BernoulliParams | None = None) -> BernoulliStats:
         return BernoulliStats(jnp.sum(resp, axis=0), jnp.matmul(resp.T, x.astype(resp.dtype), precision=_EXACT))
 
+    def expected_log_likelihood(self, stats: BernoulliStats, params: BernoulliParams) -> Array:
+        """``sum_n sum_k r_nk log p(x_n | theta_k)`` from the statistics, up to terms free of ``params``."""
+        log1, log0 = self._logs(params.means)
+        return jnp.sum(stats.s1 * log1 + (stats.counts[:, None] - stats.s1) * log0)
+
     def _fallback(self, stats: BernoulliStats) -> Array:
         """Distinct means for (almost) empty components: the pooled data mean moved
         a quarter of the way towards a fixed pattern that differs between components."""

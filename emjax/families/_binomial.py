@@ -140,6 +140,11 @@ class Binomial(Family):
             jnp.matmul(resp.T, n - x, precision=_EXACT),
         )
 
+    def expected_log_likelihood(self, stats: BinomialStats, params: BinomialParams) -> Array:
+        """``sum_n sum_k r_nk log p(x_n | theta_k)`` from the statistics, up to terms free of ``params``."""
+        p = _clip_prob(params.probs)
+        return jnp.sum(stats.successes * jnp.log(p) + stats.failures * jnp.log1p(-p))
+
     def maximize(self, stats: BinomialStats, params=None, frozen: frozenset = frozenset()) -> BinomialParams:
         if "probs" in frozen:
             return BinomialParams(params.probs)

@@ -150,6 +150,10 @@ class Categorical(Family):
         counts = jnp.matmul(resp.T, self._one_hot(x, resp.dtype), precision=_EXACT)
         return CategoricalStats(counts.reshape(resp.shape[1], d, self.n_categories))
 
+    def expected_log_likelihood(self, stats: CategoricalStats, params: CategoricalParams) -> Array:
+        """``sum_n sum_k r_nk log p(x_n | theta_k)`` from the statistics, up to terms free of ``params``."""
+        return jnp.sum(stats.counts * self._log(params.probs))
+
     def _fallback(self, counts: Array) -> Array:
         """Distinct distributions for (almost) empty components: the pooled category
         frequencies moved a quarter of the way towards a per-component pattern."""

@@ -78,6 +78,9 @@ class GaussianStats(eqx.Module):
             s2 = other.s2 + 2 * other.s1 * d + n * d * d
         return GaussianStats(self.counts + other.counts, self.s1 + s1, self.s2 + s2, self.shift)
 
+    def __mul__(self, c) -> "GaussianStats":
+        return GaussianStats(self.counts * c, self.s1 * c, self.s2 * c, self.shift)
+
 
 def _cholesky(cov: Array) -> Array:
     return jnp.linalg.cholesky(cov)
@@ -174,6 +177,28 @@ class Gaussian(Family):
         else:
             s2 = jnp.sum(rdiff * diff, axis=1)
         return GaussianStats(counts, s1, s2, shift)
+
+    def expected_log_likelihood(self, stats: GaussianStats, params: GaussianParams) -> Array:
+        """``sum_n sum_k r_nk log p(x_n | theta_k)`` from the statistics, up to terms free of ``params``."""
+        mu, cov, n = params.means, params.covariances, stats.counts
+        d = stats.shift - mu  # moments about mu from moments about the shift
+        dim = mu.shape[-1]
+        ct = self.covariance_type
+        if ct in ("full", "tied"):
+            cross = stats.s1[:, :, None] * d[:, None, :]
+            scatter = stats.s2 + cross + jnp.swapaxes(cross, 1, 2) + n[:, None, None] * d[:, :, None] * d[:, None, :]
+            chol = jnp.broadcast_to(_cholesky(cov), scatter.shape)
+            y = solve_triangular(chol, scatter, lower=True)  # L^-1 S
+            z = solve_triangular(chol, jnp.swapaxes(y, 1, 2), lower=True)  # L^-1 S L^-T
+            trace = jnp.trace(z, axis1=1, axis2=2)
+            logdet = jnp.broadcast_to(_logdet_from_chol(chol), n.shape)
+        else:
+            sq = stats.s2 + 2 * stats.s1 * d + n[:, None] * d * d  # (K, D) diagonal scatter
+            if ct == "diag":
+                trace, logdet = jnp.sum(sq / cov, axis=1), jnp.sum(jnp.log(cov), axis=1)
+            else:
+                trace, logdet = jnp.sum(sq, axis=1) / cov, dim * jnp.log(cov)
+        return -0.5 * jnp.sum(n * (dim * _LOG_2PI + logdet) + trace)
 
     def maximize(self, stats: GaussianStats, params=None, frozen: frozenset = frozenset()) -> GaussianParams:
         n = stats.counts

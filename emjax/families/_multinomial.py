@@ -87,6 +87,10 @@ class Multinomial(Family):
     def statistics(self, x: Array, resp: Array, params: MultinomialParams | None = None) -> MultinomialStats:
         return MultinomialStats(jnp.sum(resp, axis=0), jnp.matmul(resp.T, x, precision=_EXACT))
 
+    def expected_log_likelihood(self, stats: MultinomialStats, params: MultinomialParams) -> Array:
+        """``sum_n sum_k r_nk log p(x_n | theta_k)`` from the statistics, up to terms free of ``params``."""
+        return jnp.sum(stats.sums * safe_log(params.probs))
+
     def maximize(self, stats: MultinomialStats, params=None, frozen: frozenset = frozenset()) -> MultinomialParams:
         if "probs" in frozen:
             return MultinomialParams(params.probs)

@@ -81,6 +81,11 @@ class Poisson(Family):
     def statistics(self, x: Array, resp: Array, params: PoissonParams | None = None) -> PoissonStats:
         return PoissonStats(jnp.sum(resp, axis=0), jnp.matmul(resp.T, x, precision=_EXACT))
 
+    def expected_log_likelihood(self, stats: PoissonStats, params: PoissonParams) -> Array:
+        """``sum_n sum_k r_nk log p(x_n | theta_k)`` from the statistics, up to terms free of ``params``."""
+        rates = params.rates
+        return jnp.sum(stats.sums * safe_log(rates)) - jnp.sum(stats.counts * jnp.sum(rates, axis=1))
+
     def maximize(self, stats: PoissonStats, params=None, frozen: frozenset = frozenset()) -> PoissonParams:
         if "rates" in frozen:
             return PoissonParams(params.rates)

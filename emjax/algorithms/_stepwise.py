@@ -1,0 +1,145 @@
+"""Stepwise (online) EM: running statistics moved toward each mini-batch's."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import jax
+import jax.numpy as jnp
+import equinox as eqx
+from jax import Array
+
+from .._chunks import n_rows
+from .._data import Data
+from .._model import add_stats, scale_stats
+from ._base import Algorithm, AlgorithmState
+from ._shuffle import permute
+
+
+def step_size(k: Array, kappa: float) -> Array:
+    """``eta_k = (k + 2) ** -kappa``, the stepwise-EM step size of update ``k`` (from 0).
+
+    ``0.5 < kappa <= 1`` makes ``sum eta = inf`` and ``sum eta^2 < inf``, the
+    Robbins-Monro conditions under which stepwise EM converges.
+    """
+    return (jnp.asarray(k) + 2.0) ** (-kappa)
+
+
+def stepwise_update(running: Any, batch_stats: Any, scale: Array, eta: Array) -> Any:
+    """``(1 - eta) * running + eta * scale * batch_stats``.
+
+    Args:
+        running: running statistics, on the scale of the whole data set (so the
+            M-step, priors included, sees them as full-data statistics).
+        batch_stats: the mini-batch's statistics at the current parameters.
+        scale: full-data size over mini-batch size (N / m, or total weight over
+            the mini-batch's expected weight), so ``scale * batch_stats``
+            estimates the full-data statistics.
+        eta: step size in ``(0, 1]``.
+
+    Returns:
+        The new running statistics. The new batch's statistics are the left
+        operand, so statistics kept about an expansion point move to the current one.
+    """
+    return add_stats(scale_stats(batch_stats, eta * scale), scale_stats(running, 1.0 - eta))
+
+
+class StepwiseEMState(AlgorithmState):
+    """Stepwise EM state.
+
+    Attributes:
+        stats: running statistics on the scale of the whole data set, including
+            the latest mini-batch (computed at ``params``).
+        key: the key that chooses each epoch's shuffle.
+        n_updates: mini-batch updates done so far.
+    """
+
+    stats: Any
+    key: Array
+    n_updates: Array
+
+
+class StepwiseEM(Algorithm):
+    """Stepwise (online) EM (Sato & Ishii, 2000; Cappe & Moulines, 2009; Liang & Klein, 2009).
+
+    Each update draws a mini-batch of ``batch_size`` rows, moves the running
+    statistics toward the mini-batch's (scaled to the whole data set) with step
+    size ``eta_k = (k + 2) ** -kappa``, then does an M-step. Mini-batches walk a
+    fresh pseudo-random permutation of the rows each epoch (``N // batch_size``
+    updates), drawn from the key inside the compiled loop, so the fit stays one
+    program and ``vmap``s over restarts.
+
+    One runner iteration (one trace entry) is ``updates_per_step`` updates
+    followed by one evaluation of the full-data objective at the new parameters;
+    the evaluation is monitoring and is not counted in ``n_passes``, which counts
+    the rows the updates read. ``tol`` compares consecutive evaluations.
+
+    The running statistics start as the full-data statistics at the initial
+    parameters (the pass that evaluates the initial objective), so the first
+    update follows a batch EM M-step.
+
+    To polish a stepwise warm-up with batch EM, continue from its result:
+    ``emjax.fit(model, x, key=key, init=warm, algorithm=emjax.BatchEM())``.
+
+    Args:
+        batch_size: rows per mini-batch (``m``).
+        kappa: step-size exponent, ``0.5 < kappa <= 1``; smaller forgets faster.
+        updates_per_step: updates between evaluations of the objective (default
+            one epoch, ``N // batch_size``).
+
+    Example:
+        >>> algo = emjax.StepwiseEM(batch_size=1000, kappa=0.7)
+        >>> result = emjax.fit(model, x, key=jax.random.key(0), algorithm=algo, max_iter=5)
+        >>> result.trace[0], result.n_passes  # objective per epoch, passes read
+    """
+
+    batch_size: int = eqx.field(static=True, default=1000)
+    kappa: float = eqx.field(static=True, default=0.7)
+    updates_per_step: int | None = eqx.field(static=True, default=None)
+
+    def __check_init__(self):
+        if not isinstance(self.batch_size, (int, np.integer)) or self.batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer; got {self.batch_size!r}.")
+        if not 0.5 < self.kappa <= 1:
+            raise ValueError(f"kappa must satisfy 0.5 < kappa <= 1 (Robbins-Monro step sizes); got {self.kappa}.")
+        if self.updates_per_step is not None and (
+            not isinstance(self.updates_per_step, (int, np.integer)) or self.updates_per_step < 1
+        ):
+            raise ValueError(f"updates_per_step must be a positive integer or None; got {self.updates_per_step!r}.")
+
+    def validate(self, model, n_points: int) -> None:
+        if self.batch_size > n_points:
+            raise ValueError(f"batch_size ({self.batch_size}) exceeds the number of rows ({n_points}).")
+
+    def init(self, model, params, data, key) -> StepwiseEMState:
+        stats, loglik = data.e_step(model, params)
+        objective = data.objective(model, params, loglik)
+        return StepwiseEMState(params, objective, jnp.ones((), objective.dtype), stats, key, jnp.zeros((), jnp.int32))
+
+    def step(self, model, state: StepwiseEMState, data) -> StepwiseEMState:
+        n = n_rows(data.x)
+        m = self.batch_size
+        per_epoch = n // m
+        n_updates = self.updates_per_step or per_epoch
+
+        def update(j, carry):
+            params, stats = carry
+            u = state.n_updates + j
+            params = model.m_step(stats, params)
+            rows = permute(jax.random.fold_in(state.key, u // per_epoch), (u % per_epoch) * m + jnp.arange(m), n)
+            batch = Data(
+                jax.tree.map(lambda a: a[rows], data.x),
+                None if data.weights is None else data.weights[rows],
+                data.chunk_size,
+            )
+            # Rows are drawn uniformly, so (n / m) x the batch's statistics
+            # estimates the full data's, weighted or not.
+            batch_stats, _ = batch.e_step(model, params)
+            return params, stepwise_update(stats, batch_stats, n / m, step_size(u, self.kappa))
+
+        params, stats = jax.lax.fori_loop(0, n_updates, update, (state.params, state.stats))
+        _, loglik = data.e_step(model, params)
+        objective = data.objective(model, params, loglik)
+        n_passes = state.n_passes + n_updates * m / n
+        return StepwiseEMState(params, objective, n_passes, stats, state.key, state.n_updates + n_updates)

@@ -1,0 +1,248 @@
+"""Sharded data: EM over 8 CPU devices equals single-device EM (float64).
+
+JAX fixes its device count when it starts, so the sharded runs happen in one
+subprocess started with ``--xla_force_host_platform_device_count=8``; it runs
+every case (one process is far cheaper than one per case: compilation
+dominates) and prints one JSON line that the tests below read.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+SCRIPT = textwrap.dedent(
+    r'''
+    import json, sys, time
+    import numpy as np
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    jax.config.update("jax_enable_x64", True)
+    sys.path.insert(0, sys.argv[1])
+    sys.path.insert(0, sys.argv[1] + "/tests")
+    import emjax
+    import emjax._runner
+    from conftest import make_blobs
+
+    assert jax.device_count() == 8, jax.devices()
+    out = {"timings": {}}
+    mesh = jax.make_mesh((8,), ("data",))  # Explicit axes: JAX's default
+    rows = NamedSharding(mesh, P("data"))
+
+    # Record the Data that fit() hands to the compiled program and, when asked,
+    # the program itself (compiled ahead of time once, then called).
+    seen, capture = [], {"next_sharded": False, "hlo": ""}
+    compiled = emjax._runner._fit_compiled
+
+    def recording(model, algorithm, data, *args):
+        seen.append(data)
+        if not (capture["next_sharded"] and data.mesh is not None):
+            return compiled(model, algorithm, data, *args)
+        capture["next_sharded"] = False
+        program = compiled.lower(model, algorithm, data, *args).compile()
+        capture["hlo"] = program.compiled.as_text()
+        return program(model, algorithm, data, *args)
+
+    emjax._runner._fit_compiled = recording
+
+    def rel(a, b):
+        """Largest difference over all leaves, relative to each leaf's scale."""
+        worst = 0.0
+        for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+            u, v = np.asarray(u, np.float64), np.asarray(v, np.float64)
+            worst = max(worst, float(np.max(np.abs(u - v)) / max(np.max(np.abs(v)), 1e-300)))
+        return worst
+
+    def compare(name, sharded, single):
+        return {
+            "params": rel(sharded.params, single.params),
+            "trace": rel(sharded.trace, single.trace),
+            "objective": rel(sharded.objective, single.objective),
+            "n_iter": int(sharded.n_iter[0]), "single_n_iter": int(single.n_iter[0]),
+        }
+
+    x, _ = make_blobs(0, n=800, d=3, k=3)  # 100 rows per device
+    rng = np.random.default_rng(1)
+    w = rng.uniform(0.2, 2.0, size=800)
+    w[::7] = 0.0
+    rates = np.array([[1.0, 6.0, 2.0, 9.0], [7.0, 1.5, 5.0, 0.5]])
+    counts = rng.poisson(rates[rng.integers(0, 2, size=800)]).astype(np.float64)
+
+    # (name, model, data, weights): every covariance type and a count family,
+    # with and without weights. chunk_size 30 on 100 local rows: three full
+    # chunks and a ragged one of 10 on every device.
+    cases = [
+        ("full", emjax.Mixture(emjax.Gaussian("full"), 3), x, None),
+        ("diag+w", emjax.Mixture(emjax.Gaussian("diag"), 3), x, w),
+        ("spherical", emjax.Mixture(emjax.Gaussian("spherical"), 3), x, None),
+        ("tied+w", emjax.Mixture(emjax.Gaussian("tied"), 3), x, w),
+        ("poisson+w", emjax.Mixture(emjax.Poisson(), 2), counts, w),
+    ]
+    out["cases"] = {}
+    for name, model, data, weights in cases:
+        p0 = model.init(jax.random.key(3), jnp.asarray(data), "random")
+        runs = {}
+        capture["next_sharded"] = name == "diag+w"  # keep the compiled sharded fit's HLO
+        for where, xi, wi in (("single", data, weights), ("sharded", jax.device_put(data, rows),
+                                None if weights is None else jax.device_put(weights, rows))):
+            t = time.perf_counter()
+            runs[where] = emjax.fit(model, xi, key=jax.random.key(0), init=p0, weights=wi,
+                                    max_iter=20, tol=0.0, chunk_size=30)
+            runs[where].objective.block_until_ready()
+            out["timings"][f"{name} {where}"] = round(time.perf_counter() - t, 2)
+        out["cases"][name] = compare(name, runs["sharded"], runs["single"])
+
+        if name == "diag+w":
+            # What the sharded fit ran: its Data records the mesh, and its E-step
+            # is a shard_map over local rows with an all-gather of the statistics.
+            single_data, data_s = seen[-2], seen[-1]
+            jaxpr = str(jax.make_jaxpr(lambda p: data_s.e_step(model, p))(p0))
+            out["layout"] = {
+                "single_mesh": single_data.mesh is None,
+                "mesh_shape": dict(data_s.mesh.shape),
+                "row_axes": list(data_s.row_axes),
+                "x_spec": str(data_s.x.sharding.spec),
+                "w_spec": str(data_s.weights.sharding.spec),
+                "x_shards": sorted({s.data.shape[0] for s in data_s.x.addressable_shards}),
+                "shard_map": "shard_map" in jaxpr,
+                "all_gather": "all_gather" in jaxpr,
+                "local_rows": "f64[100,3]" in jaxpr,
+                "psum": "psum" in jaxpr,
+                # The whole compiled fit: per-device blocks of x, never all of it.
+                "hlo_all_gather": "all-gather" in capture["hlo"],
+                "hlo_local_x": "f64[100,3]" in capture["hlo"],
+                "hlo_full_x": "f64[800,3]" in capture["hlo"],
+            }
+            # The mixture API on sharded data (through the compiler's sharding propagation).
+            xs = jax.device_put(x, rows)
+            params = runs["single"].params
+            out["api"] = {
+                f: rel(getattr(model, f)(params, xs), getattr(model, f)(params, x))
+                for f in ("log_prob", "posterior", "score", "bic")
+            }
+            out["api"]["predict_equal"] = bool(np.array_equal(model.predict(params, xs), model.predict(params, x)))
+
+    # Random restarts: k-means seeding (vmap over 3 keys of a program with shard_map inside).
+    model = emjax.Mixture(emjax.Gaussian("full"), 3)
+    runs = {}
+    for where, xi in (("single", x), ("sharded", jax.device_put(x, rows))):
+        t = time.perf_counter()
+        runs[where] = emjax.fit(model, xi, key=jax.random.key(7), n_restarts=3, init="kmeans", max_iter=20, tol=0.0)
+        runs[where].objective.block_until_ready()
+        out["timings"][f"kmeans x3 {where}"] = round(time.perf_counter() - t, 2)
+    out["restarts"] = compare("restarts", runs["sharded"], runs["single"])
+    out["restarts"]["restart_params"] = rel(runs["sharded"].restart_params, runs["single"].restart_params)
+    out["restarts"]["best_equal"] = int(runs["sharded"].best) == int(runs["single"].best)
+
+    # Validation runs on the devices and says what is wrong as for host data.
+    def error(data, model):
+        try:
+            emjax.fit(model, data, key=jax.random.key(0), max_iter=1)
+        except (ValueError, TypeError) as e:
+            return str(e)
+        return None
+
+    bad = x.copy()
+    bad[437, 2] = np.nan
+    bad[611, 0] = np.inf
+    gauss = emjax.Mixture(emjax.Gaussian("diag"), 3)
+    bad_counts = counts.copy()
+    bad_counts[250, 1] = -2.0
+    bad_counts[300, 3] = 0.5
+    out["errors"] = {
+        "nan": [error(jax.device_put(bad, rows), gauss), error(bad, gauss)],
+        "counts": [error(jax.device_put(bad_counts, rows), emjax.Mixture(emjax.Poisson(), 2)),
+                   error(bad_counts, emjax.Mixture(emjax.Poisson(), 2))],
+        "columns": [error(jax.device_put(np.ones((800, 4)), NamedSharding(jax.make_mesh((4, 2), ("a", "b")),
+                                                                         P("a", "b"))), gauss)],
+    }
+    print("RESULT " + json.dumps(out))
+    '''
+)
+
+
+@pytest.fixture(scope="module")
+def sharded_run(tmp_path_factory):
+    script = tmp_path_factory.mktemp("sharded") / "run.py"
+    script.write_text(SCRIPT)
+    env = dict(os.environ)
+    # Cheaper LLVM passes cut compile time (most of this test's time) by about a
+    # third; both runs of every comparison use them.
+    env["XLA_FLAGS"] = (
+        "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0 "
+        "--xla_llvm_disable_expensive_passes=true"
+    )
+    env["JAX_PLATFORMS"] = "cpu"
+    env["JAX_ENABLE_X64"] = "1"
+    proc = subprocess.run(
+        [sys.executable, str(script), str(REPO)], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    line = next(l for l in proc.stdout.splitlines() if l.startswith("RESULT "))
+    out = json.loads(line[len("RESULT "):])
+    print("\nseconds per fit (compile included):", json.dumps(out["timings"], indent=1))
+    print("largest relative differences, sharded vs single device:", json.dumps(out["cases"], indent=1))
+    print("restarts:", json.dumps(out["restarts"]))
+    return out
+
+
+CASES = ["full", "diag+w", "spherical", "tied+w", "poisson+w"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_sharded_em_equals_single_device(sharded_run, case):
+    got = sharded_run["cases"][case]
+    assert got["n_iter"] == got["single_n_iter"] == 20
+    assert got["params"] < 1e-10, got
+    assert got["trace"] < 1e-10, got
+    assert got["objective"] < 1e-10, got
+
+
+def test_estep_runs_on_each_device(sharded_run):
+    layout = sharded_run["layout"]
+    assert layout["single_mesh"], "unsharded data must take the plain path"
+    assert layout["mesh_shape"] == {"data": 8}
+    assert layout["row_axes"] == ["data"]
+    assert "data" in layout["x_spec"] and "data" in layout["w_spec"], layout
+    assert layout["x_shards"] == [100], "each device must keep its own 100 rows"
+    # shard_map over 100 local rows, statistics gathered and folded (not psum-ed leafwise).
+    assert layout["shard_map"] and layout["all_gather"] and layout["local_rows"], layout
+    assert not layout["psum"], layout
+    # With explicit initial parameters the compiled fit holds only per-device
+    # blocks of x: no device ever sees all 800 rows.
+    assert layout["hlo_all_gather"] and layout["hlo_local_x"] and not layout["hlo_full_x"], layout
+
+
+def test_restarts_with_kmeans_on_sharded_data(sharded_run):
+    got = sharded_run["restarts"]
+    # k-means seeding is a function of the key only, and every reduction over the
+    # sharded rows lands within rounding of the single-device one.
+    assert got["best_equal"]
+    assert got["restart_params"] < 1e-10, got
+    assert got["trace"] < 1e-10, got
+    assert got["objective"] < 1e-10, got
+
+
+def test_mixture_api_on_sharded_data(sharded_run):
+    api = sharded_run["api"]
+    assert api.pop("predict_equal")
+    assert max(api.values()) < 1e-12, api
+
+
+def test_validation_on_device_says_what_is_wrong(sharded_run):
+    errors = sharded_run["errors"]
+    sharded, host = errors["nan"]
+    assert sharded == host, (sharded, host)
+    assert "2 NaN or infinite" in sharded and "row 437, column 2" in sharded
+    sharded, host = errors["counts"]
+    assert sharded == host, (sharded, host)
+    assert "row 250, column 1" in sharded
+    assert "shard the rows only" in errors["columns"][0]
