@@ -22,7 +22,11 @@ from ._priors import NormalInverseWishart as NormalInverseWishart
 from ._runner import RESULTS as RESULTS
 from ._runner import FitResult as FitResult
 from ._runner import fit as fit
+from ._stream import fit_chunks as fit_chunks
+from ._stream import predict_chunks as predict_chunks
+from ._stream import score_chunks as score_chunks
 from .algorithms import BatchEM as BatchEM
+from .algorithms import GradientAscent as GradientAscent
 from .algorithms import IncrementalEM as IncrementalEM
 from .algorithms import StepwiseEM as StepwiseEM
 from .families import Bernoulli as Bernoulli

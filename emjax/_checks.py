@@ -7,7 +7,8 @@ argument and the problem. Inside ``jit`` (traced inputs) only static properties
 
 from __future__ import annotations
 
-from functools import partial
+from functools import cache, partial
+from typing import NamedTuple
 
 import numpy as np
 import jax
@@ -38,59 +39,148 @@ def _host(a) -> np.ndarray:
     return np.asarray(a.addressable_data(0))
 
 
-@partial(jax.jit, static_argnums=1)
-def _locate(x: Array, predicate) -> tuple[Array, Array, Array, Array]:
-    """Count of entries of ``x`` (N, D) where ``predicate`` holds, the first such
-    (row, column) in row-major order and its value; ``row == N`` when none.
+class Found(NamedTuple):
+    """Where a predicate holds in an array: how often, and its first entry.
 
-    Masked reductions only (no dynamic indexing), so any sharding of ``x`` works.
+    Attributes:
+        count: number of entries where the predicate holds.
+        row: row of the first one (row-major order).
+        col: its column; ``None`` when every array searched was 1-D.
+        values: the entry of each array searched at ``(row, col)``, as Python scalars.
     """
-    bad = predicate(x)
-    n, d = x.shape
+
+    count: int
+    row: int
+    col: int | None
+    values: tuple
+
+
+def find_first(predicate, *arrays) -> Found | None:
+    """The entries of ``arrays`` where ``predicate`` holds: their count and the first one.
+
+    NumPy and single-device arrays are searched on the host. Sharded ``jax.Array``
+    inputs are searched on their devices (masked reductions) and only the few
+    result scalars are read back: under ``jax.distributed`` no process holds all
+    of the data, so they cannot be gathered.
+
+    Args:
+        predicate: a module-level function ``(xp, *arrays) -> bool (N, D)``,
+            elementwise, written against ``xp`` (``numpy`` on the host,
+            ``jax.numpy`` on the devices); hashable, so the device search
+            compiles once per predicate and shape.
+        *arrays: ``(N, D)`` or ``(N,)`` arrays; an ``(N,)`` array is a column
+            broadcast against the others.
+
+    Returns:
+        A :class:`Found`, or ``None`` when the predicate holds nowhere.
+
+    Example:
+        >>> find_first(negative, np.array([[1.0, -2.0], [-3.0, 4.0]]))
+        Found(count=2, row=0, col=1, values=(-2.0,))
+    """
+    if any(is_sharded(a) for a in arrays):
+        count, row, col, values = jax.tree.map(_host, _locate(predicate, *arrays))
+        if int(count) == 0:
+            return None
+    else:
+        host = [_as_columns(np.asarray(a)) for a in arrays]
+        bad = predicate(np, *host)
+        count = np.count_nonzero(bad)
+        if count == 0:
+            return None
+        row, col = np.unravel_index(np.argmax(bad), bad.shape)  # argmax: the first True
+        values = [np.broadcast_to(a, bad.shape)[row, col] for a in host]
+    col = None if all(np.ndim(a) == 1 for a in arrays) else int(col)
+    return Found(int(count), int(row), col, tuple(np.asarray(v).item() for v in values))
+
+
+def _as_columns(a):
+    """``(N,)`` as an ``(N, 1)`` column; ``(N, D)`` unchanged."""
+    return a.reshape(a.shape[0], 1) if a.ndim == 1 else a
+
+
+@partial(jax.jit, static_argnums=0)
+def _locate(predicate, *arrays) -> tuple[Array, Array, Array, list[Array]]:
+    """:func:`find_first` on the devices: the count, the first (row, column) in
+    row-major order (``row == N`` when none) and each array's value there.
+
+    Masked reductions only (no dynamic indexing), so any sharding of the arrays works.
+    """
+    arrays = [_as_columns(a) for a in arrays]
+    bad = predicate(jnp, *arrays)
+    n, d = bad.shape
     rows = jnp.arange(n)[:, None]
     cols = jnp.arange(d)[None, :]
     row = jnp.min(jnp.where(jnp.any(bad, axis=1), jnp.arange(n), n))
     col = jnp.min(jnp.where(bad & (rows == row), cols, d))
     hit = (rows == row) & (cols == col)
-    return jnp.sum(bad), row, col, jnp.sum(jnp.where(hit, x, jnp.zeros((), x.dtype)))
+    # Exactly one entry is hit: the masked sum is its value (cast back: a bool sums to an int).
+    values = [jnp.sum(jnp.where(hit, a, jnp.zeros((), a.dtype))).astype(a.dtype) for a in arrays]
+    return jnp.sum(bad), row, col, values
 
 
-def find_on_device(x: Array, predicate) -> tuple[int, int, int, object] | None:
-    """``(count, row, column, value)`` of the entries of a sharded ``x`` (N, D) where
-    ``predicate`` holds, computed on the devices; ``None`` when there are none.
+def raise_first(found: Found | None, name: str, what: str, *, rule: str = "", hint: str = "", value=None) -> None:
+    """Raise the standard ``ValueError`` that names the first offending entry; nothing when ``found`` is None.
+
+    The message reads ``"{rule}; {name} contains {count} {what}, the first is {value}
+    at row {row}, column {col}. {hint}"`` (the rule and the hint only when given,
+    no column for a 1-D array).
 
     Args:
-        x: a 2-D ``jax.Array`` (any sharding).
-        predicate: a module-level function ``x -> bool array`` (hashable, so the
-            check compiles once per shape).
+        found: the result of :func:`find_first`.
+        name: the argument searched, e.g. ``"x"``.
+        what: the offending entries, e.g. ``"negative value(s)"``.
+        rule: what the data must satisfy, e.g. ``"x must hold non-negative counts"``.
+        hint: what to do about it.
+        value: text shown for the first entry instead of its value in the first array.
 
-    Returns:
-        Python scalars describing the first offending entry, or ``None``.
-
-    Example:
-        >>> find_on_device(x, _negative)
-        (3, 17, 0, -1.0)
+    Raises:
+        ValueError: when ``found`` is not None.
     """
-    count, row, col, value = (_host(a) for a in _locate(x, predicate))
-    if int(count) == 0:
-        return None
-    return int(count), int(row), int(col), value.item()
+    if found is None:
+        return
+    shown = found.values[0] if value is None else value
+    where = f"row {found.row}" if found.col is None else f"row {found.row}, column {found.col}"
+    message = f"{name} contains {found.count} {what}, the first is {shown} at {where}."
+    if rule:
+        message = f"{rule}; {message}"
+    if hint:
+        message = f"{message} {hint}"
+    raise ValueError(message)
 
 
-def _not_finite(x):
-    return ~jnp.isfinite(x)
+# Predicates for find_first: elementwise, on NumPy (xp = numpy) or on the devices (xp = jax.numpy).
 
 
-def _infinite(x):
-    return jnp.isinf(x)
+def not_finite(xp, x):
+    return ~xp.isfinite(x)
 
 
-def _negative(x):
+def infinite(xp, x):
+    return xp.isinf(x)
+
+
+def negative(xp, x):
     return x < 0
 
 
-def _not_integer(x):
-    return x != jnp.round(x)
+def not_integer(xp, x):
+    return x != xp.round(x)
+
+
+def not_count(xp, x):
+    """Not a non-negative integer (NaN and infinities included)."""
+    return ~xp.isfinite(x) | (x < 0) | (x != xp.round(x))
+
+
+@cache
+def outside(lo, hi):
+    """The predicate ``x < lo or x > hi``, one function per bounds (so the device search compiles once)."""
+
+    def predicate(xp, x):
+        return (x < lo) | (x > hi)
+
+    return predicate
 
 
 def float_dtype(dtype=None):
@@ -140,16 +230,7 @@ def as_data_matrix(x, name: str = "x", *, allow_nan: bool = False):
     if arr.shape[0] == 0 or arr.shape[1] == 0:
         raise ValueError(f"{name} must have at least one row and one column; got shape {arr.shape}.")
     if arr.dtype.kind == "f":
-        bad = ~np.isfinite(arr)
-        if allow_nan:
-            bad &= ~np.isnan(arr)
-        if bad.any():
-            row, col = np.argwhere(bad)[0]
-            what = "NaN" if np.isnan(arr[row, col]) else "infinite"
-            raise ValueError(
-                f"{name} contains {int(bad.sum())} NaN or infinite value(s); the first is {what} "
-                f"at row {row}, column {col}. Remove or impute them (missing-data models accept NaN)."
-            )
+        _check_finite_entries(arr, name, allow_nan)
     dtype = float_dtype(arr.dtype) if arr.dtype.kind == "f" else float_dtype()
     return jnp.asarray(arr, dtype=dtype)
 
@@ -171,19 +252,22 @@ def _sharded_data_matrix(x: Array, name: str, allow_nan: bool) -> Array:
     if x.shape[0] == 0 or x.shape[1] == 0:
         raise ValueError(f"{name} must have at least one row and one column; got shape {x.shape}.")
     if jnp.issubdtype(x.dtype, jnp.floating):
-        found = find_on_device(x, _infinite if allow_nan else _not_finite)
-        if found is not None:
-            count, row, col, value = found
-            what = "NaN" if np.isnan(value) else "infinite"
-            raise ValueError(
-                f"{name} contains {count} NaN or infinite value(s); the first is {what} "
-                f"at row {row}, column {col}. Remove or impute them (missing-data models accept NaN)."
-            )
+        _check_finite_entries(x, name, allow_nan)
         dtype = float_dtype(x.dtype)
     else:
         dtype = float_dtype()
     # An elementwise op keeps the row sharding; no copy when the dtype already fits.
     return x if x.dtype == dtype else x.astype(dtype)
+
+
+def _check_finite_entries(x, name: str, allow_nan: bool) -> None:
+    """Raise naming the first NaN or infinite entry of float data (infinite only, with ``allow_nan``)."""
+    raise_first(
+        find_first(infinite if allow_nan else not_finite, x),
+        name,
+        "NaN or infinite value(s)",
+        hint="Remove or impute them (missing-data models accept NaN).",
+    )
 
 
 def as_sample_weights(weights, n: int, dtype, name: str = "weights"):
@@ -289,42 +373,12 @@ def count_matrix(x, name: str = "x", *, what: str = "counts") -> Array:
     arr = as_data_matrix(x, name)
     if is_traced(arr):
         return arr
-    if is_sharded(arr):
-        return _sharded_count_matrix(arr, name, what)
-    host = np.asarray(arr)
-    neg = host < 0
-    if neg.any():
-        row, col = np.argwhere(neg)[0]
-        raise ValueError(
-            f"{name} must hold non-negative {what}; {int(neg.sum())} value(s) are negative, "
-            f"the first {host[row, col]} at row {row}, column {col}."
-        )
-    frac = host != np.round(host)
-    if frac.any():
-        row, col = np.argwhere(frac)[0]
-        raise ValueError(
-            f"{name} must hold integer-valued {what}; {int(frac.sum())} value(s) are not integers, "
-            f"the first {host[row, col]} at row {row}, column {col}."
-        )
-    return arr
-
-
-def _sharded_count_matrix(arr: Array, name: str, what: str) -> Array:
-    """The value checks of :func:`count_matrix`, run on the devices that hold ``arr``."""
-    found = find_on_device(arr, _negative)
-    if found is not None:
-        count, row, col, value = found
-        raise ValueError(
-            f"{name} must hold non-negative {what}; {count} value(s) are negative, "
-            f"the first {value} at row {row}, column {col}."
-        )
-    found = find_on_device(arr, _not_integer)
-    if found is not None:
-        count, row, col, value = found
-        raise ValueError(
-            f"{name} must hold integer-valued {what}; {count} value(s) are not integers, "
-            f"the first {value} at row {row}, column {col}."
-        )
+    # Sharded data are searched on their devices; anything else is read to the host once.
+    values = arr if is_sharded(arr) else np.asarray(arr)
+    raise_first(find_first(negative, values), name, "negative value(s)", rule=f"{name} must hold non-negative {what}")
+    raise_first(
+        find_first(not_integer, values), name, "non-integer value(s)", rule=f"{name} must hold integer-valued {what}"
+    )
     return arr
 
 
@@ -338,3 +392,26 @@ def check_finite(value, name: str):
     if v is not None and not np.all(np.isfinite(v)):
         raise ValueError(f"{name} contain NaN or infinite values.")
     return v
+
+
+def check_probabilities(value, shape: tuple, name: str) -> np.ndarray | None:
+    """Check a table of probabilities: its shape, finite, every entry in ``[0, 1]``.
+
+    Args:
+        value: the table, e.g. ``(K, D)`` Bernoulli means.
+        shape: the shape it must have.
+        name: how messages name it, e.g. ``"Bernoulli means"``.
+
+    Returns:
+        The host value, or ``None`` under tracing (only the shape is checked then).
+
+    Raises:
+        ValueError: wrong shape, NaN or infinite entries, or entries outside ``[0, 1]``.
+    """
+    check_shape(value, shape, name)
+    p = check_finite(value, name)
+    if p is not None and (np.any(p < 0) or np.any(p > 1)):
+        raise ValueError(
+            f"{name} are probabilities and must lie in [0, 1]; got values in [{np.min(p)}, {np.max(p)}]."
+        )
+    return p

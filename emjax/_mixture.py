@@ -61,6 +61,11 @@ class Mixture(eqx.Module):
             ``"weights"`` and any of the family's ``param_groups`` (for Gaussians
             ``"means"``, ``"covariances"``). The other groups are maximised
             conditionally on the frozen ones.
+        collapse_count: a component whose effective count ``pi_k N`` falls below
+            this is reported as collapsed (and re-initialised by
+            ``fit(..., reinit_collapsed=True)``), like one whose variance falls
+            below the family's ``collapse_tol``; 0 (the default) turns the count
+            test off.
 
     Example:
         >>> model = Mixture(Gaussian("full"), n_components=2)
@@ -72,8 +77,17 @@ class Mixture(eqx.Module):
     n_components: int = eqx.field(static=True)
     weights_prior: Dirichlet | None
     frozen: frozenset = eqx.field(static=True)
+    collapse_count: float = eqx.field(static=True)
 
-    def __init__(self, family: Family, n_components: int, *, weights_prior: Dirichlet | None = None, frozen=()):
+    def __init__(
+        self,
+        family: Family,
+        n_components: int,
+        *,
+        weights_prior: Dirichlet | None = None,
+        frozen=(),
+        collapse_count: float = 0.0,
+    ):
         if not isinstance(family, Family):
             raise TypeError(f"family must be an emjax Family, e.g. Gaussian('full'); got {type(family).__name__}.")
         check_n_components(n_components)
@@ -89,6 +103,9 @@ class Mixture(eqx.Module):
         self.n_components = int(n_components)
         self.weights_prior = weights_prior
         self.frozen = frozenset(frozen)
+        if not (np.isfinite(collapse_count) and collapse_count >= 0):
+            raise ValueError(f"collapse_count must be a finite number >= 0; got {collapse_count!r}.")
+        self.collapse_count = float(collapse_count)
 
     # -- EMModel kernels -------------------------------------------------------------
 
@@ -147,6 +164,23 @@ class Mixture(eqx.Module):
         """
         weight_term = jnp.sum(xlogy(stats.counts, params.weights))
         return weight_term + self.family.expected_log_likelihood(stats.components, params.components)
+
+    # -- unconstrained coordinates (gradient ascent) -----------------------------------
+
+    def unconstrain(self, params: MixtureParams) -> dict:
+        """``{"log_weights": (K,), "components": family.unconstrain(...)}``.
+
+        The coordinates :class:`emjax.algorithms.GradientAscent` optimises over.
+        The log weights are defined up to an additive constant (:meth:`constrain`
+        takes a softmax); see the family's ``unconstrain`` for the components.
+        """
+        log_w = jnp.log(jnp.maximum(params.weights, jnp.finfo(params.weights.dtype).tiny))
+        return {"log_weights": log_w, "components": self.family.unconstrain(params.components)}
+
+    def constrain(self, u: dict) -> MixtureParams:
+        """The inverse of :meth:`unconstrain`: valid parameters from any real ``u``
+        (weights ``softmax(log_weights)``)."""
+        return MixtureParams(jax.nn.softmax(u["log_weights"]), self.family.constrain(u["components"]))
 
     # -- initialisation --------------------------------------------------------------
 
@@ -217,8 +251,31 @@ class Mixture(eqx.Module):
         self.family.validate_params(params.components, k, n_features(x))
 
     def collapsed(self, params: MixtureParams, x: Array) -> Array:
-        """``(K,)`` booleans: components at a likelihood singularity."""
-        return self.family.degenerate(params.components, x)
+        """``(K,)`` booleans: components at a likelihood singularity (the family's
+        test, e.g. a variance below ``collapse_tol`` times the data's) or with an
+        effective count ``pi_k N`` below ``collapse_count``."""
+        few = params.weights * n_rows(x) < self.collapse_count
+        return self.family.degenerate(params.components, x) | few
+
+    def reinitialize(self, key, params: MixtureParams, x: Array, mask: Array) -> MixtureParams:
+        """``params`` with the components in ``mask`` ``(K,)`` started afresh: a
+        random data point as location, the data's spread, weight ``1/K`` (the
+        weights renormalised). Frozen groups keep their values.
+
+        Example:
+            >>> params = model.reinitialize(key, params, x, model.collapsed(params, x))
+        """
+        k = self.n_components
+        centers = _init.random_points(key, self.family.seed_points(x), k)
+        fresh = self.family.init_from_centers(x, centers)
+        comps = self.family.replace_components(mask, fresh, params.components)
+        for group in self.frozen - {"weights"}:
+            comps = eqx.tree_at(lambda p: getattr(p, group), comps, getattr(params.components, group))
+        weights = params.weights
+        if "weights" not in self.frozen:
+            weights = jnp.where(mask, 1.0 / k, weights)
+            weights = weights / jnp.sum(weights)
+        return MixtureParams(weights, comps)
 
     # -- the fitted mixture ----------------------------------------------------------
 

@@ -63,8 +63,11 @@ class FitResult(eqx.Module):
             (fractional for stepwise and incremental EM).
         converged: ``(R,)`` whether the ``tol`` criterion was met.
         status: ``(R,)`` codes from :class:`RESULTS`.
-        collapsed: ``(R, K)`` components at a singularity, or ``None`` when the
-            model cannot tell.
+        collapsed: ``(R, K)`` components at a singularity at the end, or ``None``
+            when the model cannot tell (it has no ``collapsed`` method).
+        n_collapses: ``(R,)`` steps after which a collapsed component was
+            detected (each followed by a re-initialisation with
+            ``reinit_collapsed=True``); 0 when the model cannot tell.
         best: index of the best restart: the highest final objective among the
             restarts that ended regularly (converged or ``max_iter``), falling back
             to the others only when none did.
@@ -80,6 +83,7 @@ class FitResult(eqx.Module):
     converged: Array
     status: Array
     collapsed: Array | None
+    n_collapses: Array
     best: Array
     n_points: Array
 
@@ -92,6 +96,7 @@ class FitResult(eqx.Module):
                 f"{star} restart {r:3d}: objective {float(self.objective[r]):.6f} "
                 f"({float(self.objective[r] / self.n_points):.6f} per point), {int(self.n_iter[r])} iterations, "
                 f"{RESULTS.message(int(self.status[r]))}"
+                + (f"; {int(self.n_collapses[r])} step(s) with a collapsed component" if int(self.n_collapses[r]) else "")
             )
         return "\n".join(lines)
 
@@ -113,55 +118,107 @@ def _all_finite(state) -> Array:
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
-def _select(pred, on_true, on_false):
-    return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
+def _select(pred: Array, on_true, on_false):
+    """Per restart: ``on_true`` where ``pred`` ``(R,)`` holds, else ``on_false``."""
+
+    def pick(a, b):
+        return jnp.where(pred.reshape(pred.shape + (1,) * (a.ndim - 1)), a, b)
+
+    return jax.tree.map(pick, on_true, on_false)
 
 
-def _print_progress(restart, it, objective, n_points, every):
-    if int(it) % every == 0:
-        print(
-            f"restart {int(restart):3d}  iter {int(it):5d}  objective {float(objective):.8g}"
-            f"  per point {float(objective) / float(n_points):.8g}",
-            flush=True,
-        )
+def _print_progress(it, objective, n_points, active, every):
+    for r in range(objective.shape[0]):
+        if active[r] and int(it[r]) % every == 0:
+            print(
+                f"restart {r:3d}  iter {int(it[r]):5d}  objective {float(objective[r]):.8g}"
+                f"  per point {float(objective[r]) / float(n_points):.8g}",
+                flush=True,
+            )
 
 
-def _iterate(model, algorithm, data, params0, key, restart, max_iter, tol, verbose, print_every):
-    state = algorithm.init(model, params0, data, key)
-    init_ok = _all_finite(state)
+def _reinitialized(model, algorithm, data, state, keys, collapsed):
+    """Every restart's state after re-initialising its collapsed components
+    (``model.reinitialize``) and restarting the algorithm from there."""
+
+    def one(state, key, mask):
+        params = model.reinitialize(key, state.params, data.x, mask)
+        fresh = algorithm.init(model, params, data, key)
+        return eqx.tree_at(lambda s: s.n_passes, fresh, state.n_passes + fresh.n_passes)
+
+    return jax.vmap(one)(state, keys, collapsed)
+
+
+def _run(model, algorithm, data, params0, keys, max_iter, tol, verbose, print_every, reinit_collapsed):
+    """All restarts in one ``lax.while_loop`` over ``vmap``-ped steps.
+
+    Looping over the batch (rather than ``vmap`` of a loop per restart, which XLA
+    runs the same way) keeps decisions that concern any restart unbatched: the
+    re-initialisation of collapsed components is a real ``lax.cond``, paid only
+    on the steps where some restart needs it.
+    """
+    n_restarts = keys.shape[0]
+    algorithm_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
+    remedy_keys = jax.vmap(lambda k: jax.random.fold_in(k, 2))(keys)
+    state = jax.vmap(lambda p, k: algorithm.init(model, p, data, k))(params0, algorithm_keys)
+    init_ok = jax.vmap(_all_finite)(state)
     n_points = data.n_points
     threshold = tol * n_points
-    trace = jnp.full((max_iter + 1,), state.objective)
+    detect = jax.vmap(lambda p: model.collapsed(p, data.x)) if hasattr(model, "collapsed") else None
+    if reinit_collapsed and (detect is None or not hasattr(model, "reinitialize")):
+        raise TypeError(
+            f"reinit_collapsed needs model.collapsed(params, x) and model.reinitialize(key, params, x, mask); "
+            f"{type(model).__name__} lacks them."
+        )
+    zeros = jnp.zeros((n_restarts,), jnp.int32)
+    false = jnp.zeros((n_restarts,), bool)
+    trace = jnp.broadcast_to(state.objective[:, None], (n_restarts, max_iter + 1))
     if verbose:
-        jax.debug.callback(_print_progress, restart, 0, state.objective, n_points, print_every)
+        jax.debug.callback(_print_progress, zeros, state.objective, n_points, init_ok, print_every)
 
     def cond(carry):
-        _, i, _, done, _, _ = carry
-        return (~done) & (i < max_iter)
+        _, i, _, done, _, _, _ = carry
+        return jnp.any(~done & (i < max_iter))
 
     def body(carry):
-        state, i, trace, _, _, _ = carry
-        new = algorithm.step(model, state, data)
-        ok = _all_finite(new)
-        converged = ok & (jnp.abs(new.objective - state.objective) < threshold)
-        state = _select(ok, new, state)
-        i = i + ok.astype(i.dtype)
-        trace = trace.at[i].set(state.objective)
+        state, i, trace, done, converged, nonfinite, n_collapses = carry
+        active = ~done & (i < max_iter)
+        new = jax.vmap(lambda s: algorithm.step(model, s, data))(state)
+        ok = jax.vmap(_all_finite)(new)
+        take = active & ok
+        step_converged = take & (jnp.abs(new.objective - state.objective) < threshold)
+        state = _select(take, new, state)
+        if detect is not None:
+            collapsed = detect(state.params) & take[:, None]
+            hit = jnp.any(collapsed, axis=1)
+            n_collapses = n_collapses + hit
+            if reinit_collapsed:
+                step_keys = jax.vmap(jax.random.fold_in)(remedy_keys, i)
+                state = jax.lax.cond(
+                    jnp.any(hit),
+                    lambda s: _select(hit, _reinitialized(model, algorithm, data, s, step_keys, collapsed), s),
+                    lambda s: s,
+                    state,
+                )
+                step_converged = step_converged & ~hit
+        i = i + take
+        trace = trace.at[jnp.arange(n_restarts), i].set(state.objective)
         if verbose:
-            jax.debug.callback(_print_progress, restart, i, state.objective, n_points, print_every)
-        return state, i, trace, converged | ~ok, converged, ~ok
+            jax.debug.callback(_print_progress, i, state.objective, n_points, take, print_every)
+        done = done | step_converged | (active & ~ok)
+        return state, i, trace, done, converged | step_converged, nonfinite | (active & ~ok), n_collapses
 
-    carry = (state, jnp.zeros((), jnp.int32), trace, ~init_ok, jnp.asarray(False), jnp.asarray(False))
-    state, n_iter, trace, _, converged, nonfinite = jax.lax.while_loop(cond, body, carry)
-    trace = jnp.where(jnp.arange(max_iter + 1) <= n_iter, trace, state.objective)
+    carry = (state, zeros, trace, ~init_ok, false, false, zeros)
+    state, n_iter, trace, _, converged, nonfinite, n_collapses = jax.lax.while_loop(cond, body, carry)
+    trace = jnp.where(jnp.arange(max_iter + 1)[None, :] <= n_iter[:, None], trace, state.objective[:, None])
 
-    collapsed = model.collapsed(state.params, data.x) if hasattr(model, "collapsed") else None
+    collapsed = detect(state.params) if detect is not None else None
     status = jnp.where(converged, RESULTS.SUCCESS, RESULTS.MAX_ITER)
     status = jnp.where(nonfinite, RESULTS.NONFINITE, status)
     if collapsed is not None:
-        status = jnp.where(jnp.any(collapsed), RESULTS.COLLAPSED, status)
+        status = jnp.where(jnp.any(collapsed, axis=1), RESULTS.COLLAPSED, status)
     status = jnp.where(init_ok, status, RESULTS.INIT_FAILED)
-    return state.params, state.objective, trace, n_iter, state.n_passes, converged, status, collapsed
+    return state, trace, n_iter, converged, status, collapsed, n_collapses
 
 
 def _initial_params(model, key, x, init):
@@ -171,28 +228,26 @@ def _initial_params(model, key, x, init):
 
 
 @eqx.filter_jit
-def _fit_compiled(model, algorithm, data, keys, init, explicit, max_iter, tol, verbose, print_every):
-    def one(key, restart, explicit):
-        params0 = explicit if explicit is not None else _initial_params(model, key, data.x, init)
-        # The init keeps ``key`` itself (so initial parameters do not depend on
-        # the algorithm); an algorithm that draws random numbers gets its own.
-        algorithm_key = jax.random.fold_in(key, 1)
-        return _iterate(model, algorithm, data, params0, algorithm_key, restart, max_iter, tol, verbose, print_every)
-
-    params, objective, trace, n_iter, n_passes, converged, status, collapsed = jax.vmap(one, in_axes=(0, 0, 0))(
-        keys, jnp.arange(keys.shape[0]), explicit
+def _fit_compiled(model, algorithm, data, keys, init, explicit, max_iter, tol, verbose, print_every, reinit_collapsed):
+    if explicit is None:
+        params0 = jax.vmap(lambda k: _initial_params(model, k, data.x, init))(keys)
+    else:
+        params0 = explicit
+    state, trace, n_iter, converged, status, collapsed, n_collapses = _run(
+        model, algorithm, data, params0, keys, max_iter, tol, verbose, print_every, reinit_collapsed
     )
-    best = best_restart(status, objective)
+    best = best_restart(status, state.objective)
     return FitResult(
-        params=jax.tree.map(lambda a: a[best], params),
-        restart_params=params,
-        objective=objective,
+        params=jax.tree.map(lambda a: a[best], state.params),
+        restart_params=state.params,
+        objective=state.objective,
         trace=trace,
         n_iter=n_iter,
-        n_passes=n_passes,
+        n_passes=state.n_passes,
         converged=converged,
         status=status,
         collapsed=collapsed,
+        n_collapses=n_collapses,
         best=best,
         n_points=data.n_points,
     )
@@ -225,6 +280,7 @@ def fit(
     chunk_size: int | None = None,
     verbose: bool = False,
     print_every: int = 10,
+    reinit_collapsed: bool = False,
     throw: bool = True,
 ) -> FitResult:
     """Fit ``model`` to ``x``: one compiled program for all restarts.
@@ -257,6 +313,13 @@ def fit(
         verbose: print the objective every ``print_every`` iterations while the
             compiled loop runs (a host callback; it slows a GPU fit a little).
         print_every: iterations between progress lines.
+        reinit_collapsed: after any step that leaves a component collapsed
+            (``model.collapsed``: a variance below ``collapse_tol`` times the
+            data's, or an effective count below ``collapse_count``), give it a
+            random data point as its location and the data's spread
+            (``model.reinitialize``), restart the algorithm there and go on. The
+            trace drops at such steps; ``n_collapses`` counts them. The other
+            remedies are a prior (MAP-EM) and a larger ``reg_covar``.
         throw: raise if every restart failed to start (non-finite initial
             objective). Failures inside the loop never raise: see ``status``.
 
@@ -333,7 +396,10 @@ def fit(
 
     data = Data(x, weights, int(chunk_size)) if rows is None else Data(x, weights, int(chunk_size), *rows)
     keys = jax.random.split(key, n_restarts)
-    result = _fit_compiled(model, algorithm, data, keys, init, explicit, int(max_iter), float(tol), bool(verbose), int(print_every))
+    result = _fit_compiled(
+        model, algorithm, data, keys, init, explicit, int(max_iter), float(tol), bool(verbose), int(print_every),
+        bool(reinit_collapsed),
+    )
     if throw and not is_traced(result.status):
         status = np.asarray(result.status)
         if np.all(status == RESULTS.INIT_FAILED):

@@ -53,6 +53,23 @@ SCRIPT = textwrap.dedent(
 
     emjax._runner._fit_compiled = recording
 
+    def host_reads_refused(fn, *args):
+        """``fn(*args)`` with any read of a multi-device array to the host refused
+        (under jax.distributed no process could read all of it)."""
+        impl = type(jnp.zeros(()))  # the concrete jax.Array class
+        read = impl.__array__
+
+        def refuse(a, *rest, **kw):
+            if len(a.sharding.device_set) > 1:
+                raise AssertionError("a sharded array was read to the host")
+            return read(a, *rest, **kw)
+
+        impl.__array__ = refuse
+        try:
+            return fn(*args)
+        finally:
+            impl.__array__ = read
+
     def rel(a, b):
         """Largest difference over all leaves, relative to each leaf's scale."""
         worst = 0.0
@@ -75,20 +92,30 @@ SCRIPT = textwrap.dedent(
     w[::7] = 0.0
     rates = np.array([[1.0, 6.0, 2.0, 9.0], [7.0, 1.5, 5.0, 0.5]])
     counts = rng.poisson(rates[rng.integers(0, 2, size=800)]).astype(np.float64)
+    z = rng.integers(0, 2, size=800)
+    binary = (rng.uniform(size=(800, 5)) < np.array([[0.2, 0.8, 0.3, 0.7, 0.5], [0.9, 0.1, 0.6, 0.2, 0.5]])[z]).astype(np.float64)
+    codes = np.stack([rng.choice(3, size=800, p=p) for p in ([0.6, 0.3, 0.1], [0.2, 0.2, 0.6], [0.1, 0.5, 0.4], [0.3, 0.3, 0.4])], axis=1)
+    codes = np.where(z[:, None] == 1, 2 - codes, codes)  # integer codes (N, 4) in 0..2
+    trials = rng.integers(1, 20, size=800)  # integer trials, one per point
+    successes = rng.binomial(trials[:, None], np.array([[0.2, 0.7, 0.4], [0.8, 0.3, 0.5]])[z]).astype(np.float64)
 
-    # (name, model, data, weights): every covariance type and a count family,
-    # with and without weights. chunk_size 30 on 100 local rows: three full
-    # chunks and a ragged one of 10 on every device.
+    # (name, model, data, weights): every covariance type and every discrete
+    # family (Binomial with per-point trials: a (successes, trials) pair), with
+    # and without weights. chunk_size 30 on 100 local rows: three full chunks and
+    # a ragged one of 10 on every device.
     cases = [
         ("full", emjax.Mixture(emjax.Gaussian("full"), 3), x, None),
         ("diag+w", emjax.Mixture(emjax.Gaussian("diag"), 3), x, w),
         ("spherical", emjax.Mixture(emjax.Gaussian("spherical"), 3), x, None),
         ("tied+w", emjax.Mixture(emjax.Gaussian("tied"), 3), x, w),
         ("poisson+w", emjax.Mixture(emjax.Poisson(), 2), counts, w),
+        ("bernoulli", emjax.Mixture(emjax.Bernoulli(), 2), binary, None),
+        ("categorical+w", emjax.Mixture(emjax.Categorical(3), 2), codes, w),
+        ("binomial-pair", emjax.Mixture(emjax.Binomial(None), 2), (successes, trials), None),
     ]
     out["cases"] = {}
     for name, model, data, weights in cases:
-        p0 = model.init(jax.random.key(3), jnp.asarray(data), "random")
+        p0 = model.init(jax.random.key(3), model.validate_data(data), "random")
         runs = {}
         capture["next_sharded"] = name == "diag+w"  # keep the compiled sharded fit's HLO
         for where, xi, wi in (("single", data, weights), ("sharded", jax.device_put(data, rows),
@@ -99,6 +126,11 @@ SCRIPT = textwrap.dedent(
             runs[where].objective.block_until_ready()
             out["timings"][f"{name} {where}"] = round(time.perf_counter() - t, 2)
         out["cases"][name] = compare(name, runs["sharded"], runs["single"])
+        # The sharded run took the per-device path: every leaf of its data split over rows.
+        out["cases"][name]["sharded_path"] = seen[-2].mesh is None and seen[-1].mesh is not None
+        # Validation runs on the devices (no leaf read to the host) and keeps every leaf's sharding.
+        checked = host_reads_refused(model.validate_data, jax.device_put(data, rows))
+        out["cases"][name]["checked_specs"] = sorted({str(a.sharding.spec[0]) for a in jax.tree.leaves(checked)})
 
         if name == "diag+w":
             # What the sharded fit ran: its Data records the mesh, and its E-step
@@ -157,7 +189,20 @@ SCRIPT = textwrap.dedent(
     bad_counts = counts.copy()
     bad_counts[250, 1] = -2.0
     bad_counts[300, 3] = 0.5
+    bad_successes = successes.copy()
+    bad_successes[250, 1] = -2.0
+    over = successes.copy()
+    over[613, 2] = trials[613] + 1.0
+    bad_codes = codes.copy()
+    bad_codes[333, 3] = 3
+    pair = emjax.Mixture(emjax.Binomial(None), 2)
     out["errors"] = {
+        "binomial": [error((jax.device_put(bad_successes, rows), jax.device_put(trials, rows)), pair),
+                     error((bad_successes, trials), pair)],
+        "binomial_over": [error((jax.device_put(over, rows), jax.device_put(trials, rows)), pair),
+                          error((over, trials), pair)],
+        "categorical": [error(jax.device_put(bad_codes, rows), emjax.Mixture(emjax.Categorical(3), 2)),
+                        error(bad_codes, emjax.Mixture(emjax.Categorical(3), 2))],
         "nan": [error(jax.device_put(bad, rows), gauss), error(bad, gauss)],
         "counts": [error(jax.device_put(bad_counts, rows), emjax.Mixture(emjax.Poisson(), 2)),
                    error(bad_counts, emjax.Mixture(emjax.Poisson(), 2))],
@@ -194,12 +239,14 @@ def sharded_run(tmp_path_factory):
     return out
 
 
-CASES = ["full", "diag+w", "spherical", "tied+w", "poisson+w"]
+CASES = ["full", "diag+w", "spherical", "tied+w", "poisson+w", "bernoulli", "categorical+w", "binomial-pair"]
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_sharded_em_equals_single_device(sharded_run, case):
     got = sharded_run["cases"][case]
+    assert got["sharded_path"], got
+    assert got["checked_specs"] == ["data"], got
     assert got["n_iter"] == got["single_n_iter"] == 20
     assert got["params"] < 1e-10, got
     assert got["trace"] < 1e-10, got
@@ -246,3 +293,13 @@ def test_validation_on_device_says_what_is_wrong(sharded_run):
     assert sharded == host, (sharded, host)
     assert "row 250, column 1" in sharded
     assert "shard the rows only" in errors["columns"][0]
+    # Binomial with per-point trials: a negative success, and a success above its trials.
+    sharded, host = errors["binomial"]
+    assert sharded == host, (sharded, host)
+    assert "1 negative value(s)" in sharded and "row 250, column 1" in sharded
+    sharded, host = errors["binomial_over"]
+    assert sharded == host, (sharded, host)
+    assert "must not exceed trials" in sharded and "row 613, column 2" in sharded
+    sharded, host = errors["categorical"]
+    assert sharded == host, (sharded, host)
+    assert "the first is 3 at row 333, column 3" in sharded

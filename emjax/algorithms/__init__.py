@@ -4,6 +4,8 @@ from ._base import Algorithm as Algorithm
 from ._base import AlgorithmState as AlgorithmState
 from ._batch import BatchEM as BatchEM
 from ._batch import BatchEMState as BatchEMState
+from ._gradient import GradientAscent as GradientAscent
+from ._gradient import GradientAscentState as GradientAscentState
 from ._incremental import IncrementalEM as IncrementalEM
 from ._incremental import IncrementalEMState as IncrementalEMState
 from ._shuffle import permute as permute

@@ -91,6 +91,34 @@ class Family(eqx.Module):
     def moments(self, params: Params) -> tuple[Array, Array]:
         """Component means ``(K, D)`` and covariances ``(K, D, D)``."""
 
+    def unconstrain(self, params: Params) -> Any:
+        """The parameters in unconstrained coordinates: a pytree of real arrays.
+
+        :class:`emjax.algorithms.GradientAscent` optimises over these coordinates,
+        so the constraints (positive variances, probabilities on a simplex, ...)
+        hold by construction and no projection step is needed. ``constrain``
+        must be its exact inverse: ``constrain(unconstrain(p)) == p`` up to
+        rounding, and ``constrain(u)`` must be valid parameters for any real
+        ``u`` of the right shapes.
+
+        The default raises ``NotImplementedError``: a new family provides both
+        methods to be fitted by gradient ascent (EM itself never needs them).
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} does not implement unconstrain()/constrain(), the map to unconstrained "
+            "coordinates that gradient ascent needs; implement both to fit it with GradientAscent."
+        )
+
+    def constrain(self, u: Any) -> Params:
+        """The inverse of :meth:`unconstrain`: parameters from unconstrained coordinates.
+
+        The default raises ``NotImplementedError`` (see :meth:`unconstrain`).
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} does not implement unconstrain()/constrain(), the map to unconstrained "
+            "coordinates that gradient ascent needs; implement both to fit it with GradientAscent."
+        )
+
     def validate_data(self, x) -> Array:
         """Check and convert data for this family; raise a clear error if it does not fit."""
         return as_data_matrix(x)
@@ -101,6 +129,18 @@ class Family(eqx.Module):
     def degenerate(self, params: Params, x: Array) -> Array:
         """``(K,)`` booleans: components at a likelihood singularity (collapsed) on data ``x``."""
         return jnp.zeros(jax.tree.leaves(params)[0].shape[0], dtype=bool)
+
+    def replace_components(self, mask: Array, new: Params, old: Params) -> Params:
+        """Parameters with the components in ``mask`` ``(K,)`` taken from ``new``, the others from ``old``.
+
+        Every leaf has a leading ``K`` axis by default; families with shared
+        parameters (tied covariances) override this.
+        """
+
+        def pick(a, b):
+            return jnp.where(mask.reshape(mask.shape + (1,) * (a.ndim - 1)), a, b)
+
+        return jax.tree.map(pick, new, old)
 
     def seed_points(self, x: Array) -> Array:
         """The ``(N, D')`` float matrix that k-means and random-point seeding run on.

@@ -24,7 +24,15 @@ import equinox as eqx
 from jax import Array
 from jax.scipy.special import gammaln
 
-from .._checks import as_data_matrix, check_shape, concrete, float_dtype, is_traced
+from .._checks import (
+    as_data_matrix,
+    check_probabilities,
+    find_first,
+    float_dtype,
+    is_sharded,
+    is_traced,
+    raise_first,
+)
 from .._priors import BetaPrior
 from ._base import Family
 
@@ -240,6 +248,17 @@ class Bernoulli(Family):
 
     # -- diagnostics and validation ------------------------------------------------------
 
+    def unconstrain(self, params: BernoulliParams) -> dict:
+        """``{"logits": (K, D)}``, ``log(mu / (1 - mu))`` of the means clipped into
+        ``[lo, 1 - lo]`` (the family's floor, see the module notes), so always finite."""
+        lo = prob_floor(params.means.dtype, self.eps)
+        mu = jnp.clip(params.means, lo, 1 - lo)
+        return {"logits": jnp.log(mu) - jnp.log1p(-mu)}
+
+    def constrain(self, u: dict) -> BernoulliParams:
+        """The inverse of :meth:`unconstrain`: ``means = sigmoid(logits)``."""
+        return BernoulliParams(jax.nn.sigmoid(u["logits"]))
+
     def degenerate(self, params: BernoulliParams, x: Array) -> Array:
         # No likelihood singularity: bounded probabilities keep the likelihood bounded.
         return ~jnp.all(jnp.isfinite(params.means), axis=-1)
@@ -261,16 +280,13 @@ class Bernoulli(Family):
         """
         if is_traced(x):
             return as_data_matrix(x)
-        arr = np.asarray(x)
-        xm = as_data_matrix(x)  # rank, emptiness, non-numeric, NaN
-        if arr.dtype != bool:
-            bad = (arr != 0) & (arr != 1)
-            if bad.any():
-                row, col = np.argwhere(bad)[0]
-                raise ValueError(
-                    f"Bernoulli data must be binary (0/1 or bool); x has {int(bad.sum())} other value(s), the "
-                    f"first is {arr[row, col].item()!r} at row {row}, column {col}."
-                )
+        # Sharded data stay where they are (checked on their devices); the rest is read once.
+        raw = x if is_sharded(x) else np.asarray(x)
+        xm = as_data_matrix(raw)  # rank, emptiness, non-numeric, NaN
+        if raw.dtype != bool:
+            raise_first(
+                find_first(_not_binary, raw), "x", "other value(s)", rule="Bernoulli data must be binary (0/1 or bool)"
+            )
         d = xm.shape[1]
         if self.prior is not None and self.prior.n_features() not in (None, d):
             raise ValueError(
@@ -281,15 +297,14 @@ class Bernoulli(Family):
     def validate_params(self, params, n_components: int, n_features: int) -> None:
         if not isinstance(params, BernoulliParams):
             raise TypeError(f"Bernoulli parameters must be a BernoulliParams; got {type(params).__name__}.")
-        check_shape(params.means, (n_components, n_features), "means")
-        m = concrete(params.means)
+        m = check_probabilities(params.means, (n_components, n_features), "Bernoulli means")
         if m is None:
             return
-        if not np.all(np.isfinite(m)):
-            raise ValueError("Bernoulli means contain NaN or infinite values.")
-        if np.any(m < 0) or np.any(m > 1):
-            raise ValueError(f"Bernoulli means are probabilities and must lie in [0, 1]; got min {m.min()}, max {m.max()}.")
         _check_distinct(m.reshape(m.shape[0], -1), "means")
+
+
+def _not_binary(xp, x):
+    return (x != 0) & (x != 1)
 
 
 def _check_distinct(m: np.ndarray, name: str) -> None:

@@ -27,10 +27,11 @@ import equinox as eqx
 from jax import Array
 from jax.scipy.special import gammaln
 
-from .._checks import check_shape, is_traced
+from jax.sharding import NamedSharding, PartitionSpec
+
+from .._checks import check_probabilities, count_matrix, find_first, is_sharded, is_traced, not_count, outside, raise_first
 from .._priors import BetaPrior
 from ._base import Family
-from .._checks import check_finite, count_matrix
 
 _EXACT = jax.lax.Precision.HIGHEST
 
@@ -228,6 +229,16 @@ class Binomial(Family):
         n = self.n_trials
         return n * p, jax.vmap(jnp.diag)(n * p * (1 - p))
 
+    def unconstrain(self, params: BinomialParams) -> dict:
+        """``{"logits": (K, D)}``, ``log(p / (1 - p))`` of the probabilities clipped
+        into ``[tiny, 1 - eps/2]`` as ``log_prob`` does, so always finite."""
+        p = _clip_prob(params.probs)
+        return {"logits": jnp.log(p) - jnp.log1p(-p)}
+
+    def constrain(self, u: dict) -> BinomialParams:
+        """The inverse of :meth:`unconstrain`: ``probs = sigmoid(logits)``."""
+        return BinomialParams(jax.nn.sigmoid(u["logits"]))
+
     def degenerate(self, params: BinomialParams, x: Array) -> Array:
         # The binomial likelihood is bounded: only non-finite parameters are flagged.
         return ~jnp.all(jnp.isfinite(params.probs), axis=1)
@@ -245,23 +256,16 @@ class Binomial(Family):
             )
         arr = count_matrix(x, what="success counts")
         if not is_traced(arr):
-            host = np.asarray(arr)
-            over = host > self.n_trials
-            if over.any():
-                row, col = np.argwhere(over)[0]
-                raise ValueError(
-                    f"x must hold success counts in 0..n_trials={self.n_trials}; {int(over.sum())} value(s) "
-                    f"exceed it, the first {host[row, col]} at row {row}, column {col}."
-                )
+            raise_first(
+                find_first(outside(0, self.n_trials), arr), "x", f"value(s) above {self.n_trials}",
+                rule=f"x must hold success counts in 0..n_trials={self.n_trials}",
+            )
         return arr
 
     def validate_params(self, params, n_components: int, n_features: int) -> None:
         if not isinstance(params, BinomialParams):
             raise TypeError(f"Binomial parameters must be a BinomialParams; got {type(params).__name__}.")
-        check_shape(params.probs, (n_components, n_features), "probs")
-        p = check_finite(params.probs, "probs")
-        if p is not None and (np.any(p < 0) or np.any(p > 1)):
-            raise ValueError(f"Binomial probs must lie in [0, 1]; got values in [{np.min(p)}, {np.max(p)}].")
+        check_probabilities(params.probs, (n_components, n_features), "Binomial probs")
 
     def _validate_pair(self, x):
         """Per-point mode: check ``(successes, trials)``; returns a tuple of float arrays."""
@@ -272,36 +276,51 @@ class Binomial(Family):
                 + (f" of length {len(x)}." if isinstance(x, (tuple, list)) else ".")
             )
         s = count_matrix(x[0], "successes", what="success counts")
-        t = x[1]
-        if is_traced(t):
-            t = t.astype(s.dtype)
-        else:
-            host = np.asarray(t)
-            if host.dtype.kind not in "biuf":
-                raise TypeError(f"trials must be numeric; got dtype {host.dtype}.")
-            if host.ndim not in (1, 2):
-                raise ValueError(f"trials must be (N,) or (N, D); got shape {host.shape}.")
-            bad = ~np.isfinite(host) | (host < 0) | (host != np.round(host))
-            if bad.any():
-                idx = tuple(int(i) for i in np.argwhere(bad)[0])
-                raise ValueError(
-                    f"trials must hold non-negative integer counts; {int(bad.sum())} value(s) are not, "
-                    f"the first {host[idx]} at index {idx}."
-                )
-            t = jnp.asarray(host, s.dtype)
+        t = _checked_trials(x[1], s)
         if t.shape not in ((s.shape[0],), s.shape):
             raise ValueError(
                 f"trials must have shape (N,) = ({s.shape[0]},) or (N, D) = {tuple(s.shape)} to match "
                 f"successes; got {tuple(t.shape)}."
             )
         if not is_traced(s) and not is_traced(t):
-            hs, ht = np.asarray(s), np.asarray(t)
-            over = hs > (ht[:, None] if ht.ndim == 1 else ht)
-            if over.any():
-                row, col = np.argwhere(over)[0]
-                trial = ht[row] if ht.ndim == 1 else ht[row, col]
-                raise ValueError(
-                    f"successes must not exceed trials; {int(over.sum())} value(s) do, the first "
-                    f"{hs[row, col]} > {trial} at row {row}, column {col}."
+            found = find_first(_exceeds, s, t)
+            if found is not None:
+                raise_first(
+                    found, "successes", "value(s) above their trials", rule="successes must not exceed trials",
+                    value=f"{found.values[0]} > {found.values[1]}",
                 )
         return (s, t)
+
+
+def _checked_trials(t, s: Array) -> Array:
+    """Per-point trials, numeric ``(N,)`` or ``(N, D)`` non-negative integers, in the dtype of the successes ``s``.
+
+    Sharded trials are checked on their devices and keep their sharding; trials
+    from the host are split over rows like sharded successes, since the fit needs
+    every leaf of the data split alike (see ``emjax._sharding.row_sharding``).
+    """
+    if is_traced(t):
+        return t.astype(s.dtype)
+    t = t if is_sharded(t) else np.asarray(t)
+    if np.dtype(t.dtype).kind not in "biuf":
+        raise TypeError(f"trials must be numeric; got dtype {t.dtype}.")
+    if t.ndim not in (1, 2):
+        raise ValueError(f"trials must be (N,) or (N, D); got shape {t.shape}.")
+    raise_first(
+        find_first(not_count, t), "trials", "negative, non-integer or non-finite value(s)",
+        rule="trials must hold non-negative integer counts",
+    )
+    if is_sharded(t):
+        return t.astype(s.dtype)  # elementwise: keeps the row sharding
+    if is_sharded(s) and isinstance(s.sharding, NamedSharding):
+        # From the host, as weights are placed: under jax.distributed every process
+        # passes the same trials and keeps its own rows.
+        spec = tuple(s.sharding.spec)
+        rows = NamedSharding(s.sharding.mesh, PartitionSpec(spec[0] if spec else None))
+        return jax.device_put(np.asarray(t, s.dtype), rows)
+    return jnp.asarray(t, s.dtype)
+
+
+def _exceeds(xp, successes, trials):
+    return successes > trials
+

@@ -21,7 +21,17 @@ import equinox as eqx
 from jax import Array
 from jax.scipy.special import gammaln
 
-from .._checks import as_data_matrix, check_shape, concrete, float_dtype, is_traced
+from .._checks import (
+    as_data_matrix,
+    check_probabilities,
+    find_first,
+    float_dtype,
+    is_sharded,
+    is_traced,
+    not_integer,
+    outside,
+    raise_first,
+)
 from .._priors import Dirichlet
 from ._base import Family
 from ._bernoulli import _SMOOTH, _SPREAD, _check_distinct, _smoothing, distinct_pattern, identifiability_problem, prob_floor
@@ -224,6 +234,16 @@ class Categorical(Family):
 
     # -- diagnostics and validation ------------------------------------------------------
 
+    def unconstrain(self, params: CategoricalParams) -> dict:
+        """``{"log_probs": (K, D, S)}``, the (floored, see the module notes) log
+        probabilities, defined up to a constant per feature (``constrain`` takes a
+        softmax over the S categories), so any real array is valid."""
+        return {"log_probs": self._log(params.probs)}
+
+    def constrain(self, u: dict) -> CategoricalParams:
+        """The inverse of :meth:`unconstrain`: ``probs = softmax(log_probs)`` over the last axis."""
+        return CategoricalParams(jax.nn.softmax(u["log_probs"], axis=-1))
+
     def degenerate(self, params: CategoricalParams, x: Array) -> Array:
         # No likelihood singularity: the likelihood of categorical data is bounded by 1.
         return ~jnp.all(jnp.isfinite(params.probs), axis=(-2, -1))
@@ -247,23 +267,19 @@ class Categorical(Family):
         s = self.n_categories
         if is_traced(x):
             return as_data_matrix(x)
-        arr = np.asarray(x)
-        xm = as_data_matrix(x)  # rank, emptiness, non-numeric, NaN / inf
-        if arr.dtype.kind == "f":
-            bad = arr != np.round(arr)
-            if bad.any():
-                row, col = np.argwhere(bad)[0]
-                raise ValueError(
-                    f"Categorical data must be integer category codes in 0..{s - 1}; x has {int(bad.sum())} "
-                    f"non-integer value(s), the first is {arr[row, col].item()!r} at row {row}, column {col}."
-                )
-        bad = (arr < 0) | (arr > s - 1)
-        if bad.any():
-            row, col = np.argwhere(bad)[0]
-            raise ValueError(
-                f"Categorical data must be codes in 0..{s - 1} (n_categories={s}); x has {int(bad.sum())} "
-                f"value(s) out of range, the first is {arr[row, col].item()!r} at row {row}, column {col}."
+        # Sharded data stay where they are (checked on their devices); the rest is read once.
+        # The codes are searched as given, so an integer code is reported as an integer.
+        raw = x if is_sharded(x) else np.asarray(x)
+        xm = as_data_matrix(raw)  # rank, emptiness, non-numeric, NaN / inf
+        if jnp.issubdtype(raw.dtype, jnp.floating):
+            raise_first(
+                find_first(not_integer, raw), "x", "non-integer value(s)",
+                rule=f"Categorical data must be integer category codes in 0..{s - 1}",
             )
+        raise_first(
+            find_first(outside(0, s - 1), raw), "x", "value(s) out of range",
+            rule=f"Categorical data must be codes in 0..{s - 1} (n_categories={s})",
+        )
         d = xm.shape[1]
         if self.prior is not None and np.ndim(self.prior.alpha) == 2 and np.shape(self.prior.alpha)[0] != d:
             raise ValueError(f"the Dirichlet alpha has shape {np.shape(self.prior.alpha)} but x has D={d} features.")
@@ -272,12 +288,9 @@ class Categorical(Family):
     def validate_params(self, params, n_components: int, n_features: int) -> None:
         if not isinstance(params, CategoricalParams):
             raise TypeError(f"Categorical parameters must be a CategoricalParams; got {type(params).__name__}.")
-        check_shape(params.probs, (n_components, n_features, self.n_categories), "probs")
-        p = concrete(params.probs)
+        p = check_probabilities(params.probs, (n_components, n_features, self.n_categories), "Categorical probs")
         if p is None:
             return
-        if not np.all(np.isfinite(p)) or np.any(p < 0):
-            raise ValueError("Categorical probs must be finite and non-negative.")
         sums = p.sum(axis=-1, dtype=np.float64)
         if np.any(np.abs(sums - 1) > 1e-5):
             raise ValueError(f"Categorical probs must sum to 1 over the categories (last axis); sums range "

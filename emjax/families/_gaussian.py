@@ -348,7 +348,45 @@ class Gaussian(Family):
     def moments(self, params: GaussianParams):
         return params.means, self.full_covariances(params)
 
+    # -- unconstrained coordinates (gradient ascent) -----------------------------------
+
+    def unconstrain(self, params: GaussianParams) -> dict:
+        """``{"means": (K, D), <covariance key>: ...}``, every entry a free real.
+
+        The means are kept as they are. Full and tied covariances become
+        ``"log_cholesky"``: the lower Cholesky factor ``L`` (``Sigma = L L^T``)
+        with its diagonal replaced by ``log diag(L)``, stored as ``(K, D, D)``
+        (tied: ``(D, D)``) lower-triangular matrices; the upper triangle is zero
+        and :meth:`constrain` ignores it. Diagonal and spherical covariances
+        become ``"log_variances"`` (``(K, D)`` and ``(K,)``).
+        """
+        cov = params.covariances
+        if self.covariance_type in ("full", "tied"):
+            chol = _cholesky(cov)
+            eye = jnp.eye(cov.shape[-1], dtype=cov.dtype)
+            log_diag = jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1))
+            return {"means": params.means, "log_cholesky": jnp.tril(chol, -1) + log_diag[..., None] * eye}
+        return {"means": params.means, "log_variances": jnp.log(cov)}
+
+    def constrain(self, u: dict) -> GaussianParams:
+        """The inverse of :meth:`unconstrain`. A full or tied covariance is exactly
+        ``L L^T`` with ``L = tril(u, -1) + diag(exp(diag(u)))``, positive definite
+        for every real ``u``; ``reg_covar`` is an M-step device and is not added."""
+        if self.covariance_type in ("full", "tied"):
+            v = u["log_cholesky"]
+            eye = jnp.eye(v.shape[-1], dtype=v.dtype)
+            chol = jnp.tril(v, -1) + jnp.exp(jnp.diagonal(v, axis1=-2, axis2=-1))[..., None] * eye
+            cov = jnp.einsum("...ik,...jk->...ij", chol, chol, precision=_EXACT)
+            return GaussianParams(u["means"], cov)
+        return GaussianParams(u["means"], jnp.exp(u["log_variances"]))
+
     # -- diagnostics and validation ----------------------------------------------------
+
+    def replace_components(self, mask: Array, new: GaussianParams, old: GaussianParams) -> GaussianParams:
+        means = jnp.where(mask[:, None], new.means, old.means)
+        if self.covariance_type == "tied":  # one shared matrix: replaced when any component collapsed
+            return GaussianParams(means, jnp.where(jnp.any(mask), new.covariances, old.covariances))
+        return GaussianParams(means, super().replace_components(mask, new, old).covariances)
 
     def degenerate(self, params: GaussianParams, x: Array) -> Array:
         k = params.means.shape[0]

@@ -23,10 +23,9 @@ import equinox as eqx
 from jax import Array
 from jax.scipy.special import gammaln
 
-from .._checks import check_shape
 from .._priors import Dirichlet
 from ._base import Family
-from .._checks import check_finite, count_matrix, safe_log
+from .._checks import check_probabilities, count_matrix, safe_log
 
 _EXACT = jax.lax.Precision.HIGHEST
 
@@ -154,6 +153,15 @@ class Multinomial(Family):
         cov = jax.vmap(jnp.diag)(p) - p[:, :, None] * p[:, None, :]
         return n * p, n * cov
 
+    def unconstrain(self, params: MultinomialParams) -> dict:
+        """``{"log_probs": (K, D)}``, defined up to a constant per row (``constrain``
+        takes a softmax over the categories), so any real row is valid."""
+        return {"log_probs": safe_log(params.probs)}
+
+    def constrain(self, u: dict) -> MultinomialParams:
+        """The inverse of :meth:`unconstrain`: ``probs = softmax(log_probs)`` over the categories."""
+        return MultinomialParams(jax.nn.softmax(u["log_probs"], axis=-1))
+
     def degenerate(self, params: MultinomialParams, x: Array) -> Array:
         # The multinomial likelihood is bounded: only non-finite parameters are flagged.
         return ~jnp.all(jnp.isfinite(params.probs), axis=1)
@@ -175,12 +183,9 @@ class Multinomial(Family):
     def validate_params(self, params, n_components: int, n_features: int) -> None:
         if not isinstance(params, MultinomialParams):
             raise TypeError(f"Multinomial parameters must be a MultinomialParams; got {type(params).__name__}.")
-        check_shape(params.probs, (n_components, n_features), "probs")
-        p = check_finite(params.probs, "probs")
+        p = check_probabilities(params.probs, (n_components, n_features), "Multinomial probs")
         if p is None:
             return
-        if np.any(p < 0):
-            raise ValueError(f"Multinomial probs must be non-negative; the smallest is {np.min(p)}.")
         sums = p.sum(axis=1, dtype=np.float64)
         if np.any(np.abs(sums - 1) > 1e-5):
             raise ValueError(f"every row of Multinomial probs must sum to 1; the row sums are {sums}.")

@@ -126,6 +126,14 @@ class Poisson(Family):
         rates = params.rates
         return rates, jax.vmap(jnp.diag)(rates)
 
+    def unconstrain(self, params: PoissonParams) -> dict:
+        """``{"log_rates": (K, D)}`` (a zero rate maps to the log of the smallest normal number)."""
+        return {"log_rates": safe_log(params.rates)}
+
+    def constrain(self, u: dict) -> PoissonParams:
+        """The inverse of :meth:`unconstrain`: ``rates = exp(log_rates)``."""
+        return PoissonParams(jnp.exp(u["log_rates"]))
+
     def degenerate(self, params: PoissonParams, x: Array) -> Array:
         # The Poisson likelihood is bounded (a pmf is <= 1): no singularity, only
         # non-finite parameters are flagged.

@@ -1,0 +1,309 @@
+"""Gradient ascent on the EM objective through any optax optimizer, over unconstrained parameters."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import jax
+import jax.numpy as jnp
+import equinox as eqx
+import optax
+from jax import Array
+
+from .._chunks import n_rows
+from .._data import Data
+from ._base import Algorithm, AlgorithmState
+from ._shuffle import permute
+
+
+# -- the parametrisation --------------------------------------------------------------
+
+
+def unconstrain(model, params) -> Any:
+    """``model.unconstrain(params)`` when the model provides both ``unconstrain``
+    and ``constrain``; otherwise ``params`` themselves (the identity)."""
+    if _has_bijection(model):
+        return model.unconstrain(params)
+    return params
+
+
+def constrain(model, u) -> Any:
+    """The inverse of :func:`unconstrain`: ``model.constrain(u)``, or ``u`` itself."""
+    if _has_bijection(model):
+        return model.constrain(u)
+    return u
+
+
+def _has_bijection(model) -> bool:
+    return callable(getattr(model, "unconstrain", None)) and callable(getattr(model, "constrain", None))
+
+
+def _hold_frozen(model, params, reference):
+    """``params`` with the groups a mixture freezes (``model.frozen``) taken from
+    ``reference``: frozen groups get no gradient and never move, whatever the
+    optimizer does to their unconstrained coordinates (weight decay, say)."""
+    frozen = getattr(model, "frozen", None)
+    if not frozen or not (hasattr(params, "weights") and hasattr(params, "components")):
+        return params
+    if "weights" in frozen:
+        params = eqx.tree_at(lambda p: p.weights, params, reference.weights)
+    for group in sorted(frozen - {"weights"}):
+        params = eqx.tree_at(lambda p: getattr(p.components, group), params, getattr(reference.components, group))
+    return params
+
+
+# -- optimizer state the runner can check ---------------------------------------------
+
+
+class _OptState(eqx.Module):
+    """An optax state with its infinite entries moved into boolean masks.
+
+    The runner rejects a step whose state holds a non-finite float (a NaN or an
+    overflow). Some optax transforms start with deliberate infinities (the zoom
+    line search of ``optax.lbfgs`` stores ``value = inf`` as "not yet computed"),
+    so the state is kept as finite values plus the signs of the infinities; NaNs
+    are kept as they are and still stop a restart.
+    """
+
+    finite: Any
+    pos_inf: Any
+    neg_inf: Any
+
+
+def _is_float(a) -> bool:
+    return jnp.issubdtype(jnp.asarray(a).dtype, jnp.inexact)
+
+
+def _hide_inf(state) -> _OptState:
+    def finite(a):
+        if not _is_float(a):
+            return a
+        a = jnp.asarray(a)
+        return jnp.array(jnp.where(jnp.isinf(a), 0, a), dtype=a.dtype)
+
+    def mask(sign):
+        return lambda a: jnp.isinf(a) & (sign * a > 0) if _is_float(a) else jnp.zeros((), bool)
+
+    return _OptState(jax.tree.map(finite, state), jax.tree.map(mask(1), state), jax.tree.map(mask(-1), state))
+
+
+def _restore_inf(state: _OptState):
+    def restore(a, pos, neg):
+        if not _is_float(a):
+            return a
+        return jnp.where(pos, jnp.inf, jnp.where(neg, -jnp.inf, a)).astype(a.dtype)
+
+    return jax.tree.map(restore, state.finite, state.pos_inf, state.neg_inf)
+
+
+def _line_search_passes(opt_state) -> Array:
+    """Objective evaluations the optimizer's line search made in its last update
+    (each reads the data once); 0 for optimizers without one."""
+    try:
+        steps = optax.tree.get(opt_state, "num_linesearch_steps")
+    except (KeyError, ValueError):  # none, or several line searches: not counted
+        steps = None
+    return jnp.zeros((), jnp.int32) if steps is None else jnp.asarray(steps, jnp.int32)
+
+
+# -- the algorithm ----------------------------------------------------------------------
+
+
+class GradientAscentState(AlgorithmState):
+    """Gradient ascent state.
+
+    Attributes:
+        unconstrained: the parameters in unconstrained coordinates (``params`` is
+            their image under the model's ``constrain``).
+        opt_state: the optimizer's state (infinite entries kept as masks, see
+            ``_OptState``).
+        loss_grad: full batch: the gradient, at ``unconstrained``, of the loss the
+            optimizer minimises, ``-objective / N``; ``None`` with mini-batches.
+        key: the key that chooses each epoch's shuffle (mini-batches).
+        n_updates: optimizer updates done so far.
+    """
+
+    unconstrained: Any
+    opt_state: _OptState
+    loss_grad: Any
+    key: Array
+    n_updates: Array
+
+
+class GradientAscent(Algorithm):
+    """Gradient ascent on EM's objective with any optax optimizer (Adam, SGD with
+    momentum, L-BFGS through ``optax.lbfgs``, ...), full-batch or mini-batch.
+
+    It maximises what EM maximises, the log-likelihood plus the log prior
+    (the log posterior of MAP-EM), so EM and gradient ascent share their
+    stationary points and their traces compare directly. The optimizer runs over
+    unconstrained coordinates (``model.unconstrain`` / ``model.constrain``), so
+    every iterate is valid parameters and no projection is needed. For a
+    :class:`emjax.Mixture`: weights through log-softmax, Gaussian covariances
+    through a Cholesky factor with a log diagonal (diagonal and spherical
+    variances through logs), Bernoulli and binomial probabilities through logits,
+    categorical and multinomial probabilities through log-probabilities and a
+    softmax, Poisson rates through logs. Frozen parameter groups stay fixed.
+
+    A model without ``unconstrain``/``constrain`` (a user-defined EMModel) is
+    optimised over its parameters as they are: the user keeps them valid, or
+    provides the two methods (``constrain`` mapping any real pytree to valid
+    parameters, ``unconstrain`` its inverse). The objective comes from the
+    model's ``e_step`` log-likelihood (the statistics it also returns are dead
+    code that XLA removes from the gradient program) and ``log_prior``.
+
+    The optimizer minimises ``-(loglik + log_prior) / N``, ``N`` the number of
+    points (total weight with ``weights``): learning rates do not depend on the
+    size of the data. Unlike EM, which needs no step size and never decreases
+    its objective, gradient ascent needs a learning rate (or a line search, as
+    L-BFGS has) and may oscillate with too large a one.
+
+    Full batch (``batch_size=None``): one runner step is ``updates_per_step``
+    (default 1) optimizer updates, each followed by one value-and-gradient pass
+    over the data at the new point, whose value is the traced objective;
+    ``n_passes`` counts those passes plus the line search's evaluations.
+
+    Mini-batch (``batch_size=m``): as :class:`emjax.StepwiseEM`, one runner step
+    is ``updates_per_step`` (default one epoch, ``N // m``) updates on
+    mini-batches that walk a fresh pseudo-random permutation of the rows each
+    epoch; each update's gradient is the unbiased estimate ``(N / m)`` x the
+    mini-batch log-likelihood plus the log prior. The step ends with one
+    full-data evaluation of the objective for the trace (monitoring, not counted
+    in ``n_passes``, which counts the rows the updates read). ``tol`` compares
+    consecutive evaluations, which noisy updates rarely satisfy: set
+    ``max_iter``.
+
+    Args:
+        optimizer: an ``optax.GradientTransformation``. Transforms that take
+            extra arguments (``optax.lbfgs``'s line search) receive ``value``,
+            ``grad`` and ``value_fn`` (the loss above, of the mini-batch when
+            mini-batching).
+        batch_size: rows per mini-batch, or ``None`` for full-batch gradients.
+        updates_per_step: optimizer updates between trace entries (default 1
+            full-batch, one epoch with mini-batches).
+
+    Example:
+        >>> model = emjax.Mixture(emjax.Gaussian("full"), n_components=2)
+        >>> algo = emjax.GradientAscent(optax.adam(0.05))
+        >>> result = emjax.fit(model, x, key=jax.random.key(0), algorithm=algo, max_iter=2000)
+        >>> lbfgs = emjax.GradientAscent(optax.lbfgs())
+        >>> sgd = emjax.GradientAscent(optax.sgd(0.01, momentum=0.9), batch_size=256)
+    """
+
+    optimizer: Any = eqx.field(static=True)
+    batch_size: int | None = eqx.field(static=True, default=None)
+    updates_per_step: int | None = eqx.field(static=True, default=None)
+
+    def __check_init__(self):
+        if not (callable(getattr(self.optimizer, "init", None)) and callable(getattr(self.optimizer, "update", None))):
+            raise TypeError(
+                "optimizer must be an optax GradientTransformation (e.g. optax.adam(0.05)); "
+                f"got {type(self.optimizer).__name__}."
+            )
+        for name in ("batch_size", "updates_per_step"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1):
+                raise ValueError(f"{name} must be a positive integer or None; got {value!r}.")
+
+    def validate(self, model, n_points: int) -> None:
+        for name in ("e_step", "log_prior"):
+            if not callable(getattr(model, name, None)):
+                raise TypeError(f"GradientAscent needs model.{name}(); {type(model).__name__} does not have it.")
+        if self.batch_size is not None and self.batch_size > n_points:
+            raise ValueError(f"batch_size ({self.batch_size}) exceeds the number of rows ({n_points}).")
+
+    @property
+    def _transform(self) -> optax.GradientTransformationExtraArgs:
+        return optax.with_extra_args_support(self.optimizer)
+
+    def _loss(self, model, data: Data, reference, n_total, scale=1.0):
+        """``u -> (loss, (params, objective))`` with ``loss = -objective / n_total`` and
+        ``objective = scale * loglik + log_prior`` of ``data`` at ``constrain(u)``."""
+
+        def loss(u):
+            params = _hold_frozen(model, constrain(model, u), reference)
+            _, loglik = data.e_step(model, params)
+            objective = scale * loglik + model.log_prior(params)
+            return -objective / n_total, (params, objective)
+
+        return loss
+
+    def init(self, model, params, data, key=None) -> GradientAscentState:
+        u = unconstrain(model, params)
+        n_total = data.n_points
+        loss = self._loss(model, data, params, n_total)
+        (_, (params, objective)), grad = jax.value_and_grad(loss, has_aux=True)(u)
+        opt_state = _hide_inf(self._transform.init(u))
+        key = jax.random.key(0) if key is None else key
+        loss_grad = grad if self.batch_size is None else None
+        return GradientAscentState(
+            params, objective, jnp.ones((), objective.dtype), u, opt_state, loss_grad, key, jnp.zeros((), jnp.int32)
+        )
+
+    def step(self, model, state: GradientAscentState, data) -> GradientAscentState:
+        if self.batch_size is None:
+            return self._full_batch_step(model, state, data)
+        return self._mini_batch_step(model, state, data)
+
+    def _full_batch_step(self, model, state: GradientAscentState, data) -> GradientAscentState:
+        tx = self._transform
+        n_total = data.n_points
+        loss = self._loss(model, data, state.params, n_total)
+        value_fn = lambda u: loss(u)[0]  # noqa: E731
+
+        def update(_, carry):
+            u, opt_state, params, objective, grad, passes = carry
+            updates, opt_state = tx.update(
+                grad, opt_state, u, value=-objective / n_total, grad=grad, value_fn=value_fn
+            )
+            u = optax.apply_updates(u, updates)
+            (_, (params, objective)), grad = jax.value_and_grad(loss, has_aux=True)(u)
+            passes = passes + 1 + _line_search_passes(opt_state)
+            return u, opt_state, params, objective, grad, passes
+
+        n_updates = self.updates_per_step or 1
+        carry = (
+            state.unconstrained, _restore_inf(state.opt_state), state.params, state.objective, state.loss_grad,
+            jnp.zeros((), jnp.int32),
+        )
+        u, opt_state, params, objective, grad, passes = jax.lax.fori_loop(0, n_updates, update, carry)
+        return GradientAscentState(
+            params, objective, state.n_passes + passes.astype(state.n_passes.dtype), u, _hide_inf(opt_state), grad,
+            state.key, state.n_updates + n_updates,
+        )
+
+    def _mini_batch_step(self, model, state: GradientAscentState, data) -> GradientAscentState:
+        tx = self._transform
+        n = n_rows(data.x)
+        m = self.batch_size
+        per_epoch = n // m
+        n_updates = self.updates_per_step or per_epoch
+        n_total = data.n_points
+
+        def update(j, carry):
+            u, opt_state, reads = carry
+            k = state.n_updates + j
+            rows = permute(jax.random.fold_in(state.key, k // per_epoch), (k % per_epoch) * m + jnp.arange(m), n)
+            batch = Data(
+                jax.tree.map(lambda a: a[rows], data.x),
+                None if data.weights is None else data.weights[rows],
+                data.chunk_size,
+            )
+            # Rows are drawn uniformly, so (n / m) x the batch's log-likelihood
+            # estimates the full data's, weighted or not.
+            loss = self._loss(model, batch, state.params, n_total, n / m)
+            (value, _), grad = jax.value_and_grad(loss, has_aux=True)(u)
+            updates, opt_state = tx.update(grad, opt_state, u, value=value, grad=grad, value_fn=lambda v: loss(v)[0])
+            return optax.apply_updates(u, updates), opt_state, reads + 1 + _line_search_passes(opt_state)
+
+        carry = (state.unconstrained, _restore_inf(state.opt_state), jnp.zeros((), jnp.int32))
+        u, opt_state, reads = jax.lax.fori_loop(0, n_updates, update, carry)
+        params = _hold_frozen(model, constrain(model, u), state.params)
+        _, loglik = data.e_step(model, params)
+        objective = data.objective(model, params, loglik)
+        # Batch reads (line-search evaluations included) in passes over the data.
+        n_passes = state.n_passes + reads.astype(state.n_passes.dtype) * (m / n)
+        return GradientAscentState(
+            params, objective, n_passes, u, _hide_inf(opt_state), None, state.key, state.n_updates + n_updates
+        )
