@@ -50,16 +50,6 @@ DATASETS = {  # name: (seed, D, K, separation)
 MARKS = (1, 2, 3, 5, 10, 20, 30, 50, 100, 200)
 
 
-def blobs(seed, n, d, k, sep):
-    rng = np.random.default_rng(seed)
-    means = rng.normal(scale=sep, size=(k, d))
-    z = rng.integers(0, k, size=n)
-    a = rng.normal(size=(k, d, d)) * 0.5
-    covs = a @ np.swapaxes(a, 1, 2) + 0.5 * np.eye(d)
-    chol = np.linalg.cholesky(covs)
-    return means[z] + np.einsum("nde,ne->nd", chol[z], rng.normal(size=(n, d)))
-
-
 def first_at(values, target, tol):
     hit = np.nonzero(values >= target - tol)[0]
     return None if hit.size == 0 else int(hit[0])
@@ -124,7 +114,7 @@ def main():
 
     for name in args.data:
         seed, d, k, sep = DATASETS[name]
-        x = blobs(seed, args.n, d, k, sep).astype(args.dtype)
+        x = emjax.datasets.gaussian_mixture_sample(seed, args.n, d, k, sep)[0].astype(args.dtype)
         n = x.shape[0]
         model = emjax.Mixture(emjax.Gaussian("full"), k)
         p0 = model.init(jax.random.key(5), jnp.asarray(x), "random")

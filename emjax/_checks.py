@@ -220,19 +220,24 @@ def as_data_matrix(x, name: str = "x", *, allow_nan: bool = False):
         raise TypeError(f"{name} must be real; got complex dtype {arr.dtype}.")
     if arr.dtype.kind not in "biuf":
         raise TypeError(f"{name} must be numeric; got dtype {arr.dtype}.")
-    if arr.ndim == 1:
-        raise ValueError(
-            f"{name} must be a 2-D array (N, D); got a 1-D array of shape {arr.shape}. "
-            f"Use x.reshape(-1, 1) for one feature or x.reshape(1, -1) for one point."
-        )
-    if arr.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D array (N, D); got shape {arr.shape}.")
-    if arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise ValueError(f"{name} must have at least one row and one column; got shape {arr.shape}.")
+    _check_matrix_shape(arr.shape, name)
     if arr.dtype.kind == "f":
         _check_finite_entries(arr, name, allow_nan)
     dtype = float_dtype(arr.dtype) if arr.dtype.kind == "f" else float_dtype()
     return jnp.asarray(arr, dtype=dtype)
+
+
+def _check_matrix_shape(shape: tuple, name: str) -> None:
+    """Raise unless ``shape`` is that of an ``(N, D)`` matrix with N, D >= 1."""
+    if len(shape) == 1:
+        raise ValueError(
+            f"{name} must be a 2-D array (N, D); got a 1-D array of shape {shape}. "
+            f"Use x.reshape(-1, 1) for one feature or x.reshape(1, -1) for one point."
+        )
+    if len(shape) != 2:
+        raise ValueError(f"{name} must be a 2-D array (N, D); got shape {shape}.")
+    if shape[0] == 0 or shape[1] == 0:
+        raise ValueError(f"{name} must have at least one row and one column; got shape {shape}.")
 
 
 def _sharded_data_matrix(x: Array, name: str, allow_nan: bool) -> Array:
@@ -242,15 +247,7 @@ def _sharded_data_matrix(x: Array, name: str, allow_nan: bool) -> Array:
         raise TypeError(f"{name} must be real; got complex dtype {x.dtype}.")
     if not (jnp.issubdtype(x.dtype, jnp.number) or x.dtype == jnp.bool_):
         raise TypeError(f"{name} must be numeric; got dtype {x.dtype}.")
-    if x.ndim == 1:
-        raise ValueError(
-            f"{name} must be a 2-D array (N, D); got a 1-D array of shape {x.shape}. "
-            f"Use x.reshape(-1, 1) for one feature or x.reshape(1, -1) for one point."
-        )
-    if x.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D array (N, D); got shape {x.shape}.")
-    if x.shape[0] == 0 or x.shape[1] == 0:
-        raise ValueError(f"{name} must have at least one row and one column; got shape {x.shape}.")
+    _check_matrix_shape(x.shape, name)
     if jnp.issubdtype(x.dtype, jnp.floating):
         _check_finite_entries(x, name, allow_nan)
         dtype = float_dtype(x.dtype)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 from jax import Array
 
@@ -44,6 +45,11 @@ class Data(eqx.Module):
         if self.weights is None:
             return jnp.asarray(n_rows(self.x))
         return jnp.sum(self.weights)
+
+    def take(self, rows: Array) -> "Data":
+        """The points at indices ``rows`` (a mini-batch), as unsharded data."""
+        weights = None if self.weights is None else self.weights[rows]
+        return Data(jax.tree.map(lambda a: a[rows], self.x), weights, self.chunk_size)
 
     def e_step(self, model, params):
         """``model.e_step`` summed over chunks (and over devices for sharded data): ``(stats, loglik)``.

@@ -19,7 +19,6 @@ copied, so resident memory stays at a few chunks whatever the file's size.
 
 from __future__ import annotations
 
-import ctypes
 import mmap
 import os
 import queue
@@ -45,8 +44,6 @@ from .algorithms._stepwise import step_size, stepwise_update
 _PREFETCH_DEPTH = 2
 #: Host bytes per chunk when ``chunk_size`` is not given (array and file sources).
 _DEFAULT_CHUNK_BYTES = 1 << 25
-#: Chunk bytes between hand-backs of freed memory to the operating system.
-_TRIM_EVERY_BYTES = 1 << 23
 #: With ``progress=None`` the bar appears once a pass has run this long (on a terminal).
 _PROGRESS_DELAY_S = 2.0
 _PROGRESS_EVERY_S = 0.2
@@ -91,31 +88,6 @@ def _copy_out(view: np.memmap) -> np.ndarray:
     np.copyto(chunk, view)
     _release_pages(view)
     return chunk
-
-
-def _find_malloc_trim():
-    """glibc's ``malloc_trim``, or ``None`` elsewhere."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        return ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
-        return None
-
-
-_MALLOC_TRIM = _find_malloc_trim()
-
-
-def _return_freed_memory() -> None:
-    """Hand memory freed by the last chunk back to the operating system.
-
-    Chunk buffers and the E-step's temporaries are allocated and freed on
-    several threads (the prefetch thread, XLA's workers), and glibc keeps what
-    they free in per-thread arenas: without this, resident memory creeps up by
-    a chunk's worth per chunk until the arenas are saturated.
-    """
-    if _MALLOC_TRIM is not None:
-        _MALLOC_TRIM(0)
 
 
 def _is_leaf_array(a) -> bool:
@@ -420,16 +392,12 @@ def _run_pass(source: _Source, validate, layout, fold: Callable, carry, bar: _Pr
     before the next chunk is taken, so one chunk is computed while the prefetch
     thread reads the next ones, and memory stays at a few chunks.
     """
-    n_done = rows_done = unreturned = 0
+    n_done = rows_done = 0
     with _Prefetcher(lambda: _prepared_chunks(source, validate, layout)) as chunks:
         for x, rows in chunks:
-            unreturned += sum(a.nbytes for a in jax.tree.leaves(x))
             carry = fold(carry, x)
             del x
             jax.block_until_ready(carry)
-            if unreturned >= _TRIM_EVERY_BYTES:
-                _return_freed_memory()
-                unreturned = 0
             n_done, rows_done = n_done + 1, rows_done + rows
             bar.update(n_done, rows_done)
     bar.close(n_done, rows_done)

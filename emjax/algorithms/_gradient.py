@@ -285,11 +285,7 @@ class GradientAscent(Algorithm):
             u, opt_state, reads = carry
             k = state.n_updates + j
             rows = permute(jax.random.fold_in(state.key, k // per_epoch), (k % per_epoch) * m + jnp.arange(m), n)
-            batch = Data(
-                jax.tree.map(lambda a: a[rows], data.x),
-                None if data.weights is None else data.weights[rows],
-                data.chunk_size,
-            )
+            batch = data.take(rows)
             # Rows are drawn uniformly, so (n / m) x the batch's log-likelihood
             # estimates the full data's, weighted or not.
             loss = self._loss(model, batch, state.params, n_total, n / m)

@@ -11,7 +11,6 @@ import equinox as eqx
 from jax import Array
 
 from .._chunks import n_rows
-from .._data import Data
 from .._model import add_stats, scale_stats
 from ._base import Algorithm, AlgorithmState
 from ._shuffle import permute
@@ -128,11 +127,7 @@ class StepwiseEM(Algorithm):
             u = state.n_updates + j
             params = model.m_step(stats, params)
             rows = permute(jax.random.fold_in(state.key, u // per_epoch), (u % per_epoch) * m + jnp.arange(m), n)
-            batch = Data(
-                jax.tree.map(lambda a: a[rows], data.x),
-                None if data.weights is None else data.weights[rows],
-                data.chunk_size,
-            )
+            batch = data.take(rows)
             # Rows are drawn uniformly, so (n / m) x the batch's statistics
             # estimates the full data's, weighted or not.
             batch_stats, _ = batch.e_step(model, params)

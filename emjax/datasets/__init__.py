@@ -22,3 +22,30 @@ def old_faithful() -> tuple[np.ndarray, list[str]]:
         time to the next eruption, both in minutes.
     """
     return _load_csv("old_faithful.csv")
+
+
+def gaussian_mixture_sample(seed: int, n: int, d: int, k: int, separation: float) -> tuple[np.ndarray, np.ndarray]:
+    """A synthetic sample from a K-component Gaussian mixture with random full covariances.
+
+    Means are drawn ``N(0, separation^2 I)``, covariances ``A A^T / 4 + I / 2``
+    with ``A`` standard normal, labels uniformly: the larger ``separation``, the
+    better separated the components. Used by the tests and the benchmarks.
+
+    Args:
+        seed: NumPy random seed.
+        n: points. d: features. k: components.
+        separation: scale of the component means.
+
+    Returns:
+        ``(x (n, d) float64, labels (n,))``.
+
+    Example:
+        >>> x, z = gaussian_mixture_sample(0, n=1000, d=2, k=3, separation=4.0)
+    """
+    rng = np.random.default_rng(seed)
+    means = rng.normal(scale=separation, size=(k, d))
+    z = rng.integers(0, k, size=n)
+    a = rng.normal(size=(k, d, d)) * 0.5
+    covs = a @ np.swapaxes(a, 1, 2) + 0.5 * np.eye(d)
+    chol = np.linalg.cholesky(covs)
+    return means[z] + np.einsum("nde,ne->nd", chol[z], rng.normal(size=(n, d))), z
