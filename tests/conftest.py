@@ -62,3 +62,11 @@ def family_sample(name, n, seed, k=3, d=3):
     if name == "binomial":
         return rng.binomial(12, rng.uniform(0.1, 0.9, size=(k, d))[z]).astype(np.float64)
     return rng.poisson(rng.uniform(0.5, 8.0, size=(k, d))[z]).astype(np.float64)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Drop JAX's compiled programs after each test module: one process compiles
+    hundreds of programs over the suite, and keeping them all grew it past 4 GB."""
+    yield
+    jax.clear_caches()
