@@ -22,7 +22,7 @@ gradient plus its line-search evaluations, which is why its iterations cost more
 Reported: the log-likelihood per point against iterations and wall time (the time
 of a compiled fit divided by its iterations), the final value, and over
 ``--restarts`` random starts (K random data points as means, the data covariance)
-how often each method ends at a singular solution: a restart whose component
+how often each method ends at a singular solution (``--restart-iters`` iterations each): a restart whose component
 collapsed (``FitResult.n_collapses > 0``, a variance below 1e-5 of the data's) or
 that produced non-finite values.
 
@@ -101,6 +101,7 @@ def main():
     parser.add_argument("--iters", type=int, default=500)
     parser.add_argument("--lrs", type=float, nargs="+", default=[0.3, 0.1, 0.03, 0.01])
     parser.add_argument("--restarts", type=int, default=100)
+    parser.add_argument("--restart-iters", type=int, default=200, help="iterations per method in the restarts table")
     args = parser.parse_args()
 
     import jax
@@ -150,14 +151,14 @@ def main():
 
         rows = []
         for label, algo in methods.items():
-            res, sec = timed_fit(model, x, "random", algo, args.iters, n_restarts=args.restarts)
+            res, sec = timed_fit(model, x, "random", algo, args.restart_iters, n_restarts=args.restarts)
             status = np.asarray(res.status)
             singular = (np.asarray(res.n_collapses) > 0) | (status == emjax.RESULTS.NONFINITE)
             finals = np.asarray(res.objective) / n
             ok = ~singular & np.isfinite(finals)
             rows.append([label, f"{int(singular.sum())}/{args.restarts}", f"{np.max(finals[ok]) if ok.any() else float('nan'):.6f}",
                          f"{np.median(finals[ok]) if ok.any() else float('nan'):.6f}", f"{sec:.2f}"])
-        print(f"\nover {args.restarts} random restarts (K random points as means, the data covariance):")
+        print(f"\nover {args.restarts} random restarts of {args.restart_iters} iterations (K random points as means, the data covariance):")
         print(format_table(["method", "singular", "best regular ll/pt", "median regular ll/pt", "fit s (all restarts)"], rows))
         print()
 
