@@ -70,3 +70,17 @@ def _release_compiled_programs():
     hundreds of programs over the suite, and keeping them all grew it past 4 GB."""
     yield
     jax.clear_caches()
+
+
+def fit_weighted_and_repeated(model, x, counts, p0, max_iter=40):
+    """Fits with integer ``counts`` as weights and with the rows repeated that often,
+    from the same start; asserts they agree (parameters 1e-9, trace 1e-10) and
+    returns the repeated fit."""
+    import emjax
+
+    weighted = emjax.fit(model, x, key=jax.random.key(0), init=p0, weights=counts, max_iter=max_iter, tol=0.0)
+    repeated = emjax.fit(model, np.repeat(x, counts, axis=0), key=jax.random.key(0), init=p0, max_iter=max_iter, tol=0.0)
+    for a, b in zip(jax.tree.leaves(weighted.params), jax.tree.leaves(repeated.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(weighted.trace, repeated.trace, rtol=1e-10)
+    return repeated
