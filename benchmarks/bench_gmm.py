@@ -176,8 +176,8 @@ def emjax_iteration(x_np, params, cov_type, args, dtype):
     out["fit_min"] = (t11.min - t1.min) / 10
 
     try:  # a directly jitted BatchEM step; the internals may change under us: report, don't die
-        from emjax._chunks import default_chunk_size
-        from emjax._data import Data
+        from emjax.data._chunks import default_chunk_size
+        from emjax.data._memory import Data
 
         n, d = x_np.shape
         chunk = args.chunk_size or default_chunk_size(n, args.k * d)

@@ -19,10 +19,10 @@ import equinox as eqx
 from jax import Array
 
 from ._checks import as_sample_weights, float_dtype, is_traced
-from ._chunks import default_chunk_size, n_features, n_rows
-from ._data import Data
+from .data._chunks import default_chunk_size, n_features, n_rows
+from .data._memory import Data
 from ._model import EMModel
-from ._sharding import row_sharding, shard_rows, with_auto_axes
+from .data._sharded import row_sharding, shard_rows, with_auto_axes
 from .algorithms import Algorithm, BatchEM
 
 

@@ -11,8 +11,8 @@ import equinox as eqx
 import optax
 from jax import Array
 
-from .._chunks import n_rows
-from .._data import Data
+from ..data._chunks import n_rows
+from ..data._memory import Data
 from ._base import Algorithm, AlgorithmState
 from ._shuffle import permute
 

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import equinox as eqx
 from jax import Array
 
-from .._chunks import chunked_sum, n_rows
+from ..data._chunks import chunked_sum, n_rows
 from .._model import sum_stats
 from ._base import Algorithm, AlgorithmState
 

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import equinox as eqx
 from jax import Array
 
-from .._chunks import n_rows
+from ..data._chunks import n_rows
 from .._model import add_stats, scale_stats
 from ._base import Algorithm, AlgorithmState
 from ._shuffle import permute

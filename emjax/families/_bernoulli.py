@@ -33,7 +33,7 @@ from .._checks import (
     is_traced,
     raise_first,
 )
-from .._priors import BetaPrior
+from ._priors import BetaPrior
 from ._base import Family
 
 _EXACT = jax.lax.Precision.HIGHEST

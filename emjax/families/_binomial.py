@@ -30,7 +30,7 @@ from jax.scipy.special import gammaln
 from jax.sharding import NamedSharding, PartitionSpec
 
 from .._checks import check_probabilities, count_matrix, find_first, is_sharded, is_traced, not_count, outside, raise_first
-from .._priors import BetaPrior
+from ._priors import BetaPrior
 from ._base import Family
 
 _EXACT = jax.lax.Precision.HIGHEST

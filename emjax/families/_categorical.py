@@ -32,7 +32,7 @@ from .._checks import (
     outside,
     raise_first,
 )
-from .._priors import Dirichlet
+from ._priors import Dirichlet
 from ._base import Family
 from ._bernoulli import _SMOOTH, _SPREAD, _check_distinct, _smoothing, distinct_pattern, identifiability_problem, prob_floor
 

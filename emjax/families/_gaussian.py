@@ -18,7 +18,7 @@ from jax import Array
 from jax.scipy.linalg import solve_triangular
 
 from .._checks import check_positive_definite, check_shape, concrete
-from .._priors import (
+from ._priors import (
     NormalInverseWishart,
     inverse_gamma_log_prob,
     inverse_wishart_log_prob,

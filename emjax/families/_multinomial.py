@@ -23,7 +23,7 @@ import equinox as eqx
 from jax import Array
 from jax.scipy.special import gammaln
 
-from .._priors import Dirichlet
+from ._priors import Dirichlet
 from ._base import Family
 from .._checks import check_probabilities, count_matrix, safe_log
 

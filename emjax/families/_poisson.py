@@ -24,7 +24,7 @@ from jax import Array
 from jax.scipy.special import gammaln
 
 from .._checks import check_finite, check_shape, count_matrix, safe_log
-from .._priors import GammaPrior
+from ._priors import GammaPrior
 from ._base import Family
 
 _EXACT = jax.lax.Precision.HIGHEST

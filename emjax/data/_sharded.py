@@ -24,9 +24,9 @@ import jax
 import equinox as eqx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from ._checks import is_sharded, is_traced
+from .._checks import is_sharded, is_traced
 from ._chunks import chunked_sum, n_rows
-from ._model import sum_stats
+from .._model import sum_stats
 
 
 def _leaf_rows(a) -> tuple[Mesh, tuple[str, ...]] | None:

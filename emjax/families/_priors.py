@@ -15,7 +15,7 @@ import equinox as eqx
 from jax import Array
 from jax.scipy.special import betaln, gammaln, multigammaln, xlog1py, xlogy
 
-from ._checks import as_data_matrix, check_n_components
+from .._checks import as_data_matrix, check_n_components
 
 
 class Dirichlet(eqx.Module):

@@ -34,11 +34,11 @@ import jax.numpy as jnp
 import equinox as eqx
 
 from ._chunks import chunked_sum, default_chunk_size, n_features, n_rows
-from ._mixture import Mixture
-from ._model import EMModel, add_stats
-from ._runner import RESULTS, FitResult, _all_finite, _check_key, _select, best_restart
-from .algorithms import Algorithm, BatchEM, StepwiseEM
-from .algorithms._stepwise import step_size, stepwise_update
+from ..models._mixture import Mixture
+from .._model import EMModel, add_stats
+from .._runner import RESULTS, FitResult, _all_finite, _check_key, _select, best_restart
+from ..algorithms import Algorithm, BatchEM, StepwiseEM
+from ..algorithms._stepwise import step_size, stepwise_update
 
 #: Chunks in memory at once: the one computed and the next, read meanwhile.
 _PREFETCH_DEPTH = 2

@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 
 import emjax
-from conftest import make_blobs
+from tests.conftest import make_blobs
 from emjax._runner import best_restart
-from emjax._stream import _Prefetcher, fit_chunks, predict_chunks, score_chunks
-from test_family_bernoulli_categorical import KB, KC, SC, bern_data, cat_data
-from test_family_counts import model_for as count_model, sample as count_sample
+from emjax.data._stream import _Prefetcher, fit_chunks, predict_chunks, score_chunks
+from tests.families.test_bernoulli_categorical import KB, KC, SC, bern_data, cat_data
+from tests.families.test_counts import model_for as count_model, sample as count_sample
 
 N = 1000
 # Divides N, divides N into 4, leaves a ragged last chunk of one row.

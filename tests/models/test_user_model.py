@@ -9,7 +9,7 @@ import numpy as np
 
 import emjax
 
-README = Path(__file__).parent.parent / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def readme_example():

@@ -11,7 +11,7 @@ import emjax
 from emjax.families._binomial import Binomial, BinomialParams, BetaPrior
 from emjax.families._multinomial import Multinomial, MultinomialParams
 from emjax.families._poisson import GammaPrior, Poisson, PoissonParams
-from conftest import fit_weighted_and_repeated
+from tests.conftest import fit_weighted_and_repeated
 
 FAMILIES = ["poisson", "binomial", "multinomial"]
 K, D, N_TRIALS, N_DRAWS = 3, 4, 20, 30

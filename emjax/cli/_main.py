@@ -19,7 +19,7 @@ import jax
 
 import emjax
 from ._svg import write_mixture_svg
-from .families import COVARIANCE_TYPES
+from ..families import COVARIANCE_TYPES
 
 
 class CLIError(Exception):

@@ -8,7 +8,7 @@ from jax.scipy.special import logsumexp
 
 import emjax
 from emjax.algorithms import permute, step_size
-from conftest import FAMILY_NAMES, family_model, family_sample, make_blobs
+from tests.conftest import FAMILY_NAMES, family_model, family_sample, make_blobs
 
 
 def fixed_init(model, x, seed=3):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import emjax
-from conftest import fit_weighted_and_repeated, make_blobs
+from tests.conftest import fit_weighted_and_repeated, make_blobs
 
 COV_TYPES = ["full", "diag", "spherical", "tied"]
 

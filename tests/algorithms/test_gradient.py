@@ -8,9 +8,9 @@ import optax
 import pytest
 
 import emjax
-from emjax._data import Data
+from emjax.data._memory import Data
 from emjax.algorithms import GradientAscent
-from conftest import FAMILY_NAMES, family_model, family_sample, make_blobs
+from tests.conftest import FAMILY_NAMES, family_model, family_sample, make_blobs
 
 FAITHFUL = jnp.asarray(emjax.datasets.old_faithful()[0])
 N_FAITHFUL = FAITHFUL.shape[0]

@@ -11,12 +11,12 @@ import equinox as eqx
 from jax import Array
 from jax.scipy.special import logsumexp, xlogy
 
-from . import _init
-from ._checks import check_n_components, check_shape, concrete
-from ._chunks import chunked_map, chunked_sum, default_chunk_size, n_features, n_rows
-from ._model import add_stats, scale_stats
-from ._priors import Dirichlet
-from .families._base import Family
+from . import _seeding as _init
+from .._checks import check_n_components, check_shape, concrete
+from ..data._chunks import chunked_map, chunked_sum, default_chunk_size, n_features, n_rows
+from .._model import add_stats, scale_stats
+from ..families._priors import Dirichlet
+from ..families._base import Family
 
 INIT_METHODS = ("kmeans", "kmeans++", "random", "random_resp")
 

@@ -9,7 +9,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
 
 import emjax
-from conftest import make_blobs
+from tests.conftest import make_blobs
 
 K = 3
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from emjax import _svg
-from emjax._cli import main
+from emjax.cli import _svg
+from emjax.cli import main
 
 SVG_NS = "{http://www.w3.org/2000/svg}"
 #: The maximum-likelihood 2-component full-covariance fit of Old Faithful.

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from jax import Array
 
 from ._chunks import chunked_sum, n_rows
-from ._sharding import sharded_sum
+from ._sharded import sharded_sum
 
 
 class Data(eqx.Module):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import emjax
-from conftest import make_blobs
+from tests.conftest import make_blobs
 
 
 def old_faithful_with_a_planted_collapse(covariance_type="full"):

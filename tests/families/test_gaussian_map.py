@@ -7,7 +7,7 @@ import pytest
 from scipy.optimize import minimize
 
 import emjax
-from conftest import make_blobs
+from tests.conftest import make_blobs
 
 K, D = 2, 2
 
