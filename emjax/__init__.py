@@ -5,6 +5,7 @@ Importing emjax changes no global JAX configuration. Enable float64 yourself
 """
 
 from . import algorithms as algorithms
+from . import data as data
 from . import datasets as datasets
 from . import families as families
 from .models._seeding import kmeans as kmeans
@@ -13,18 +14,30 @@ from .models._mixture import Mixture as Mixture
 from .models._mixture import MixtureParams as MixtureParams
 from .models._mixture import MixtureStats as MixtureStats
 from ._model import EMModel as EMModel
+from ._model import UserModel as UserModel
+from ._model import as_model as as_model
+from .models._gating import ConstantGating as ConstantGating
+from .models._gating import Gating as Gating
 from ._model import add_stats as add_stats
 from ._model import scale_stats as scale_stats
 from .families._priors import BetaPrior as BetaPrior
 from .families._priors import Dirichlet as Dirichlet
 from .families._priors import GammaPrior as GammaPrior
 from .families._priors import NormalInverseWishart as NormalInverseWishart
-from ._runner import RESULTS as RESULTS
-from ._runner import FitResult as FitResult
+from ._adjoint import Adjoint as Adjoint
+from ._adjoint import ForwardAdjoint as ForwardAdjoint
+from ._result import RESULTS as RESULTS
+from ._result import FitResult as FitResult
 from ._runner import fit as fit
-from .data._stream import fit_chunks as fit_chunks
-from .data._stream import predict_chunks as predict_chunks
-from .data._stream import score_chunks as score_chunks
+from ._runner import fit_chunks as fit_chunks
+from ._stopping import ObjectiveChange as ObjectiveChange
+from ._stopping import ParameterChange as ParameterChange
+from ._stopping import RelativeChange as RelativeChange
+from ._stopping import ResponsibilityChange as ResponsibilityChange
+from ._stopping import StoppingRule as StoppingRule
+from .data import Stream as Stream
+from .data import predict_chunks as predict_chunks
+from .data import score_chunks as score_chunks
 from .algorithms import BatchEM as BatchEM
 from .algorithms import GradientAscent as GradientAscent
 from .algorithms import IncrementalEM as IncrementalEM

@@ -197,9 +197,10 @@ def as_data_matrix(x, name: str = "x", *, allow_nan: bool = False):
     data keep their precision (float64 only where x64 is enabled).
 
     Raises:
-        TypeError: non-numeric or complex data.
+        TypeError: sparse, non-numeric or complex data.
         ValueError: wrong rank, no rows or columns, NaN or infinite values.
     """
+    check_dense(x, name)
     if is_traced(x):
         if x.ndim != 2:
             raise ValueError(f"{name} must be a 2-D array (N, D); got shape {x.shape}.")
@@ -225,6 +226,30 @@ def as_data_matrix(x, name: str = "x", *, allow_nan: bool = False):
         _check_finite_entries(arr, name, allow_nan)
     dtype = float_dtype(arr.dtype) if arr.dtype.kind == "f" else float_dtype()
     return jnp.asarray(arr, dtype=dtype)
+
+
+def is_sparse(x) -> bool:
+    """True for a sparse matrix or array (scipy.sparse, or anything with ``nnz`` and ``tocsr``/``toarray``)."""
+    return hasattr(x, "nnz") and (hasattr(x, "tocsr") or hasattr(x, "toarray"))
+
+
+def check_dense(x, name: str = "x") -> None:
+    """Raise a ``TypeError`` for sparse input, before ``np.asarray`` turns it into an object array.
+
+    Pytree data (a tuple of arrays) are searched leaf by leaf.
+
+    Example:
+        >>> check_dense(scipy.sparse.csr_matrix(np.eye(2)))
+        Traceback (most recent call last):
+        TypeError: x is a sparse matrix (csr_matrix); emjax needs a dense array: pass x.toarray().
+    """
+    parts = x if isinstance(x, (tuple, list)) else (x,)
+    for part in parts:
+        if is_sparse(part):
+            raise TypeError(
+                f"{name} is a sparse matrix ({type(part).__name__}); emjax needs a dense array: "
+                f"pass {name}.toarray()."
+            )
 
 
 def _check_matrix_shape(shape: tuple, name: str) -> None:
@@ -263,7 +288,7 @@ def _check_finite_entries(x, name: str, allow_nan: bool) -> None:
         find_first(infinite if allow_nan else not_finite, x),
         name,
         "NaN or infinite value(s)",
-        hint="Remove or impute them (missing-data models accept NaN).",
+        hint="Remove or impute them before fitting or predicting.",
     )
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
+import abc
+import inspect
+from typing import Any, ClassVar
 
 import equinox as eqx
 import jax
@@ -12,41 +14,367 @@ from jax import Array
 Params = Any
 Stats = Any
 
+#: The hooks every model implements (abstract in :class:`EMModel`).
+_REQUIRED = ("e_step", "m_step")
+#: Hooks that only make sense as a pair: one without the other is no map.
+_PAIRED = {"unconstrain": ("unconstrain", "constrain"), "constrain": ("unconstrain", "constrain")}
 
-@runtime_checkable
-class EMModel(Protocol):
-    """Anything EM can fit. Implement these and every driver works with it.
 
-    ``e_step(params, x, weights=None) -> (stats, loglik)``
-        Expected sufficient statistics of the data under the posterior of the
-        latent variables at ``params``, and the (weighted) log-likelihood of
-        ``x`` at ``params``. The statistics must be a pytree additive over data
-        points (see :func:`add_stats`). ``weights`` ``(N,)`` mean repetition
-        counts; a model that does not support them may omit the argument.
-    ``m_step(stats, params) -> params``
-        The parameters maximising the expected complete-data log likelihood plus
-        the log prior. ``params`` are the current parameters: closed-form M-steps
-        ignore them; frozen parameter groups, ECM and generalized-EM steps need them.
-    ``log_prior(params) -> scalar``
-        0 for maximum likelihood; with it the traced objective is the log posterior.
-    ``init(key, x, method) -> params`` (optional)
-        Used when :func:`emjax.fit` is given ``init`` as a string.
+class EMModel(eqx.Module):
+    """Anything EM can fit: subclass it, implement ``e_step`` and ``m_step``, and every driver works with it.
 
-    ``expected_log_joint(stats, params) -> scalar`` (optional)
-        ``E_q[log p(x, z | params)]`` for the posterior that produced ``stats``,
-        linear in ``stats`` and exact up to terms free of ``params``. Needed by
-        :class:`emjax.IncrementalEM`, which tracks its free energy with it.
+    The other methods are optional hooks with defaults; override the ones the
+    model can answer. Drivers ask :meth:`provides` before compiling whether a
+    hook is really implemented (incremental EM needs :meth:`expected_log_joint`,
+    ``reinit_collapsed`` needs :meth:`collapsed` and :meth:`reinitialize`).
+    A duck-typed object with ``e_step`` and ``m_step`` methods is wrapped in a
+    :class:`UserModel` by :func:`as_model`.
 
-    Optional hooks the runner uses when present: ``validate_data(x) -> x``,
-    ``validate_params(params, x)`` (raise on inconsistent parameters) and
-    ``collapsed(params, x) -> (K,) bool`` (components at a singularity).
+    The statistics returned by ``e_step`` must be a pytree additive over data
+    points (see :func:`add_stats`): chunks, devices, blocks and streams all sum them.
+
+    Example:
+        >>> class Linkage(emjax.EMModel):
+        ...     def e_step(self, t, x, weights=None):
+        ...         ...  # (stats, loglik)
+        ...     def m_step(self, stats, t):
+        ...         return stats[0] / (stats[0] + stats[1])
+        >>> result = emjax.fit(Linkage(), x, key=jax.random.key(0), init=jnp.asarray(0.5))
     """
 
-    def e_step(self, params: Params, x: Any, weights: Array | None = None) -> tuple[Stats, Array]: ...
+    #: Names ``init`` accepts as its ``method`` (``fit(..., init="kmeans")``); none by default.
+    init_methods: ClassVar[tuple[str, ...]] = ()
 
-    def m_step(self, stats: Stats, params: Params) -> Params: ...
+    @abc.abstractmethod
+    def e_step(self, params: Params, x: Any, weights: Array | None = None, **options) -> tuple[Stats, Array]:
+        """Expected sufficient statistics and the log-likelihood of ``x`` at ``params``.
 
-    def log_prior(self, params: Params) -> Array: ...
+        Args:
+            params: the current parameters.
+            x: the data, a pytree whose leaves share a leading axis ``N``.
+            weights: optional ``(N,)`` non-negative per-point weights (repetition counts).
+            **options: model-specific E-step options, e.g. ``temperature`` for
+                deterministic annealing (:meth:`emjax.Mixture.e_step`).
+
+        Returns:
+            ``(stats, loglik)``: statistics additive over points, and the
+            (weighted) log-likelihood summed over points.
+        """
+
+    @abc.abstractmethod
+    def m_step(self, stats: Stats, params: Params) -> Params:
+        """The parameters maximising the expected complete-data log likelihood plus the log prior.
+
+        Args:
+            stats: statistics summed over the data.
+            params: the current parameters: closed-form M-steps ignore them;
+                frozen groups, ECM and generalized-EM steps need them.
+
+        Returns:
+            The new parameters.
+        """
+
+    def log_prior(self, params: Params) -> Array:
+        """Log prior density of ``params``: 0 (maximum likelihood) by default."""
+        return jnp.zeros(())
+
+    def objective(self, stats: Stats, params: Params, loglik: Array) -> Array:
+        """What EM increases, at the parameters ``params`` whose E-step gave ``(stats, loglik)``.
+
+        The log-likelihood plus the log prior by default. A model whose
+        objective is not a sum over rows (a global latent variable, as in
+        Bayesian linear regression) overrides it.
+        """
+        return loglik + self.log_prior(params)
+
+    def init(self, key, x: Any, method: str) -> Params:
+        """Initial parameters by the named ``method`` (one of :attr:`init_methods`), a pure function of ``key``.
+
+        Raises:
+            TypeError: by default: the model has no named initialisations.
+        """
+        raise TypeError(
+            f"{type(self).__name__} has no init(key, x, method); pass initial parameters or a function "
+            "(key, x) -> params as init."
+        )
+
+    def expected_log_joint(self, stats: Stats, params: Params) -> Array:
+        """``E_q[log p(x, z | params)]`` for the posterior that produced ``stats``.
+
+        Linear in ``stats`` and exact up to terms free of ``params``: incremental
+        EM tracks its free energy with it.
+
+        Raises:
+            NotImplementedError: by default.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} does not implement expected_log_joint(stats, params), which incremental EM needs."
+        )
+
+    def collapsed(self, params: Params, x: Any) -> Array | None:
+        """``(K,)`` booleans: components at a singularity; ``None`` (the default) when the model cannot tell."""
+        return None
+
+    def reinitialize(self, key, params: Params, x: Any, mask: Array) -> Params:
+        """``params`` with the components in ``mask`` ``(K,)`` started afresh.
+
+        Raises:
+            NotImplementedError: by default.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} does not implement reinitialize(key, params, x, mask), which "
+            "reinit_collapsed needs."
+        )
+
+    def validate_data(self, x: Any) -> Any:
+        """Check and convert the data before anything is compiled; the leaves as JAX arrays by default."""
+        return jax.tree.map(jnp.asarray, x)
+
+    def validate_rows(self, x: Any) -> Any:
+        """Check and convert some of the data's rows (a chunk of a stream): the
+        checks of :meth:`validate_data` that concern rows, none that concern the
+        whole data (such as N >= K). :meth:`validate_data` by default.
+
+        It must keep the data's structure and the shapes of its leaves (only
+        their dtypes may change): a stream serves later reads of the same rows
+        in the checked dtypes without checking them again.
+        """
+        return self.validate_data(x)
+
+    @property
+    def accepts_weights(self) -> bool:
+        """Whether ``e_step`` takes sample weights (an EMModel subclass must)."""
+        return True
+
+    def validate_params(self, params: Params, x: Any) -> None:
+        """Raise a clear error if ``params`` do not fit the model or the data; no check by default."""
+
+    def unconstrain(self, params: Params) -> Any:
+        """The parameters in unconstrained coordinates (gradient ascent); the identity by default."""
+        return params
+
+    def constrain(self, u: Any) -> Params:
+        """The inverse of :meth:`unconstrain`; the identity by default."""
+        return u
+
+    def hold_frozen(self, params: Params, reference: Params) -> Params:
+        """``params`` with the model's frozen parameter groups taken from ``reference``; ``params`` by default."""
+        return params
+
+    def posterior(self, params: Params, x: Any) -> Array:
+        """Posterior probabilities of the latent classes ``(N, K)`` (a stopping rule watches them).
+
+        Raises:
+            NotImplementedError: by default.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not implement posterior(params, x).")
+
+    def row_width(self, x: Any) -> int:
+        """Elements per data row of the E-step's largest per-row intermediate, used to size chunks.
+
+        The number of features by default: the trailing size of the data's
+        first leaf, 1 for 1-D data. A mixture's is ``K x D``.
+        """
+        return _n_features(x)
+
+    def provides(self, name: str) -> bool:
+        """Whether the hook ``name`` is really implemented, not :class:`EMModel`'s default.
+
+        Drivers check capabilities with it before compiling. ``e_step`` and
+        ``m_step`` are always provided; ``unconstrain`` and ``constrain`` only
+        together; a name that is no hook of EMModel is provided when the model
+        has a callable of that name.
+
+        Example:
+            >>> emjax.Mixture(emjax.Gaussian("full"), 3).provides("expected_log_joint")
+            True
+        """
+        if name in _REQUIRED:
+            return True
+        if not callable(EMModel.__dict__.get(name)):
+            return callable(getattr(self, name, None))
+        cls = type(self)
+        return all(inspect.getattr_static(cls, n) is not EMModel.__dict__[n] for n in _PAIRED.get(name, (name,)))
+
+
+def _n_features(x) -> int:
+    """The trailing size of the first leaf of ``x``, 1 for 1-D (or scalar) data."""
+    leaf = jax.tree.leaves(x)[0]
+    return int(leaf.shape[-1]) if jnp.ndim(leaf) > 1 else 1
+
+
+def _missing_methods(obj) -> list[str]:
+    return [name for name in _REQUIRED if not callable(getattr(obj, name, None))]
+
+
+class UserModel(EMModel):
+    """A duck-typed model (any object with ``e_step`` and ``m_step``) as an :class:`EMModel`.
+
+    Each hook calls the object's method of the same name when it has one, else
+    EMModel's default; :meth:`provides` answers for the object. The object is a
+    pytree field: an ``eqx.Module`` model's arrays stay leaves (traced under
+    ``jit``, differentiated by ``grad``).
+
+    Args:
+        model: an object with callable ``e_step(params, x[, weights])`` and
+            ``m_step(stats, params)``; optionally ``log_prior``, ``objective``,
+            ``init`` (and ``init_methods``), ``expected_log_joint``, ``collapsed``,
+            ``reinitialize``, ``validate_data``, ``validate_rows``, ``validate_params``,
+            ``unconstrain`` with ``constrain``, ``hold_frozen``, ``posterior``, ``row_width``.
+
+    Raises:
+        TypeError: ``model`` lacks ``e_step`` or ``m_step``.
+
+    Example:
+        >>> model = emjax.UserModel(Linkage())   # what emjax.as_model(Linkage()) returns
+        >>> model.provides("log_prior"), model.accepts_weights
+        (True, True)
+    """
+
+    model: Any
+
+    def __init__(self, model: Any):
+        missing = _missing_methods(model)
+        if missing:
+            raise TypeError(_missing_message(model, missing))
+        self.model = model
+
+    def _has(self, name: str) -> bool:
+        return callable(getattr(self.model, name, None))
+
+    def provides(self, name: str) -> bool:
+        """Whether the wrapped object implements the hook ``name`` (see :meth:`EMModel.provides`)."""
+        if isinstance(self.model, EMModel):
+            return self.model.provides(name)
+        return all(self._has(n) for n in _PAIRED.get(name, (name,)))
+
+    @property
+    def init_methods(self) -> tuple[str, ...]:
+        """The wrapped object's ``init_methods``, ``()`` when it has none."""
+        return tuple(getattr(self.model, "init_methods", ()))
+
+    @property
+    def accepts_weights(self) -> bool:
+        """Whether the wrapped ``e_step`` takes a third (weights) argument; ``*args`` counts as yes.
+
+        A driver refuses sample weights before compiling when it is False.
+        """
+        try:
+            signature = inspect.signature(self.model.e_step)
+        except (TypeError, ValueError):  # no signature to read (a builtin): let the call decide
+            return True
+        positional = 0
+        for p in signature.parameters.values():
+            if p.kind is p.VAR_POSITIONAL:
+                return True
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+                positional += 1
+        return positional >= 3
+
+    def e_step(self, params: Params, x: Any, weights: Array | None = None, **options) -> tuple[Stats, Array]:
+        """The wrapped ``e_step``: called as ``(params, x)`` without weights and options,
+        the weights passed positionally otherwise, the options as keywords."""
+        if weights is None and not options:
+            return self.model.e_step(params, x)
+        return self.model.e_step(params, x, weights, **options)
+
+    def m_step(self, stats: Stats, params: Params) -> Params:
+        return self.model.m_step(stats, params)
+
+    def log_prior(self, params: Params) -> Array:
+        return self.model.log_prior(params) if self._has("log_prior") else super().log_prior(params)
+
+    def objective(self, stats: Stats, params: Params, loglik: Array) -> Array:
+        if self._has("objective"):
+            return self.model.objective(stats, params, loglik)
+        return loglik + self.log_prior(params)
+
+    def init(self, key, x: Any, method: str) -> Params:
+        if self._has("init"):
+            return self.model.init(key, x, method)
+        raise TypeError(
+            f"{type(self.model).__name__} has no init(key, x, method); pass initial parameters or a function "
+            "(key, x) -> params as init."
+        )
+
+    def expected_log_joint(self, stats: Stats, params: Params) -> Array:
+        if self._has("expected_log_joint"):
+            return self.model.expected_log_joint(stats, params)
+        raise NotImplementedError(
+            f"{type(self.model).__name__} does not implement expected_log_joint(stats, params), which "
+            "incremental EM needs."
+        )
+
+    def collapsed(self, params: Params, x: Any) -> Array | None:
+        return self.model.collapsed(params, x) if self._has("collapsed") else None
+
+    def reinitialize(self, key, params: Params, x: Any, mask: Array) -> Params:
+        if self._has("reinitialize"):
+            return self.model.reinitialize(key, params, x, mask)
+        raise NotImplementedError(
+            f"{type(self.model).__name__} does not implement reinitialize(key, params, x, mask), which "
+            "reinit_collapsed needs."
+        )
+
+    def validate_data(self, x: Any) -> Any:
+        return self.model.validate_data(x) if self._has("validate_data") else super().validate_data(x)
+
+    def validate_rows(self, x: Any) -> Any:
+        return self.model.validate_rows(x) if self._has("validate_rows") else self.validate_data(x)
+
+    def validate_params(self, params: Params, x: Any) -> None:
+        if self._has("validate_params"):
+            self.model.validate_params(params, x)
+
+    def unconstrain(self, params: Params) -> Any:
+        # Only the pair is a bijection: one without the other falls back to the identity.
+        return self.model.unconstrain(params) if self.provides("unconstrain") else params
+
+    def constrain(self, u: Any) -> Params:
+        return self.model.constrain(u) if self.provides("constrain") else u
+
+    def hold_frozen(self, params: Params, reference: Params) -> Params:
+        return self.model.hold_frozen(params, reference) if self._has("hold_frozen") else params
+
+    def posterior(self, params: Params, x: Any) -> Array:
+        if self._has("posterior"):
+            return self.model.posterior(params, x)
+        raise NotImplementedError(f"{type(self.model).__name__} does not implement posterior(params, x).")
+
+    def row_width(self, x: Any) -> int:
+        return int(self.model.row_width(x)) if self._has("row_width") else super().row_width(x)
+
+
+def _missing_message(model, missing: list[str]) -> str:
+    return (
+        f"an EM model needs callable e_step(params, x[, weights]) and m_step(stats, params); "
+        f"{type(model).__name__} has no {' and no '.join(missing)}."
+    )
+
+
+def as_model(model: Any) -> EMModel:
+    """``model`` as an :class:`EMModel`: EMModel instances unchanged, duck-typed
+    objects with ``e_step`` and ``m_step`` wrapped in a :class:`UserModel`.
+
+    Args:
+        model: an EMModel, or any object with callable ``e_step`` and ``m_step``.
+
+    Returns:
+        An EMModel.
+
+    Raises:
+        TypeError: naming the missing method(s) when ``model`` has no ``e_step`` or ``m_step``.
+
+    Example:
+        >>> model = emjax.as_model(Linkage())
+        >>> stats, loglik = model.e_step(jnp.asarray(0.5), x)
+    """
+    if isinstance(model, EMModel):
+        return model
+    missing = _missing_methods(model)
+    if missing:
+        raise TypeError(_missing_message(model, missing))
+    return UserModel(model)
 
 
 def _adds_itself(node) -> bool:

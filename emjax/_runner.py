@@ -1,11 +1,8 @@
-"""The runner: any algorithm on any model, as one compiled program.
+"""``emjax.fit``: normalise the arguments, check everything, pick the loop.
 
-One ``lax.while_loop`` iterates an algorithm's ``step`` until the objective
-changes by less than ``tol`` per point or ``max_iter`` steps have run; random
-restarts are a ``vmap`` of the whole fit over split keys. Nothing raises inside
-the loop: each restart ends with a status code (as optimistix's ``RESULTS``),
-and a step that would produce non-finite values is rejected, so a restart that
-fails keeps its last finite parameters and never poisons the others.
+Everything that can be wrong with the arguments is found here, on the host,
+before anything is compiled; then :mod:`emjax._iterate` runs the loop: one
+compiled program for data in device memory, a host loop for streams.
 """
 
 from __future__ import annotations
@@ -16,241 +13,31 @@ import numpy as np
 import jax
 import jax.numpy as jnp
 import equinox as eqx
-from jax import Array
 
-from ._checks import as_sample_weights, float_dtype, is_traced
-from .data._chunks import default_chunk_size, n_features, n_rows
-from .data._memory import Data
-from ._model import EMModel
-from .data._sharded import row_sharding, shard_rows, with_auto_axes
+from ._adjoint import Adjoint, ForwardAdjoint
+from ._checks import float_dtype, is_traced
+from ._iterate import Problem, run_compiled, run_host
+from ._model import EMModel, as_model
+from ._result import RESULTS, FitResult
+from ._stopping import ObjectiveChange, StoppingRule
 from .algorithms import Algorithm, BatchEM
-
-
-class RESULTS:
-    """Status codes of a restart (``FitResult.status``)."""
-
-    SUCCESS = 0  #: converged: the objective changed by less than ``tol`` per point.
-    MAX_ITER = 1  #: stopped at ``max_iter`` before converging.
-    NONFINITE = 2  #: a step produced NaN/inf; the last finite parameters are kept.
-    COLLAPSED = 3  #: the parameters reached a likelihood singularity (a collapsed component).
-    INIT_FAILED = 4  #: the initial parameters already had a non-finite objective.
-
-    MESSAGES = {
-        0: "converged",
-        1: "reached max_iter without converging",
-        2: "stopped: a step produced non-finite values; last finite parameters kept",
-        3: "a component collapsed (likelihood singularity); use a prior or a larger reg_covar",
-        4: "the initial parameters have a non-finite objective",
-    }
-
-    @classmethod
-    def message(cls, code: int) -> str:
-        return cls.MESSAGES[int(code)]
-
-
-class FitResult(eqx.Module):
-    """The record of a fit with R restarts.
-
-    Attributes:
-        params: parameters of the best restart.
-        restart_params: parameters of every restart, leading axis ``R``.
-        objective: ``(R,)`` final objective (log-likelihood, plus the log prior
-            for MAP-EM), summed over points.
-        trace: ``(R, max_iter + 1)`` objective at the initial parameters and after
-            each step; entries after a restart stopped repeat its final value.
-        n_iter: ``(R,)`` steps taken.
-        n_passes: ``(R,)`` passes over the data read by the algorithm's updates
-            (fractional for stepwise and incremental EM).
-        converged: ``(R,)`` whether the ``tol`` criterion was met.
-        status: ``(R,)`` codes from :class:`RESULTS`.
-        collapsed: ``(R, K)`` components at a singularity at the end, or ``None``
-            when the model cannot tell (it has no ``collapsed`` method).
-        n_collapses: ``(R,)`` steps after which a collapsed component was
-            detected (each followed by a re-initialisation with
-            ``reinit_collapsed=True``); 0 when the model cannot tell.
-        best: index of the best restart: the highest final objective among the
-            restarts that ended regularly (converged or ``max_iter``), falling back
-            to the others only when none did.
-        n_points: total weight of the data.
-    """
-
-    params: Any
-    restart_params: Any
-    objective: Array
-    trace: Array
-    n_iter: Array
-    n_passes: Array
-    converged: Array
-    status: Array
-    collapsed: Array | None
-    n_collapses: Array
-    best: Array
-    n_points: Array
-
-    def summary(self) -> str:
-        """A few lines on how each restart ended."""
-        lines = []
-        for r in range(self.objective.shape[0]):
-            star = "*" if r == int(self.best) else " "
-            lines.append(
-                f"{star} restart {r:3d}: objective {float(self.objective[r]):.6f} "
-                f"({float(self.objective[r] / self.n_points):.6f} per point), {int(self.n_iter[r])} iterations, "
-                f"{RESULTS.message(int(self.status[r]))}"
-                + (f"; {int(self.n_collapses[r])} step(s) with a collapsed component" if int(self.n_collapses[r]) else "")
-            )
-        return "\n".join(lines)
-
-
-def best_restart(status: Array, objective: Array) -> Array:
-    """Index of the best restart: the highest finite objective among those that
-    ended regularly (converged or max_iter), else among those that collapsed or
-    hit non-finite values, else any."""
-    regular = (status == RESULTS.SUCCESS) | (status == RESULTS.MAX_ITER)
-    fallback = (status == RESULTS.COLLAPSED) | (status == RESULTS.NONFINITE)
-    rank = jnp.where(regular, 0, jnp.where(fallback, 1, 2))
-    finite_obj = jnp.where(jnp.isfinite(objective), objective, -jnp.inf)
-    score = jnp.where(rank == jnp.min(rank), finite_obj, -jnp.inf)
-    return jnp.argmax(score)
-
-
-def _all_finite(state) -> Array:
-    leaves = [jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves(state) if jnp.issubdtype(a.dtype, jnp.inexact)]
-    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
-
-
-def _select(pred: Array, on_true, on_false):
-    """Per restart: ``on_true`` where ``pred`` ``(R,)`` holds, else ``on_false``."""
-
-    def pick(a, b):
-        return jnp.where(pred.reshape(pred.shape + (1,) * (a.ndim - 1)), a, b)
-
-    return jax.tree.map(pick, on_true, on_false)
-
-
-def _print_progress(it, objective, n_points, active, every):
-    for r in range(objective.shape[0]):
-        if active[r] and int(it[r]) % every == 0:
-            print(
-                f"restart {r:3d}  iter {int(it[r]):5d}  objective {float(objective[r]):.8g}"
-                f"  per point {float(objective[r]) / float(n_points):.8g}",
-                flush=True,
-            )
-
-
-def _reinitialized(model, algorithm, data, state, keys, collapsed):
-    """Every restart's state after re-initialising its collapsed components
-    (``model.reinitialize``) and restarting the algorithm from there."""
-
-    def one(state, key, mask):
-        params = model.reinitialize(key, state.params, data.x, mask)
-        fresh = algorithm.init(model, params, data, key)
-        return eqx.tree_at(lambda s: s.n_passes, fresh, state.n_passes + fresh.n_passes)
-
-    return jax.vmap(one)(state, keys, collapsed)
-
-
-def _run(model, algorithm, data, params0, keys, max_iter, tol, verbose, print_every, reinit_collapsed):
-    """All restarts in one ``lax.while_loop`` over ``vmap``-ped steps.
-
-    Looping over the batch (rather than ``vmap`` of a loop per restart, which XLA
-    runs the same way) keeps decisions that concern any restart unbatched: the
-    re-initialisation of collapsed components is a real ``lax.cond``, paid only
-    on the steps where some restart needs it.
-    """
-    n_restarts = keys.shape[0]
-    algorithm_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
-    remedy_keys = jax.vmap(lambda k: jax.random.fold_in(k, 2))(keys)
-    state = jax.vmap(lambda p, k: algorithm.init(model, p, data, k))(params0, algorithm_keys)
-    init_ok = jax.vmap(_all_finite)(state)
-    n_points = data.n_points
-    threshold = tol * n_points
-    detect = jax.vmap(lambda p: model.collapsed(p, data.x)) if hasattr(model, "collapsed") else None
-    if reinit_collapsed and (detect is None or not hasattr(model, "reinitialize")):
-        raise TypeError(
-            f"reinit_collapsed needs model.collapsed(params, x) and model.reinitialize(key, params, x, mask); "
-            f"{type(model).__name__} lacks them."
-        )
-    zeros = jnp.zeros((n_restarts,), jnp.int32)
-    false = jnp.zeros((n_restarts,), bool)
-    trace = jnp.broadcast_to(state.objective[:, None], (n_restarts, max_iter + 1))
-    if verbose:
-        jax.debug.callback(_print_progress, zeros, state.objective, n_points, init_ok, print_every)
-
-    def cond(carry):
-        _, i, _, done, _, _, _ = carry
-        return jnp.any(~done & (i < max_iter))
-
-    def body(carry):
-        state, i, trace, done, converged, nonfinite, n_collapses = carry
-        active = ~done & (i < max_iter)
-        new = jax.vmap(lambda s: algorithm.step(model, s, data))(state)
-        ok = jax.vmap(_all_finite)(new)
-        take = active & ok
-        step_converged = take & (jnp.abs(new.objective - state.objective) < threshold)
-        state = _select(take, new, state)
-        if detect is not None:
-            collapsed = detect(state.params) & take[:, None]
-            hit = jnp.any(collapsed, axis=1)
-            n_collapses = n_collapses + hit
-            if reinit_collapsed:
-                step_keys = jax.vmap(jax.random.fold_in)(remedy_keys, i)
-                state = jax.lax.cond(
-                    jnp.any(hit),
-                    lambda s: _select(hit, _reinitialized(model, algorithm, data, s, step_keys, collapsed), s),
-                    lambda s: s,
-                    state,
-                )
-                step_converged = step_converged & ~hit
-        i = i + take
-        trace = trace.at[jnp.arange(n_restarts), i].set(state.objective)
-        if verbose:
-            jax.debug.callback(_print_progress, i, state.objective, n_points, take, print_every)
-        done = done | step_converged | (active & ~ok)
-        return state, i, trace, done, converged | step_converged, nonfinite | (active & ~ok), n_collapses
-
-    carry = (state, zeros, trace, ~init_ok, false, false, zeros)
-    state, n_iter, trace, _, converged, nonfinite, n_collapses = jax.lax.while_loop(cond, body, carry)
-    trace = jnp.where(jnp.arange(max_iter + 1)[None, :] <= n_iter[:, None], trace, state.objective[:, None])
-
-    collapsed = detect(state.params) if detect is not None else None
-    status = jnp.where(converged, RESULTS.SUCCESS, RESULTS.MAX_ITER)
-    status = jnp.where(nonfinite, RESULTS.NONFINITE, status)
-    if collapsed is not None:
-        status = jnp.where(jnp.any(collapsed, axis=1), RESULTS.COLLAPSED, status)
-    status = jnp.where(init_ok, status, RESULTS.INIT_FAILED)
-    return state, trace, n_iter, converged, status, collapsed, n_collapses
-
-
-def _initial_params(model, key, x, init):
-    if isinstance(init, str):
-        return model.init(key, x, init)
-    return init(key, x)
+from .data import Data, StreamData, make_data
+from .data._stream import Stream
 
 
 @eqx.filter_jit
-def _fit_compiled(model, algorithm, data, keys, init, explicit, max_iter, tol, verbose, print_every, reinit_collapsed):
-    if explicit is None:
-        params0 = jax.vmap(lambda k: _initial_params(model, k, data.x, init))(keys)
-    else:
-        params0 = explicit
-    state, trace, n_iter, converged, status, collapsed, n_collapses = _run(
-        model, algorithm, data, params0, keys, max_iter, tol, verbose, print_every, reinit_collapsed
-    )
-    best = best_restart(status, state.objective)
-    return FitResult(
-        params=jax.tree.map(lambda a: a[best], state.params),
-        restart_params=state.params,
-        objective=state.objective,
-        trace=trace,
-        n_iter=n_iter,
-        n_passes=state.n_passes,
-        converged=converged,
-        status=status,
-        collapsed=collapsed,
-        n_collapses=n_collapses,
-        best=best,
-        n_points=data.n_points,
-    )
+def _fit_compiled(problem: Problem, keys, init, params0) -> FitResult:
+    if params0 is None:
+        sample = problem.data.sample
+        params0 = jax.vmap(lambda k: problem.model.init(k, sample, init))(keys)
+    return run_compiled(problem, params0, keys)
+
+
+@eqx.filter_jit
+def _initial_params(model, keys, sample, init):
+    if isinstance(init, str):
+        return jax.vmap(lambda k: model.init(k, sample, init))(keys)
+    return jax.vmap(lambda k: init(k, sample))(keys)
 
 
 def _check_key(key):
@@ -266,6 +53,42 @@ def _check_key(key):
     return jnp.asarray(key)
 
 
+def _check_int(name: str, value, low: int) -> int:
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}; got {value!r}.")
+    return int(value)
+
+
+def _check_tol(tol) -> float:
+    if isinstance(tol, bool) or not isinstance(tol, (int, float, np.integer, np.floating)):
+        raise TypeError(f"tol must be a number; got {tol!r}.")
+    if not (np.isfinite(tol) and tol >= 0):
+        raise ValueError(f"tol must be a finite number >= 0; got {tol}.")
+    return float(tol)
+
+
+def _as_params(model, params, data: Data, n_restarts: int, dtype):
+    """Initial parameters with a leading restart axis, checked and in the data's float dtype.
+
+    ``params`` already has the restart axis. Each restart's parameters are
+    checked with ``model.validate_params`` (on concrete values), and floating
+    leaves are cast to ``dtype``: a float64 leaf among float32 data would
+    otherwise change the loop's carry type.
+    """
+    params = jax.tree.map(jnp.asarray, params)
+    leaves = jax.tree.leaves(params)
+    if any(a.ndim == 0 or a.shape[0] != n_restarts for a in leaves):
+        raise ValueError(f"initial parameters must have one set per restart ({n_restarts}).")
+    if not any(is_traced(a) for a in leaves):
+        for r in range(n_restarts):
+            try:
+                model.validate_params(jax.tree.map(lambda a: a[r], params), data.sample)
+            except (TypeError, ValueError) as e:
+                where = f"the initial parameters of restart {r}" if n_restarts > 1 else "the initial parameters"
+                raise type(e)(f"{where}: {e}") from None
+    return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, params)
+
+
 def fit(
     model: EMModel,
     x,
@@ -276,8 +99,10 @@ def fit(
     init: str | Callable | Any = "kmeans",
     max_iter: int = 100,
     tol: float = 1e-6,
+    stopping: StoppingRule | None = None,
     weights=None,
     chunk_size: int | None = None,
+    adjoint: Adjoint | None = None,
     verbose: bool = False,
     print_every: int = 10,
     reinit_collapsed: bool = False,
@@ -292,7 +117,12 @@ def fit(
             splits the rows over devices stays there: it is checked on the
             devices, each device runs the E-step on its own rows and the
             statistics are summed across devices (also across processes under
-            ``jax.distributed``); the parameters are replicated.
+            ``jax.distributed``); the parameters are replicated. Data larger
+            than device memory: an :class:`emjax.Stream`, a ``.npy`` path, an
+            ``np.memmap``, a list of chunks or a function returning an
+            iterable of chunks, read from the host in chunks on every pass
+            (the loop is then a host loop; every algorithm works the same).
+            Or any :class:`emjax.data.Data`.
         key: PRNG key; split into one key per restart.
         algorithm: an :class:`emjax.algorithms.Algorithm`; batch EM by default.
         n_restarts: R, random restarts run together as a ``vmap``.
@@ -302,14 +132,21 @@ def fit(
             ``n_restarts`` must be 1), or a :class:`FitResult` whose restarts
             are all continued (e.g. batch EM polishing a stepwise warm-up).
         max_iter: the most steps per restart; the trace has ``max_iter + 1`` entries.
-        tol: stop when the objective changes by less than ``tol`` per point
-            (per unit of weight) in one step.
+        tol: the stopping rule's tolerance; by default stop when the objective
+            changes by less than ``tol`` per point (per unit of weight) in one
+            step. A traced value: fitting again with another ``tol`` does not
+            compile again.
+        stopping: a :class:`emjax.StoppingRule`: ``ObjectiveChange()`` (the
+            default), ``RelativeChange()``, ``ParameterChange()`` or
+            ``ResponsibilityChange()`` (Smyth's rule).
         weights: optional ``(N,)`` non-negative per-point weights, with the
             meaning of repetition counts; placed with the row sharding of a
             sharded ``x``.
-        chunk_size: rows per E-step chunk (per device for sharded ``x``); by
-            default chosen so no chunk intermediate exceeds about 4 MB on a CPU
-            (256 MB on a GPU).
+        chunk_size: rows per E-step chunk (per device for sharded ``x``; rows
+            read per chunk for a stream); by default chosen so no chunk
+            intermediate exceeds about 4 MB on a CPU (256 MB on a GPU).
+        adjoint: how derivatives flow through the fit; :class:`emjax.ForwardAdjoint`
+            (forward mode through the iterations) by default.
         verbose: print the objective every ``print_every`` iterations while the
             compiled loop runs (a host callback; it slows a GPU fit a little).
         print_every: iterations between progress lines.
@@ -331,75 +168,86 @@ def fit(
         >>> result = emjax.fit(model, x, key=jax.random.key(0), n_restarts=8)
         >>> result.params.weights, result.status
     """
-    for name in ("e_step", "m_step", "log_prior"):
-        if not callable(getattr(model, name, None)):
-            raise TypeError(f"model must implement {name}(); {type(model).__name__} does not.")
+    model = as_model(model)
     key = _check_key(key)
-    if algorithm is None:
-        algorithm = BatchEM()
+    algorithm = BatchEM() if algorithm is None else algorithm
     if not isinstance(algorithm, Algorithm):
         raise TypeError(f"algorithm must be an emjax Algorithm; got {type(algorithm).__name__}.")
-    for name, value, low in (("n_restarts", n_restarts, 1), ("max_iter", max_iter, 0), ("print_every", print_every, 1)):
-        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
-            raise ValueError(f"{name} must be an integer >= {low}; got {value!r}.")
-    if not (np.isfinite(tol) and tol >= 0):
-        raise ValueError(f"tol must be a finite number >= 0; got {tol}.")
+    stopping = ObjectiveChange() if stopping is None else stopping
+    if not isinstance(stopping, StoppingRule):
+        raise TypeError(f"stopping must be an emjax StoppingRule, e.g. emjax.RelativeChange(); got {stopping!r}.")
+    adjoint = ForwardAdjoint() if adjoint is None else adjoint
+    if not isinstance(adjoint, Adjoint):
+        raise TypeError(f"adjoint must be an emjax Adjoint, e.g. emjax.ForwardAdjoint(); got {adjoint!r}.")
+    n_restarts = _check_int("n_restarts", n_restarts, 1)
+    max_iter = _check_int("max_iter", max_iter, 0)
+    print_every = _check_int("print_every", print_every, 1)
+    tol = _check_tol(tol)
+    stopping.validate(model)
+    if reinit_collapsed and not (model.provides("collapsed") and model.provides("reinitialize")):
+        raise TypeError(
+            f"reinit_collapsed needs model.collapsed(params, x) and model.reinitialize(key, params, x, mask); "
+            f"{type(model).__name__} lacks them."
+        )
 
-    x = model.validate_data(x) if hasattr(model, "validate_data") else jax.tree.map(jnp.asarray, x)
-    n = n_rows(x)
-    dtype = jax.tree.leaves(x)[0].dtype
-    weights = as_sample_weights(weights, n, dtype if jnp.issubdtype(dtype, jnp.floating) else float_dtype())
-    # Rows sharded over devices stay where they are: each device runs the E-step
-    # on its own rows (Data.e_step), and the weights follow the rows.
-    rows = row_sharding(x)
-    if rows is not None:
-        mesh, row_axes = rows
-        x, mesh = with_auto_axes(x, mesh, row_axes)
-        rows = (mesh, row_axes)
-        if weights is not None:
-            weights = shard_rows(weights, mesh, row_axes)
-    if chunk_size is None:
-        chunk_size = default_chunk_size(n, getattr(model, "n_components", 1) * n_features(x))
-    elif not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive integer; got {chunk_size!r}.")
-
-    algorithm.validate(model, n)
-
-    explicit = None
+    previous = None
     if isinstance(init, FitResult):
         # Continue every restart of an earlier fit (e.g. batch EM after a stepwise warm-up).
-        n_prev = jax.tree.leaves(init.restart_params)[0].shape[0]
+        previous = init.restart_params
+        n_prev = jax.tree.leaves(previous)[0].shape[0]
         if n_restarts not in (1, n_prev):
             raise ValueError(f"init is a FitResult with {n_prev} restarts; n_restarts must be 1 or {n_prev}, got {n_restarts}.")
         n_restarts = n_prev
-        explicit = init.restart_params
-        init = None
-    elif not isinstance(init, str) and not callable(init):
-        if n_restarts != 1:
+    elif isinstance(init, str):
+        if init not in model.init_methods:
+            methods = model.init_methods
             raise ValueError(
-                "explicit initial parameters make every restart identical: use n_restarts=1, "
-                "or pass init as a method name or a function (key, x) -> params."
+                f"unknown init method {init!r}; {type(model).__name__} knows {methods}."
+                if methods else
+                f"{type(model).__name__} has no init methods; pass initial parameters or a function (key, x) -> params."
             )
-        explicit = jax.tree.map(lambda a: jnp.asarray(a)[None], init)
-        init = None
-    elif isinstance(init, str) and not hasattr(model, "init"):
-        raise TypeError(f"{type(model).__name__} has no init(); pass initial parameters or a function as init.")
-    if explicit is not None:
-        if hasattr(model, "validate_params"):
-            for r in range(n_restarts):
-                model.validate_params(jax.tree.map(lambda a: a[r], explicit), x)
-        param_dtype = dtype if jnp.issubdtype(dtype, jnp.floating) else float_dtype()
-        explicit = jax.tree.map(
-            lambda a: jnp.asarray(a, param_dtype) if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating) else a,
-            explicit,
+    elif not callable(init) and n_restarts != 1:
+        raise ValueError(
+            "explicit initial parameters make every restart identical: use n_restarts=1, "
+            "or pass init as a method name or a function (key, x) -> params."
         )
 
-    data = Data(x, weights, int(chunk_size)) if rows is None else Data(x, weights, int(chunk_size), *rows)
+    data = make_data(model, x, weights=weights, chunk_size=chunk_size, key=key)
+    algorithm.validate(model, data)
+    sample_dtype = jax.tree.leaves(data.sample)[0].dtype
+    dtype = sample_dtype if jnp.issubdtype(sample_dtype, jnp.floating) else float_dtype()
     keys = jax.random.split(key, n_restarts)
-    result = _fit_compiled(
-        model, algorithm, data, keys, init, explicit, int(max_iter), float(tol), bool(verbose), int(print_every),
-        bool(reinit_collapsed),
+    host = isinstance(data, StreamData)
+
+    params0 = None
+    if previous is not None:
+        params0 = previous
+    elif callable(init) and not isinstance(init, str):
+        params0 = _initial_params(model, keys, data.sample, init)
+    elif not isinstance(init, str):
+        params0 = jax.tree.map(lambda a: jnp.asarray(a)[None], init)
+    elif host:
+        params0 = _initial_params(model, keys, data.sample, init)
+    if params0 is not None:
+        params0 = _as_params(model, params0, data, n_restarts, dtype)
+
+    problem = Problem(
+        model=model,
+        algorithm=algorithm,
+        data=data,
+        stopping=stopping,
+        adjoint=adjoint,
+        tol=jnp.asarray(tol, dtype),
+        remedy_keys=jax.vmap(lambda k: jax.random.fold_in(k, 2))(keys),
+        max_iter=max_iter,
+        reinit_collapsed=bool(reinit_collapsed),
+        verbose=bool(verbose),
+        print_every=print_every,
     )
+    if host:
+        result = run_host(problem, params0, keys)
+    else:
+        result = _fit_compiled(problem, keys, init if params0 is None else None, params0)
     if throw and not is_traced(result.status):
         status = np.asarray(result.status)
         if np.all(status == RESULTS.INIT_FAILED):
@@ -408,3 +256,17 @@ def fit(
                 "check the initial parameters, or use a prior or a larger reg_covar."
             )
     return result
+
+
+def fit_chunks(model, source, *, chunk_size: int | None = None, init_size: int = 100_000,
+               progress: bool | None = None, weights=None, **kwargs) -> FitResult:
+    """:func:`fit` on a host stream: ``fit(model, Stream(source, ...), **kwargs)``.
+
+    Kept for code written before :func:`fit` accepted streams; see
+    :class:`emjax.Stream` for the sources and options.
+
+    Example:
+        >>> result = emjax.fit_chunks(model, "points.npy", key=jax.random.key(0), chunk_size=2_000_000)
+    """
+    stream = Stream(source, weights=weights, chunk_size=chunk_size, init_size=init_size, progress=progress)
+    return fit(model, stream, **kwargs)

@@ -55,10 +55,11 @@ def test_one_failing_restart_does_not_poison_the_others():
     good = model.init(jax.random.key(0), jnp.asarray(x), "kmeans")
 
     def init(key, x):
-        # Restart keys decide: about half start singular (a zero covariance).
+        # Restart keys decide: about half start where the density underflows to
+        # zero at every point (valid parameters, a non-finite objective).
         bad = jax.random.bernoulli(key)
-        covs = jnp.where(bad, 0.0, 1.0) * good.components.covariances
-        return emjax.MixtureParams(good.weights, emjax.GaussianParams(good.components.means, covs))
+        means = jnp.where(bad, 1e300, 1.0) * good.components.means
+        return emjax.MixtureParams(good.weights, emjax.GaussianParams(means, good.components.covariances))
 
     res = emjax.fit(model, x, key=jax.random.key(5), n_restarts=8, init=init, max_iter=50)
     status = np.asarray(res.status)
@@ -69,7 +70,7 @@ def test_one_failing_restart_does_not_poison_the_others():
     np.testing.assert_allclose(np.asarray(res.objective)[ok], float(res.objective[res.best]), rtol=1e-9)
 
     def all_bad(key, x):
-        return emjax.MixtureParams(good.weights, emjax.GaussianParams(good.components.means, 0.0 * good.components.covariances))
+        return emjax.MixtureParams(good.weights, emjax.GaussianParams(1e300 * good.components.means, good.components.covariances))
 
     with pytest.raises(RuntimeError, match="non-finite objective"):
         emjax.fit(model, x, key=jax.random.key(5), n_restarts=2, init=all_bad, max_iter=5)

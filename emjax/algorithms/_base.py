@@ -6,6 +6,7 @@ import abc
 from typing import Any
 
 import equinox as eqx
+import jax.numpy as jnp
 from jax import Array
 
 
@@ -31,9 +32,11 @@ class Algorithm(eqx.Module):
     ``step(model, state, data) -> state``, both pure and jit-able.
 
     The state must expose ``params``, ``objective`` (at ``params``) and
-    ``n_passes``; the runner (:func:`emjax.fit`) loops ``step`` in one
-    ``lax.while_loop`` and decides when to stop. Algorithms that draw random
-    numbers keep the key ``init`` receives in their state.
+    ``n_passes``; the runner (:func:`emjax.fit`) loops ``step`` and decides
+    when to stop. Algorithms read the data only through the
+    :class:`emjax.data.Data` they are given (full passes, ``rows``, ``take``),
+    so each runs over in-memory, sharded and streamed data alike. Algorithms
+    that draw random numbers keep the key ``init`` receives in their state.
     """
 
     @abc.abstractmethod
@@ -44,6 +47,11 @@ class Algorithm(eqx.Module):
     def step(self, model, state: AlgorithmState, data) -> AlgorithmState:
         """One iteration (one entry of the trace)."""
 
-    def validate(self, model, n_points: int) -> None:
+    def validate(self, model, data) -> None:
         """Raise, before anything is compiled, if this algorithm cannot fit
-        ``model`` to ``n_points`` rows."""
+        ``model`` (an EMModel) to ``data`` (an :class:`emjax.data.Data`)."""
+
+    def can_stop(self, state: AlgorithmState) -> Array:
+        """Whether the fit may stop at ``state`` when the stopping rule holds
+        (a veto: an annealing schedule must reach its final temperature first)."""
+        return jnp.asarray(True)

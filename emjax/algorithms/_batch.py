@@ -28,10 +28,10 @@ class BatchEM(Algorithm):
 
     def init(self, model, params, data, key=None) -> BatchEMState:
         stats, loglik = data.e_step(model, params)
-        objective = data.objective(model, params, loglik)
+        objective = model.objective(stats, params, loglik)
         return BatchEMState(params, objective, jnp.ones((), objective.dtype), stats)
 
     def step(self, model, state: BatchEMState, data) -> BatchEMState:
         params = model.m_step(state.stats, state.params)
         stats, loglik = data.e_step(model, params)
-        return BatchEMState(params, data.objective(model, params, loglik), state.n_passes + 1, stats)
+        return BatchEMState(params, model.objective(stats, params, loglik), state.n_passes + 1, stats)

@@ -11,46 +11,10 @@ import equinox as eqx
 import optax
 from jax import Array
 
-from ..data._chunks import n_rows
-from ..data._memory import Data
+from ..data import Data
 from ._base import Algorithm, AlgorithmState
-from ._shuffle import permute
-
-
-# -- the parametrisation --------------------------------------------------------------
-
-
-def unconstrain(model, params) -> Any:
-    """``model.unconstrain(params)`` when the model provides both ``unconstrain``
-    and ``constrain``; otherwise ``params`` themselves (the identity)."""
-    if _has_bijection(model):
-        return model.unconstrain(params)
-    return params
-
-
-def constrain(model, u) -> Any:
-    """The inverse of :func:`unconstrain`: ``model.constrain(u)``, or ``u`` itself."""
-    if _has_bijection(model):
-        return model.constrain(u)
-    return u
-
-
-def _has_bijection(model) -> bool:
-    return callable(getattr(model, "unconstrain", None)) and callable(getattr(model, "constrain", None))
-
-
-def _hold_frozen(model, params, reference):
-    """``params`` with the groups a mixture freezes (``model.frozen``) taken from
-    ``reference``: frozen groups get no gradient and never move, whatever the
-    optimizer does to their unconstrained coordinates (weight decay, say)."""
-    frozen = getattr(model, "frozen", None)
-    if not frozen or not (hasattr(params, "weights") and hasattr(params, "components")):
-        return params
-    if "weights" in frozen:
-        params = eqx.tree_at(lambda p: p.weights, params, reference.weights)
-    for group in sorted(frozen - {"weights"}):
-        params = eqx.tree_at(lambda p: getattr(p.components, group), params, getattr(reference.components, group))
-    return params
+from ._shuffle import minibatch
+from ._stepwise import check_batches
 
 
 # -- optimizer state the runner can check ---------------------------------------------
@@ -182,6 +146,9 @@ class GradientAscent(Algorithm):
         batch_size: rows per mini-batch, or ``None`` for full-batch gradients.
         updates_per_step: optimizer updates between trace entries (default 1
             full-batch, one epoch with mini-batches).
+        shuffle: with mini-batches, draw each epoch's from a fresh permutation
+            of the rows (default), or take them in the order of the rows
+            (``False``; what a stream read forward needs).
 
     Example:
         >>> model = emjax.Mixture(emjax.Gaussian("full"), n_components=2)
@@ -194,6 +161,7 @@ class GradientAscent(Algorithm):
     optimizer: Any = eqx.field(static=True)
     batch_size: int | None = eqx.field(static=True, default=None)
     updates_per_step: int | None = eqx.field(static=True, default=None)
+    shuffle: bool = eqx.field(static=True, default=True)
 
     def __check_init__(self):
         if not (callable(getattr(self.optimizer, "init", None)) and callable(getattr(self.optimizer, "update", None))):
@@ -206,12 +174,9 @@ class GradientAscent(Algorithm):
             if value is not None and (not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1):
                 raise ValueError(f"{name} must be a positive integer or None; got {value!r}.")
 
-    def validate(self, model, n_points: int) -> None:
-        for name in ("e_step", "log_prior"):
-            if not callable(getattr(model, name, None)):
-                raise TypeError(f"GradientAscent needs model.{name}(); {type(model).__name__} does not have it.")
-        if self.batch_size is not None and self.batch_size > n_points:
-            raise ValueError(f"batch_size ({self.batch_size}) exceeds the number of rows ({n_points}).")
+    def validate(self, model, data) -> None:
+        if self.batch_size is not None:
+            check_batches(self, data)
 
     @property
     def _transform(self) -> optax.GradientTransformationExtraArgs:
@@ -222,15 +187,15 @@ class GradientAscent(Algorithm):
         ``objective = scale * loglik + log_prior`` of ``data`` at ``constrain(u)``."""
 
         def loss(u):
-            params = _hold_frozen(model, constrain(model, u), reference)
-            _, loglik = data.e_step(model, params)
-            objective = scale * loglik + model.log_prior(params)
+            params = model.hold_frozen(model.constrain(u), reference)
+            stats, loglik = data.e_step(model, params)
+            objective = model.objective(stats, params, scale * loglik)
             return -objective / n_total, (params, objective)
 
         return loss
 
     def init(self, model, params, data, key=None) -> GradientAscentState:
-        u = unconstrain(model, params)
+        u = model.unconstrain(params)
         n_total = data.n_points
         loss = self._loss(model, data, params, n_total)
         (_, (params, objective)), grad = jax.value_and_grad(loss, has_aux=True)(u)
@@ -275,17 +240,14 @@ class GradientAscent(Algorithm):
 
     def _mini_batch_step(self, model, state: GradientAscentState, data) -> GradientAscentState:
         tx = self._transform
-        n = n_rows(data.x)
+        n = data.n_rows
         m = self.batch_size
-        per_epoch = n // m
-        n_updates = self.updates_per_step or per_epoch
+        n_updates = self.updates_per_step or n // m
         n_total = data.n_points
 
         def update(j, carry):
             u, opt_state, reads = carry
-            k = state.n_updates + j
-            rows = permute(jax.random.fold_in(state.key, k // per_epoch), (k % per_epoch) * m + jnp.arange(m), n)
-            batch = data.take(rows)
+            batch = minibatch(data, state.key, state.n_updates + j, m, self.shuffle)
             # Rows are drawn uniformly, so (n / m) x the batch's log-likelihood
             # estimates the full data's, weighted or not.
             loss = self._loss(model, batch, state.params, n_total, n / m)
@@ -295,9 +257,8 @@ class GradientAscent(Algorithm):
 
         carry = (state.unconstrained, _restore_inf(state.opt_state), jnp.zeros((), jnp.int32))
         u, opt_state, reads = jax.lax.fori_loop(0, n_updates, update, carry)
-        params = _hold_frozen(model, constrain(model, u), state.params)
-        _, loglik = data.e_step(model, params)
-        objective = data.objective(model, params, loglik)
+        params = model.hold_frozen(model.constrain(u), state.params)
+        objective = data.objective(model, params)
         # Batch reads (line-search evaluations included) in passes over the data.
         n_passes = state.n_passes + reads.astype(state.n_passes.dtype) * (m / n)
         return GradientAscentState(

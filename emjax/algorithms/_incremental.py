@@ -10,7 +10,6 @@ import jax.numpy as jnp
 import equinox as eqx
 from jax import Array
 
-from ..data._chunks import chunked_sum, n_rows
 from .._model import sum_stats
 from ._base import Algorithm, AlgorithmState
 
@@ -75,10 +74,10 @@ class IncrementalEM(Algorithm):
         ):
             raise ValueError(f"blocks_per_step must be a positive integer or None; got {self.blocks_per_step!r}.")
 
-    def validate(self, model, n_points: int) -> None:
-        if self.n_blocks > n_points:
-            raise ValueError(f"n_blocks ({self.n_blocks}) exceeds the number of rows ({n_points}).")
-        if not callable(getattr(model, "expected_log_joint", None)):
+    def validate(self, model, data) -> None:
+        if self.n_blocks > data.n_rows:
+            raise ValueError(f"n_blocks ({self.n_blocks}) exceeds the number of rows ({data.n_rows}).")
+        if not model.provides("expected_log_joint"):
             raise TypeError(
                 f"IncrementalEM tracks its free energy with model.expected_log_joint(stats, params); "
                 f"{type(model).__name__} does not define it."
@@ -88,24 +87,23 @@ class IncrementalEM(Algorithm):
         """Statistics and log-likelihood of block ``b`` (a traced index).
 
         Blocks are the ``N = B q + r`` rows split into ``r`` blocks of ``q + 1``
-        and ``B - r`` of ``q``. Every block is read as a slice of the same static
-        length ``q + (r > 0)``, moved back where it would run past the end, and
-        rows outside the block get weight 0: static shapes, no copy of the data.
+        and ``B - r`` of ``q``. Every block is read as a run of rows of the same
+        static length ``q + (r > 0)`` (``data.rows``), moved back where it would
+        run past the end, and rows outside the block get weight 0: static
+        shapes, and a stream reads only the block's rows.
         """
-        n = n_rows(data.x)
+        n = data.n_rows
         q, r = divmod(n, self.n_blocks)
         length = q + (r > 0)
         start = b * q + jnp.minimum(b, r)
         stop = start + q + (b < r)
         first = jnp.minimum(start, n - length)
-        x = jax.tree.map(lambda a: jax.lax.dynamic_slice_in_dim(a, first, length), data.x)
-        if r == 0 and data.weights is None:
-            fn = lambda x, w: model.e_step(params, x)  # noqa: E731
-            return chunked_sum(fn, x, None, data.chunk_size)
-        rows = first + jnp.arange(length)
-        inside = ((rows >= start) & (rows < stop)).astype(jax.tree.leaves(params)[0].dtype)
-        w = inside if data.weights is None else inside * jax.lax.dynamic_slice_in_dim(data.weights, first, length)
-        return chunked_sum(lambda x, w: model.e_step(params, x, w), x, w, data.chunk_size)
+        block = data.rows(first, length)
+        if r:
+            rows = first + jnp.arange(length)
+            dtype = jax.tree.leaves(params)[0].dtype
+            block = block.reweighted(((rows >= start) & (rows < stop)).astype(dtype))
+        return block.e_step(model, params)
 
     def _objective(self, model, params, stats, block_consts):
         return jnp.sum(block_consts) + model.expected_log_joint(stats, params) + model.log_prior(params)
@@ -122,7 +120,7 @@ class IncrementalEM(Algorithm):
         return IncrementalEMState(params, objective, one_pass, block_stats, block_consts, stats, jnp.zeros((), jnp.int32))
 
     def step(self, model, state: IncrementalEMState, data) -> IncrementalEMState:
-        n = n_rows(data.x)
+        n = data.n_rows
         q, r = divmod(n, self.n_blocks)
         n_updates = self.blocks_per_step or self.n_blocks
 

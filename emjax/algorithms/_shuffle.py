@@ -71,3 +71,22 @@ def permute(key: Array, idx: Array, n: int) -> Array:
         return jnp.where(p >= n, _feistel(p, round_keys, h), p)
 
     return jax.lax.while_loop(cond, body, p).astype(jnp.int32)
+
+
+def minibatch(data, key: Array, u: Array, size: int, shuffle: bool):
+    """Mini-batch ``u`` (counted from 0 over all epochs) of ``size`` rows of ``data``.
+
+    An epoch is ``N // size`` mini-batches. Shuffled: the rows of epoch ``e``
+    walk the permutation chosen by ``fold_in(key, e)``; in order: mini-batch
+    ``j`` of every epoch is rows ``j * size .. (j + 1) * size - 1`` (what a
+    stream read forward can serve).
+
+    Returns:
+        A :class:`emjax.data.Data` of the mini-batch's rows.
+    """
+    n = data.n_rows
+    per_epoch = n // size
+    first = (u % per_epoch) * size
+    if not shuffle:
+        return data.rows(first, size)
+    return data.take(permute(jax.random.fold_in(key, u // per_epoch), first + jnp.arange(size), n))

@@ -10,10 +10,9 @@ import jax.numpy as jnp
 import equinox as eqx
 from jax import Array
 
-from ..data._chunks import n_rows
 from .._model import add_stats, scale_stats
 from ._base import Algorithm, AlgorithmState
-from ._shuffle import permute
+from ._shuffle import minibatch
 
 
 def step_size(k: Array, kappa: float) -> Array:
@@ -86,6 +85,9 @@ class StepwiseEM(Algorithm):
         kappa: step-size exponent, ``0.5 < kappa <= 1``; smaller forgets faster.
         updates_per_step: updates between evaluations of the objective (default
             one epoch, ``N // batch_size``).
+        shuffle: draw each epoch's mini-batches from a fresh permutation of the
+            rows (default); ``False`` takes them in the order of the rows (a
+            stream read forward needs it; shuffle the rows beforehand).
 
     Example:
         >>> algo = emjax.StepwiseEM(batch_size=1000, kappa=0.7)
@@ -96,6 +98,7 @@ class StepwiseEM(Algorithm):
     batch_size: int = eqx.field(static=True, default=1000)
     kappa: float = eqx.field(static=True, default=0.7)
     updates_per_step: int | None = eqx.field(static=True, default=None)
+    shuffle: bool = eqx.field(static=True, default=True)
 
     def __check_init__(self):
         if not isinstance(self.batch_size, (int, np.integer)) or self.batch_size < 1:
@@ -107,34 +110,42 @@ class StepwiseEM(Algorithm):
         ):
             raise ValueError(f"updates_per_step must be a positive integer or None; got {self.updates_per_step!r}.")
 
-    def validate(self, model, n_points: int) -> None:
-        if self.batch_size > n_points:
-            raise ValueError(f"batch_size ({self.batch_size}) exceeds the number of rows ({n_points}).")
+    def validate(self, model, data) -> None:
+        check_batches(self, data)
 
     def init(self, model, params, data, key) -> StepwiseEMState:
         stats, loglik = data.e_step(model, params)
-        objective = data.objective(model, params, loglik)
+        objective = model.objective(stats, params, loglik)
         return StepwiseEMState(params, objective, jnp.ones((), objective.dtype), stats, key, jnp.zeros((), jnp.int32))
 
     def step(self, model, state: StepwiseEMState, data) -> StepwiseEMState:
-        n = n_rows(data.x)
+        n = data.n_rows
         m = self.batch_size
-        per_epoch = n // m
-        n_updates = self.updates_per_step or per_epoch
+        n_updates = self.updates_per_step or n // m
 
         def update(j, carry):
             params, stats = carry
             u = state.n_updates + j
             params = model.m_step(stats, params)
-            rows = permute(jax.random.fold_in(state.key, u // per_epoch), (u % per_epoch) * m + jnp.arange(m), n)
-            batch = data.take(rows)
+            batch = minibatch(data, state.key, u, m, self.shuffle)
             # Rows are drawn uniformly, so (n / m) x the batch's statistics
             # estimates the full data's, weighted or not.
             batch_stats, _ = batch.e_step(model, params)
             return params, stepwise_update(stats, batch_stats, n / m, step_size(u, self.kappa))
 
         params, stats = jax.lax.fori_loop(0, n_updates, update, (state.params, state.stats))
-        _, loglik = data.e_step(model, params)
-        objective = data.objective(model, params, loglik)
+        objective = data.objective(model, params)
         n_passes = state.n_passes + n_updates * m / n
         return StepwiseEMState(params, objective, n_passes, stats, state.key, state.n_updates + n_updates)
+
+
+def check_batches(algorithm, data) -> None:
+    """Raise before compiling if ``algorithm``'s mini-batches (``batch_size``,
+    ``shuffle``) cannot be read from ``data``."""
+    if algorithm.batch_size > data.n_rows:
+        raise ValueError(f"batch_size ({algorithm.batch_size}) exceeds the number of rows ({data.n_rows}).")
+    if algorithm.shuffle and not data.random_access:
+        raise ValueError(
+            f"{type(algorithm).__name__} draws shuffled mini-batches, but the data are a stream read in order "
+            "(a function source): pass shuffle=False to take mini-batches in the order of the rows."
+        )

@@ -21,10 +21,12 @@ from typing import Any, Callable
 
 import numpy as np
 import jax
+import jax.numpy as jnp
 import equinox as eqx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from .._checks import is_sharded, is_traced
+from ._base import Data
 from ._chunks import chunked_sum, n_rows
 from .._model import sum_stats
 
@@ -170,3 +172,76 @@ def sharded_sum(
 
     in_specs = (P(), jax.tree.map(lambda _: rows, x), None if weights is None else rows)
     return jax.shard_map(local, mesh=mesh, in_specs=in_specs, out_specs=P())(dynamic, x, weights)
+
+
+class ShardedData(Data):
+    """Rows split over the devices of ``mesh``: each device reads its own rows.
+
+    Attributes:
+        x: data whose rows are split over ``row_axes`` of ``mesh``.
+        weights: ``(N,)`` weights split the same way, or ``None``.
+        chunk_size: rows per E-step chunk on each device.
+        mesh: the device mesh (``Auto`` axes, see :func:`with_auto_axes`).
+        row_axes: the mesh axes that split the rows.
+
+    Example:
+        >>> data = ShardedData(x, None, 4096, mesh, ("data",))
+        >>> stats, loglik = data.e_step(model, params)  # replicated on every device
+    """
+
+    x: Any
+    weights: Any
+    chunk_size: int | None = eqx.field(static=True)
+    mesh: Mesh = eqx.field(static=True)
+    row_axes: tuple[str, ...] = eqx.field(static=True)
+
+    @property
+    def n_rows(self) -> int:
+        return n_rows(self.x)
+
+    @property
+    def n_points(self):
+        if self.weights is None:
+            return jnp.asarray(self.n_rows)
+        return jnp.sum(self.weights)
+
+    @property
+    def sample(self):
+        return self.x
+
+    @property
+    def weighted(self) -> bool:
+        return self.weights is not None
+
+    def map_sum(self, fn, operands):
+        return sharded_sum(fn, operands, self.x, self.weights, self.chunk_size, self.mesh, self.row_axes)
+
+    def _local(self, x, weights) -> Data:
+        from ._memory import ArrayData
+
+        return ArrayData(x, weights, self.chunk_size)
+
+    def _spread(self, x, weights) -> Data:
+        """Selected rows, split over the devices again when they divide evenly
+        (so a mini-batch's E-step runs on every device), else in one place."""
+        if n_rows(x) % n_shards(self.mesh, self.row_axes):
+            return self._local(x, weights)
+        rows = NamedSharding(self.mesh, P(self.row_axes))
+        x = jax.tree.map(lambda a: jax.lax.with_sharding_constraint(a, rows), x)
+        if weights is not None:
+            weights = jax.lax.with_sharding_constraint(weights, rows)
+        return ShardedData(x, weights, self.chunk_size, self.mesh, self.row_axes)
+
+    def rows(self, start, length: int) -> Data:
+        def cut(a):
+            return jax.lax.dynamic_slice_in_dim(a, start, length)
+
+        return self._spread(jax.tree.map(cut, self.x), None if self.weights is None else cut(self.weights))
+
+    def take(self, index) -> Data:
+        weights = None if self.weights is None else self.weights[index]
+        return self._spread(jax.tree.map(lambda a: a[index], self.x), weights)
+
+    def reweighted(self, factor) -> Data:
+        weights = factor if self.weights is None else self.weights * factor
+        return ShardedData(self.x, weights, self.chunk_size, self.mesh, self.row_axes)

@@ -59,6 +59,7 @@ class Family(eqx.Module):
         """
         raise NotImplementedError(f"{type(self).__name__} does not provide expected_log_likelihood.")
 
+    @abc.abstractmethod
     def maximize(self, stats: Stats, params: Params | None = None, frozen: frozenset = frozenset()) -> Params:
         """The M-step: parameters maximising the expected complete-data log
         likelihood (plus the family's log prior).
@@ -68,6 +69,9 @@ class Family(eqx.Module):
             params: the current parameters (needed only for frozen groups).
             frozen: names of parameter groups held at their current values; the
                 other groups are maximised conditionally on them.
+
+        Returns:
+            The new parameters, leading axis ``K``.
         """
 
     def log_prior(self, params: Params) -> Array:
@@ -125,6 +129,22 @@ class Family(eqx.Module):
 
     def validate_params(self, params: Params, n_components: int, n_features: int) -> None:
         """Raise a clear error if ``params`` are inconsistent (shapes, constraints)."""
+
+    def n_features(self, params: Params) -> int | None:
+        """D, the number of data columns ``params`` describe; ``None`` when they do not say.
+
+        Prediction checks the data's width against it. By default axis 1 of the
+        first leaf with a component axis and a feature axis (``means`` ``(K, D)``,
+        ``probs`` ``(K, D, S)``); families laid out otherwise override it.
+
+        Example:
+            >>> Gaussian("diag").n_features(GaussianParams(jnp.zeros((3, 2)), jnp.ones((3, 2))))
+            2
+        """
+        for leaf in jax.tree.leaves(params):
+            if jnp.ndim(leaf) >= 2:
+                return int(jnp.shape(leaf)[1])
+        return None
 
     def degenerate(self, params: Params, x: Array) -> Array:
         """``(K,)`` booleans: components at a likelihood singularity (collapsed) on data ``x``."""

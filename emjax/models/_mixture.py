@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import jax
 import jax.numpy as jnp
 import equinox as eqx
 from jax import Array
-from jax.scipy.special import logsumexp, xlogy
+from jax.scipy.special import logsumexp
 
 from . import _seeding as _init
-from .._checks import check_n_components, check_shape, concrete
+from ._gating import ConstantGating, Gating
+from .._checks import as_sample_weights, check_dense, check_n_components, check_shape, float_dtype, is_traced
 from ..data._chunks import chunked_map, chunked_sum, default_chunk_size, n_features, n_rows
-from .._model import add_stats, scale_stats
+from .._model import EMModel, add_stats, scale_stats
 from ..families._priors import Dirichlet
 from ..families._base import Family
 
@@ -25,7 +26,8 @@ class MixtureParams(eqx.Module):
     """Parameters of a finite mixture.
 
     Attributes:
-        weights: ``(K,)`` mixing proportions, non-negative, summing to 1.
+        weights: the gating's parameters: for constant weights (the default
+            gating) the ``(K,)`` mixing proportions, non-negative, summing to 1.
         components: the family's parameters, leading axis ``K``.
     """
 
@@ -34,33 +36,50 @@ class MixtureParams(eqx.Module):
 
 
 class MixtureStats(eqx.Module):
-    """Expected sufficient statistics of a mixture: counts ``(K,)`` and the family's statistics."""
+    """Expected sufficient statistics of a mixture.
+
+    Attributes:
+        counts: ``(K,)`` effective counts ``sum_n r_nk``.
+        components: the family's statistics.
+        gating: the gating's statistics; ``None`` when the counts are all it
+            needs (constant weights).
+    """
 
     counts: Array
     components: Any
+    gating: Any = None
 
     def __add__(self, other: "MixtureStats") -> "MixtureStats":
-        return MixtureStats(self.counts + other.counts, add_stats(self.components, other.components))
+        return MixtureStats(
+            self.counts + other.counts,
+            add_stats(self.components, other.components),
+            add_stats(self.gating, other.gating),
+        )
 
     def __mul__(self, c) -> "MixtureStats":
-        return MixtureStats(self.counts * c, scale_stats(self.components, c))
+        return MixtureStats(self.counts * c, scale_stats(self.components, c), scale_stats(self.gating, c))
 
 
-class Mixture(eqx.Module):
+class Mixture(EMModel):
     """A finite mixture ``p(x) = sum_k pi_k p(x | theta_k)`` of one component family.
 
-    Implements the EMModel kernels (``e_step``, ``m_step``, ``log_prior``) and the
-    everyday API of a fitted mixture. It is a pytree: it goes through ``jit``,
-    ``grad`` and ``vmap``.
+    Implements the :class:`emjax.EMModel` contract and the everyday API of a
+    fitted mixture. It is a pytree: it goes through ``jit``, ``grad`` and ``vmap``.
+    The weights come from a gating component (:class:`ConstantGating`, one
+    weight vector, by default); ``MixtureParams.weights`` holds its parameters.
 
     Args:
         family: the component family, e.g. ``Gaussian("full")``.
         n_components: K.
-        weights_prior: a :class:`Dirichlet` prior on the weights, or ``None``.
+        gating: where the weights come from, a :class:`Gating`; ``None`` means
+            ``ConstantGating(weights_prior)``.
+        weights_prior: a :class:`Dirichlet` prior on constant weights, or
+            ``None``: a shortcut for ``gating=ConstantGating(weights_prior)``
+            (give one of the two).
         frozen: parameter groups held at their initial values during a fit:
-            ``"weights"`` and any of the family's ``param_groups`` (for Gaussians
-            ``"means"``, ``"covariances"``). The other groups are maximised
-            conditionally on the frozen ones.
+            ``"weights"`` (the gating's parameters) and any of the family's
+            ``param_groups`` (for Gaussians ``"means"``, ``"covariances"``). The
+            other groups are maximised conditionally on the frozen ones.
         collapse_count: a component whose effective count ``pi_k N`` falls below
             this is reported as collapsed (and re-initialised by
             ``fit(..., reinit_collapsed=True)``), like one whose variance falls
@@ -75,15 +94,18 @@ class Mixture(eqx.Module):
 
     family: Family
     n_components: int = eqx.field(static=True)
-    weights_prior: Dirichlet | None
+    gating: Gating
     frozen: frozenset = eqx.field(static=True)
     collapse_count: float = eqx.field(static=True)
+
+    init_methods: ClassVar[tuple[str, ...]] = INIT_METHODS
 
     def __init__(
         self,
         family: Family,
         n_components: int,
         *,
+        gating: Gating | None = None,
         weights_prior: Dirichlet | None = None,
         frozen=(),
         collapse_count: float = 0.0,
@@ -93,6 +115,15 @@ class Mixture(eqx.Module):
         check_n_components(n_components)
         if weights_prior is not None and not isinstance(weights_prior, Dirichlet):
             raise TypeError(f"weights_prior must be a Dirichlet or None; got {type(weights_prior).__name__}.")
+        if gating is None:
+            gating = ConstantGating(weights_prior)
+        elif weights_prior is not None:
+            raise ValueError(
+                "give either gating= or weights_prior=, not both: weights_prior=p is a shortcut for "
+                "gating=ConstantGating(p)."
+            )
+        elif not isinstance(gating, Gating):
+            raise TypeError(f"gating must be an emjax Gating, e.g. ConstantGating(); got {type(gating).__name__}.")
         if isinstance(frozen, str):
             frozen = (frozen,)
         allowed = ("weights",) + tuple(family.param_groups)
@@ -101,60 +132,94 @@ class Mixture(eqx.Module):
             raise ValueError(f"cannot freeze {unknown}: the parameter groups of this mixture are {allowed}.")
         self.family = family
         self.n_components = int(n_components)
-        self.weights_prior = weights_prior
+        self.gating = gating
         self.frozen = frozenset(frozen)
         if not (np.isfinite(collapse_count) and collapse_count >= 0):
             raise ValueError(f"collapse_count must be a finite number >= 0; got {collapse_count!r}.")
         self.collapse_count = float(collapse_count)
 
+    @property
+    def weights_prior(self) -> Dirichlet | None:
+        """The gating's prior on the weights (``None`` without one, or for a gating that has none)."""
+        return getattr(self.gating, "prior", None)
+
     # -- EMModel kernels -------------------------------------------------------------
 
     def log_joint(self, params: MixtureParams, x: Array) -> Array:
         """``log pi_k + log p(x_n | theta_k)``: ``(N, K)``."""
-        return self.family.log_prob(params.components, x) + jnp.log(params.weights)[None, :]
+        log_w = self.gating.log_weights(params.weights, x)
+        if log_w.ndim == 1:
+            log_w = log_w[None, :]
+        return self.family.log_prob(params.components, x) + log_w
 
-    def e_step(self, params: MixtureParams, x: Array, weights: Array | None = None):
+    def e_step(self, params: MixtureParams, x: Array, weights: Array | None = None, *, temperature=1.0):
         """Responsibility-weighted statistics and the log-likelihood of ``x``.
 
         Args:
             params: current parameters.
             x: data ``(N, D)``.
             weights: optional ``(N,)`` non-negative per-point weights (repetition counts).
+            temperature: the responsibilities are ``softmax(log_joint / temperature)``,
+                a tempered posterior (deterministic annealing, Ueda & Nakano 1998);
+                a positive scalar, traced or not. 1 is the posterior itself.
 
         Returns:
-            ``(MixtureStats, loglik)``, ``loglik`` the (weighted) sum over points.
+            ``(MixtureStats, loglik)``, ``loglik`` the (weighted) sum over points
+            of the true log-likelihood ``logsumexp_k log_joint``, whatever the temperature.
+
+        Example:
+            >>> stats, loglik = model.e_step(params, x, temperature=4.0)
         """
         lj = self.log_joint(params, x)
         ll = logsumexp(lj, axis=1)
-        resp = jnp.exp(lj - ll[:, None])
+        if _is_one(temperature):
+            resp = jnp.exp(lj - ll[:, None])
+        else:
+            _check_temperature(temperature)
+            tempered = lj / temperature
+            resp = jnp.exp(tempered - logsumexp(tempered, axis=1, keepdims=True))
         if weights is not None:
             resp = resp * weights[:, None]
             total = jnp.sum(weights * ll)
         else:
             total = jnp.sum(ll)
-        stats = MixtureStats(jnp.sum(resp, axis=0), self.family.statistics(x, resp, params.components))
+        gating_stats = None if self.gating.counts_suffice else self.gating.statistics(x, resp, params.weights)
+        stats = MixtureStats(jnp.sum(resp, axis=0), self.family.statistics(x, resp, params.components), gating_stats)
         return stats, total
+
+    def _gating_stats(self, stats: MixtureStats):
+        # A gating whose statistics are the counts stores none of its own (see Gating.counts_suffice).
+        return stats.counts if self.gating.counts_suffice else stats.gating
 
     def m_step(self, stats: MixtureStats, params: MixtureParams | None = None) -> MixtureParams:
         """MAP (or ML) parameters from summed statistics; frozen groups keep ``params``' values."""
         frozen = self.frozen if params is not None else frozenset()
-        if "weights" in frozen:
-            w = params.weights
-        elif self.weights_prior is not None:
-            w = self.weights_prior.mode(stats.counts)
-        else:
-            w = stats.counts / jnp.sum(stats.counts)
         family_frozen = frozen - {"weights"}
+        weights = self.gating.maximize(self._gating_stats(stats), None if params is None else params.weights)
         comps = self.family.maximize(stats.components, None if params is None else params.components, family_frozen)
-        for group in family_frozen:
-            comps = eqx.tree_at(lambda p: getattr(p, group), comps, getattr(params.components, group))
-        return MixtureParams(w, comps)
+        new = MixtureParams(weights, comps)
+        return new if params is None else self.hold_frozen(new, params)
+
+    def hold_frozen(self, params: MixtureParams, reference: MixtureParams) -> MixtureParams:
+        """``params`` with the frozen groups (``frozen``: the weights, the family's
+        ``param_groups``) taken from ``reference``.
+
+        Example:
+            >>> model = Mixture(Gaussian("full"), 3, frozen="means")
+            >>> model.hold_frozen(new, old).components.means is old.components.means
+            True
+        """
+        if not self.frozen:
+            return params
+        weights = reference.weights if "weights" in self.frozen else params.weights
+        comps = params.components
+        for group in sorted(self.frozen - {"weights"}):
+            comps = eqx.tree_at(lambda p: getattr(p, group), comps, getattr(reference.components, group))
+        return MixtureParams(weights, comps)
 
     def log_prior(self, params: MixtureParams) -> Array:
-        lp = self.family.log_prior(params.components)
-        if self.weights_prior is not None:
-            lp = lp + self.weights_prior.log_prob(params.weights)
-        return lp
+        """The family's log prior plus the gating's (0 without priors)."""
+        return self.family.log_prior(params.components) + self.gating.log_prior(params.weights)
 
     def expected_log_joint(self, stats: MixtureStats, params: MixtureParams) -> Array:
         """``E_q[log p(x, z | params)]`` for the responsibilities that produced ``stats``.
@@ -162,25 +227,28 @@ class Mixture(eqx.Module):
         Linear in ``stats``, exact up to terms free of ``params``: what
         :class:`emjax.IncrementalEM` needs to track its free energy.
         """
-        weight_term = jnp.sum(xlogy(stats.counts, params.weights))
+        weight_term = self.gating.expected_log_likelihood(self._gating_stats(stats), params.weights)
         return weight_term + self.family.expected_log_likelihood(stats.components, params.components)
 
     # -- unconstrained coordinates (gradient ascent) -----------------------------------
 
     def unconstrain(self, params: MixtureParams) -> dict:
-        """``{"log_weights": (K,), "components": family.unconstrain(...)}``.
+        """``{"weights": gating.unconstrain(...), "components": family.unconstrain(...)}``.
 
         The coordinates :class:`emjax.algorithms.GradientAscent` optimises over.
-        The log weights are defined up to an additive constant (:meth:`constrain`
-        takes a softmax); see the family's ``unconstrain`` for the components.
+        Constant weights map to their logs, defined up to an additive constant
+        (:meth:`constrain` takes a softmax); see the family's ``unconstrain`` for
+        the components.
         """
-        log_w = jnp.log(jnp.maximum(params.weights, jnp.finfo(params.weights.dtype).tiny))
-        return {"log_weights": log_w, "components": self.family.unconstrain(params.components)}
+        return {
+            "weights": self.gating.unconstrain(params.weights),
+            "components": self.family.unconstrain(params.components),
+        }
 
     def constrain(self, u: dict) -> MixtureParams:
         """The inverse of :meth:`unconstrain`: valid parameters from any real ``u``
-        (weights ``softmax(log_weights)``)."""
-        return MixtureParams(jax.nn.softmax(u["log_weights"]), self.family.constrain(u["components"]))
+        (constant weights ``softmax(u["weights"])``)."""
+        return MixtureParams(self.gating.constrain(u["weights"]), self.family.constrain(u["components"]))
 
     # -- initialisation --------------------------------------------------------------
 
@@ -189,13 +257,15 @@ class Mixture(eqx.Module):
 
         Args:
             key: PRNG key.
-            x: data ``(N, D)``.
+            x: data ``(N, D)``, a JAX or NumPy array.
             method: ``"kmeans"`` (k-means++ seeding, 10 Lloyd iterations, then one
                 M-step from the hard labels, as scikit-learn's default),
                 ``"kmeans++"`` (k-means++ centres as locations, the data's spread),
                 ``"random"`` (random distinct points as locations, the data's
                 spread) or ``"random_resp"`` (one M-step from random responsibilities).
         """
+        # NumPy data would meet traced indices inside the seeding loops.
+        x = jax.tree.map(jnp.asarray, x)
         k = self.n_components
         seeds = self.family.seed_points(x)
         if method == "kmeans":
@@ -209,8 +279,7 @@ class Mixture(eqx.Module):
             centers = _init.random_points(key, seeds, k)
         else:
             raise ValueError(f"unknown init method {method!r}; choose one of {INIT_METHODS}.")
-        weights = jnp.full((k,), 1.0 / k, dtype=seeds.dtype)
-        return MixtureParams(weights, self.family.init_from_centers(x, centers))
+        return MixtureParams(self.gating.init(k, seeds.dtype), self.family.init_from_centers(x, centers))
 
     def init_from_resp(self, x: Array, resp: Array) -> MixtureParams:
         """Parameters from one M-step on given responsibilities ``(N, K)``."""
@@ -218,7 +287,8 @@ class Mixture(eqx.Module):
         resp = jnp.asarray(resp, self.family.seed_points(x).dtype)
 
         def chunk_stats(xc, rc):
-            return MixtureStats(jnp.sum(rc, axis=0), self.family.statistics(xc, rc, None)), jnp.zeros(())
+            gating_stats = None if self.gating.counts_suffice else self.gating.statistics(xc, rc, None)
+            return MixtureStats(jnp.sum(rc, axis=0), self.family.statistics(xc, rc, None), gating_stats), jnp.zeros(())
 
         stats, _ = chunked_sum(chunk_stats, x, resp, self._chunk_size(x))
         return self.m_step(stats, None)
@@ -230,32 +300,35 @@ class Mixture(eqx.Module):
     # -- validation (host side, before compiling) ------------------------------------
 
     def validate_data(self, x) -> Array:
-        x = self.family.validate_data(x)
+        """``x`` checked as :meth:`validate_rows` does, with at least ``K`` rows;
+        warns where ``K`` components are not identifiable on these features."""
+        x = self.validate_rows(x)
         check_n_components(self.n_components, n_rows(x))
         if hasattr(self.family, "check_identifiable"):
             # Warns where K components over these features are not identifiable.
             self.family.check_identifiable(self.n_components, n_features(x))
         return x
 
+    def validate_rows(self, x) -> Array:
+        """``x`` checked by the family (rank, dtype, NaN, the family's support), as
+        :meth:`validate_data` but without the whole-data checks (``N >= K``: a
+        stream's last chunk may be short, one point can be predicted)."""
+        check_dense(x)
+        return self.family.validate_data(x)
+
     def validate_params(self, params, x) -> None:
         if not isinstance(params, MixtureParams):
             raise TypeError(f"mixture parameters must be a MixtureParams; got {type(params).__name__}.")
-        k = self.n_components
-        check_shape(params.weights, (k,), "weights")
-        w = concrete(params.weights)
-        if w is not None:
-            if not np.all(np.isfinite(w)) or np.any(w < 0):
-                raise ValueError(f"weights must be finite and non-negative; got {w}.")
-            if abs(float(np.sum(w, dtype=np.float64)) - 1.0) > 1e-5:
-                raise ValueError(f"weights must sum to 1; they sum to {float(np.sum(w, dtype=np.float64))}.")
-        self.family.validate_params(params.components, k, n_features(x))
+        self.gating.validate_params(params.weights, self.n_components)
+        self.family.validate_params(params.components, self.n_components, n_features(x))
 
     def collapsed(self, params: MixtureParams, x: Array) -> Array:
         """``(K,)`` booleans: components at a likelihood singularity (the family's
         test, e.g. a variance below ``collapse_tol`` times the data's) or with an
         effective count ``pi_k N`` below ``collapse_count``."""
-        few = params.weights * n_rows(x) < self.collapse_count
-        return self.family.degenerate(params.components, x) | few
+        weights = self.gating.weights(params.weights, x)
+        expected = weights * n_rows(x) if weights.ndim == 1 else jnp.sum(weights, axis=0)
+        return self.family.degenerate(params.components, x) | (expected < self.collapse_count)
 
     def reinitialize(self, key, params: MixtureParams, x: Array, mask: Array) -> MixtureParams:
         """``params`` with the components in ``mask`` ``(K,)`` started afresh: a
@@ -265,60 +338,95 @@ class Mixture(eqx.Module):
         Example:
             >>> params = model.reinitialize(key, params, x, model.collapsed(params, x))
         """
-        k = self.n_components
-        centers = _init.random_points(key, self.family.seed_points(x), k)
+        centers = _init.random_points(key, self.family.seed_points(x), self.n_components)
         fresh = self.family.init_from_centers(x, centers)
         comps = self.family.replace_components(mask, fresh, params.components)
-        for group in self.frozen - {"weights"}:
-            comps = eqx.tree_at(lambda p: getattr(p, group), comps, getattr(params.components, group))
-        weights = params.weights
-        if "weights" not in self.frozen:
-            weights = jnp.where(mask, 1.0 / k, weights)
-            weights = weights / jnp.sum(weights)
-        return MixtureParams(weights, comps)
+        new = MixtureParams(self.gating.reinitialize(params.weights, mask), comps)
+        return self.hold_frozen(new, params)
 
     # -- the fitted mixture ----------------------------------------------------------
 
-    def _chunk_size(self, x) -> int:
-        return default_chunk_size(n_rows(x), self.n_components * n_features(x))
+    def row_width(self, x) -> int:
+        """``K x D``: the E-step's ``(N, K)`` log joint is built from ``D``-wide rows per component."""
+        return self.n_components * n_features(x)
 
-    def _map(self, fn, x):
-        x = jax.tree.map(jnp.asarray, x)
+    def _chunk_size(self, x) -> int:
+        return default_chunk_size(n_rows(x), self.row_width(x))
+
+    def _checked(self, params: MixtureParams, x):
+        """``x`` validated for prediction as ``fit`` validates it (rank, dtype, NaN,
+        the family's support), and its width checked against ``params``.
+
+        Under tracing only the static checks run. No ``N >= K`` check: one point
+        can be predicted.
+        """
+        x = self.validate_rows(x)
+        width = self.family.n_features(params.components)
+        if width is not None and n_features(x) != width:
+            raise ValueError(
+                f"x has {n_features(x)} features but the mixture's components have {width}; "
+                "pass data with the columns the mixture was fitted on."
+            )
+        return x
+
+    def _map(self, fn, params: MixtureParams, x):
+        x = self._checked(params, x)
         return chunked_map(fn, x, self._chunk_size(x))
 
     def log_prob(self, params: MixtureParams, x: Array) -> Array:
-        """Log density of each point under the mixture: ``(N,)``."""
-        return self._map(lambda xc: logsumexp(self.log_joint(params, xc), axis=1), x)
+        """Log density of each point under the mixture: ``(N,)``.
+
+        Raises:
+            TypeError / ValueError: ``x`` is not valid data for the family, or its
+                number of features differs from the components'.
+        """
+        return self._map(lambda xc: logsumexp(self.log_joint(params, xc), axis=1), params, x)
 
     def posterior(self, params: MixtureParams, x: Array) -> Array:
-        """Responsibilities ``p(z = k | x_n)``: ``(N, K)``."""
-        return self._map(lambda xc: jax.nn.softmax(self.log_joint(params, xc), axis=1), x)
+        """Responsibilities ``p(z = k | x_n)``: ``(N, K)``; ``x`` checked as in :meth:`log_prob`."""
+        return self._map(lambda xc: jax.nn.softmax(self.log_joint(params, xc), axis=1), params, x)
 
     def predict(self, params: MixtureParams, x: Array) -> Array:
-        """Most probable component of each point: ``(N,)``."""
-        return self._map(lambda xc: jnp.argmax(self.log_joint(params, xc), axis=1), x)
+        """Most probable component of each point: ``(N,)``; ``x`` checked as in :meth:`log_prob`."""
+        return self._map(lambda xc: jnp.argmax(self.log_joint(params, xc), axis=1), params, x)
 
     def score(self, params: MixtureParams, x: Array, weights: Array | None = None) -> Array:
-        """Mean log-likelihood per point (weighted mean with ``weights``)."""
+        """Mean log-likelihood per point (weighted mean with ``weights``).
+
+        Raises:
+            TypeError / ValueError: invalid ``x`` (see :meth:`log_prob`), or
+                ``weights`` that are not ``(N,)``, finite, non-negative, not all zero.
+        """
         lp = self.log_prob(params, x)
         if weights is None:
             return jnp.mean(lp)
+        weights = as_sample_weights(weights, lp.shape[0], float_dtype(lp.dtype))
         return jnp.sum(weights * lp) / jnp.sum(weights)
 
     def sample(self, key, params: MixtureParams, n: int) -> tuple[Array, Array]:
         """Ancestral sampling: a component for each point, then the point.
 
+        Args:
+            key: PRNG key.
+            params: the mixture's parameters.
+            n: number of points, a positive integer.
+
         Returns:
             ``(x (n, D), z (n,))``.
+
+        Raises:
+            ValueError: ``n`` is not a positive integer.
         """
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n <= 0:
+            raise ValueError(f"n, the number of points to sample, must be a positive integer; got {n!r}.")
         kz, kx = jax.random.split(key)
-        z = jax.random.categorical(kz, jnp.log(params.weights), shape=(n,))
+        z = jax.random.categorical(kz, self.gating.log_weights(params.weights, None), shape=(int(n),))
         return self.family.sample(kx, params.components, z), z
 
     def mean(self, params: MixtureParams) -> Array:
         """``E[x] = sum_k pi_k mu_k``: ``(D,)``."""
         means, _ = self.family.moments(params.components)
-        return params.weights @ means
+        return self.gating.weights(params.weights) @ means
 
     def covariance(self, params: MixtureParams) -> Array:
         """``cov[x] = sum_k pi_k (Sigma_k + mu_k mu_k^T) - E[x] E[x]^T``: ``(D, D)``.
@@ -326,14 +434,15 @@ class Mixture(eqx.Module):
         Computed as ``sum_k pi_k (Sigma_k + (mu_k - E[x])(mu_k - E[x])^T)``, the
         same quantity without the cancellation.
         """
+        weights = self.gating.weights(params.weights)
         means, covs = self.family.moments(params.components)
-        dev = means - params.weights @ means
-        return jnp.einsum("k,kde->de", params.weights, covs + dev[:, :, None] * dev[:, None, :])
+        dev = means - weights @ means
+        return jnp.einsum("k,kde->de", weights, covs + dev[:, :, None] * dev[:, None, :])
 
     def n_parameters(self, n_features: int) -> int:
         """Number of free parameters (frozen groups are not estimated, so not counted)."""
         k = self.n_components
-        n_weights = 0 if "weights" in self.frozen else k - 1
+        n_weights = 0 if "weights" in self.frozen else self.gating.n_parameters(k)
         return n_weights + self.family.n_parameters(k, n_features, self.frozen - {"weights"})
 
     def bic(self, params: MixtureParams, x: Array) -> Array:
@@ -344,3 +453,17 @@ class Mixture(eqx.Module):
     def aic(self, params: MixtureParams, x: Array) -> Array:
         """Akaike information criterion ``-2 log L + 2 p`` (lower is better)."""
         return -2 * jnp.sum(self.log_prob(params, x)) + 2 * self.n_parameters(n_features(x))
+
+
+def _is_one(temperature) -> bool:
+    """True for the Python (or NumPy) number 1: the untempered E-step, bit for bit."""
+    return isinstance(temperature, (int, float, np.number)) and not isinstance(temperature, bool) and temperature == 1
+
+
+def _check_temperature(temperature) -> None:
+    """Raise for a concrete temperature that is not a positive finite scalar (traced ones pass)."""
+    if is_traced(temperature):
+        return
+    t = np.asarray(temperature)
+    if t.shape != () or not (np.isfinite(t) and t > 0):
+        raise ValueError(f"temperature must be a positive finite scalar; got {temperature!r}.")

@@ -1,7 +1,9 @@
 """Seeding: pure functions of a PRNG key, so they ``vmap`` over restarts.
 
 These pick locations (centres) or hard labels from the data; a model turns them
-into parameters (:meth:`emjax.Mixture.init`).
+into parameters (:meth:`emjax.Mixture.init`). The public functions take JAX or
+NumPy arrays: NumPy data are converted first, since a NumPy array indexed by a
+traced index (inside the seeding loops) cannot be traced.
 """
 
 from __future__ import annotations
@@ -21,12 +23,14 @@ def _sq_dists(x: Array, centers: Array) -> Array:
 
 def nearest(x: Array, centers: Array) -> Array:
     """Index of the nearest centre for every point ``(N,)``, chunked over points."""
+    x, centers = jnp.asarray(x), jnp.asarray(centers)
     chunk = default_chunk_size(x.shape[0], centers.shape[0] * centers.shape[1])
     return chunked_map(lambda xc: jnp.argmin(_sq_dists(xc, centers), axis=1), x, chunk)
 
 
 def random_points(key, x: Array, n_components: int) -> Array:
     """``n_components`` distinct data points, uniformly at random: ``(K, D)``."""
+    x = jnp.asarray(x)
     idx = jax.random.choice(key, x.shape[0], (n_components,), replace=False)
     return x[idx]
 
@@ -36,7 +40,19 @@ def kmeans_plus_plus(key, x: Array, n_components: int) -> Array:
 
     Each new centre is a data point drawn with probability proportional to its
     squared distance from the nearest centre chosen so far.
+
+    Args:
+        key: PRNG key.
+        x: data ``(N, D)``, a JAX or NumPy array.
+        n_components: K.
+
+    Returns:
+        ``(K, D)`` centres, rows of ``x``.
+
+    Example:
+        >>> centers = emjax.kmeans_plus_plus(jax.random.key(0), np.random.rand(100, 2), 3)
     """
+    x = jnp.asarray(x)
     n, d = x.shape
     key0, key = jax.random.split(key)
     first = jax.random.randint(key0, (), 0, n)
@@ -63,9 +79,19 @@ def kmeans(key, x: Array, n_components: int, n_iter: int = 10) -> tuple[Array, A
 
     An emptied cluster keeps its previous centre.
 
+    Args:
+        key: PRNG key.
+        x: data ``(N, D)``, a JAX or NumPy array.
+        n_components: K.
+        n_iter: Lloyd iterations.
+
     Returns:
         ``(centers (K, D), labels (N,))``.
+
+    Example:
+        >>> centers, labels = emjax.kmeans(jax.random.key(0), np.random.rand(100, 2), 3)
     """
+    x = jnp.asarray(x)
     centers = kmeans_plus_plus(key, x, n_components)
 
     def body(_, centers):

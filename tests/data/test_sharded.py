@@ -42,14 +42,15 @@ SCRIPT = textwrap.dedent(
     seen, capture = [], {"next_sharded": False, "hlo": ""}
     compiled = emjax._runner._fit_compiled
 
-    def recording(model, algorithm, data, *args):
+    def recording(problem, *args):
+        data = problem.data
         seen.append(data)
-        if not (capture["next_sharded"] and data.mesh is not None):
-            return compiled(model, algorithm, data, *args)
+        if not (capture["next_sharded"] and getattr(data, "mesh", None) is not None):
+            return compiled(problem, *args)
         capture["next_sharded"] = False
-        program = compiled.lower(model, algorithm, data, *args).compile()
+        program = compiled.lower(problem, *args).compile()
         capture["hlo"] = program.compiled.as_text()
-        return program(model, algorithm, data, *args)
+        return program(problem, *args)
 
     emjax._runner._fit_compiled = recording
 
@@ -127,7 +128,9 @@ SCRIPT = textwrap.dedent(
             out["timings"][f"{name} {where}"] = round(time.perf_counter() - t, 2)
         out["cases"][name] = compare(name, runs["sharded"], runs["single"])
         # The sharded run took the per-device path: every leaf of its data split over rows.
-        out["cases"][name]["sharded_path"] = seen[-2].mesh is None and seen[-1].mesh is not None
+        out["cases"][name]["sharded_path"] = (
+            getattr(seen[-2], "mesh", None) is None and getattr(seen[-1], "mesh", None) is not None
+        )
         # Validation runs on the devices (no leaf read to the host) and keeps every leaf's sharding.
         checked = host_reads_refused(model.validate_data, jax.device_put(data, rows))
         out["cases"][name]["checked_specs"] = sorted({str(a.sharding.spec[0]) for a in jax.tree.leaves(checked)})
@@ -138,7 +141,7 @@ SCRIPT = textwrap.dedent(
             single_data, data_s = seen[-2], seen[-1]
             jaxpr = str(jax.make_jaxpr(lambda p: data_s.e_step(model, p))(p0))
             out["layout"] = {
-                "single_mesh": single_data.mesh is None,
+                "single_mesh": getattr(single_data, "mesh", None) is None,
                 "mesh_shape": dict(data_s.mesh.shape),
                 "row_axes": list(data_s.row_axes),
                 "x_spec": str(data_s.x.sharding.spec),
@@ -161,6 +164,27 @@ SCRIPT = textwrap.dedent(
                 for f in ("log_prob", "posterior", "score", "bic")
             }
             out["api"]["predict_equal"] = bool(np.array_equal(model.predict(params, xs), model.predict(params, x)))
+
+    # Every algorithm over sharded rows: blocks and mini-batches are read through
+    # the data's rows/take, and a mini-batch that divides over the devices stays split.
+    import optax
+    model = emjax.Mixture(emjax.Gaussian("diag"), 3)
+    p0 = model.init(jax.random.key(3), jnp.asarray(x), "random")
+    out["algorithms"] = {}
+    for name, algorithm in (
+        ("incremental", emjax.IncrementalEM(n_blocks=3)),
+        ("stepwise", emjax.StepwiseEM(batch_size=80, kappa=0.7)),
+        ("gradient", emjax.GradientAscent(optax.adam(0.05))),
+        ("minibatch-gradient", emjax.GradientAscent(optax.adam(0.05), batch_size=80)),
+    ):
+        runs = {}
+        for where, xi, wi in (("single", x, w), ("sharded", jax.device_put(x, rows), jax.device_put(w, rows))):
+            runs[where] = emjax.fit(model, xi, key=jax.random.key(0), init=p0, weights=wi, algorithm=algorithm,
+                                    max_iter=4, tol=0.0, chunk_size=30)
+        out["algorithms"][name] = compare(name, runs["sharded"], runs["single"])
+    data_s = emjax.data.make_data(model, jax.device_put(x, rows))
+    batch = data_s.take(jnp.arange(80))
+    out["algorithms"]["batch_sharded"] = str(jax.jit(lambda b: b.x)(batch).sharding.spec)
 
     # Random restarts: k-means seeding (vmap over 3 keys of a program with shard_map inside).
     model = emjax.Mixture(emjax.Gaussian("full"), 3)
@@ -266,6 +290,18 @@ def test_estep_runs_on_each_device(sharded_run):
     # With explicit initial parameters the compiled fit holds only per-device
     # blocks of x: no device ever sees all 800 rows.
     assert layout["hlo_all_gather"] and layout["hlo_local_x"] and not layout["hlo_full_x"], layout
+
+
+@pytest.mark.parametrize("algorithm", ["incremental", "stepwise", "gradient", "minibatch-gradient"])
+def test_every_algorithm_over_sharded_rows(sharded_run, algorithm):
+    got = sharded_run["algorithms"][algorithm]
+    assert got["n_iter"] == got["single_n_iter"] == 4
+    assert got["params"] < 1e-10, got
+    assert got["trace"] < 1e-10, got
+
+
+def test_minibatches_stay_split_over_devices(sharded_run):
+    assert "data" in sharded_run["algorithms"]["batch_sharded"]
 
 
 def test_restarts_with_kmeans_on_sharded_data(sharded_run):

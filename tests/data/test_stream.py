@@ -19,8 +19,9 @@ import pytest
 
 import emjax
 from tests.conftest import make_blobs
-from emjax._runner import best_restart
-from emjax.data._stream import _Prefetcher, fit_chunks, predict_chunks, score_chunks
+from emjax._result import best_restart
+from emjax import fit_chunks, predict_chunks, score_chunks
+from emjax.data._source import _Prefetcher
 from tests.families.test_bernoulli_categorical import KB, KC, SC, bern_data, cat_data
 from tests.families.test_counts import model_for as count_model, sample as count_sample
 
@@ -185,10 +186,11 @@ def test_non_array_sources_and_chunks(gaussian):
         fit_chunks(model, 3.0, key=jax.random.key(0))
     with pytest.raises(FileNotFoundError):
         fit_chunks(model, "/nonexistent/x.npy", key=jax.random.key(0))
-    with pytest.raises(ValueError, match="chunk_size applies to array"):
-        fit_chunks(model, [x], key=jax.random.key(0), chunk_size=100)
-    with pytest.raises(TypeError, match="BatchEM .* or StepwiseEM"):
-        fit_chunks(model, x, key=jax.random.key(0), algorithm=emjax.algorithms.IncrementalEM())
+    # A function source is read in order: shuffled mini-batches are refused before compiling.
+    with pytest.raises(ValueError, match="shuffle=False"):
+        emjax.fit(model, lambda: iter([x]), key=jax.random.key(0), algorithm=emjax.StepwiseEM(batch_size=100))
+    with pytest.raises(ValueError, match="set its weights and chunk_size on the Stream"):
+        emjax.fit(model, emjax.Stream(x), key=jax.random.key(0), chunk_size=100)
 
 
 def test_prefetch_thread_propagates_errors_and_stops_early():
@@ -237,7 +239,7 @@ def test_progress_line(gaussian, capsys):
     model, x = gaussian
     fit_chunks(model, x, key=jax.random.key(0), chunk_size=250, max_iter=2, progress=True)
     err = capsys.readouterr().err
-    assert "initial pass: 4/4 chunks, 1,000 rows" in err and "pass 2: 4/4 chunks" in err and "rows/s" in err
+    assert "checking the data: 4/4 chunks, 1,000 rows" in err and "pass 3: 4/4 chunks" in err and "rows/s" in err
     fit_chunks(model, x, key=jax.random.key(0), chunk_size=250, max_iter=2, progress=False)
     score_chunks(model, model.init(jax.random.key(0), jnp.asarray(x)), x, chunk_size=250)  # short: silent
     assert capsys.readouterr().err == ""
