@@ -177,7 +177,7 @@ def emjax_iteration(x_np, params, cov_type, args, dtype):
 
     try:  # a directly jitted BatchEM step; the internals may change under us: report, don't die
         from emjax.data._chunks import default_chunk_size
-        from emjax.data._memory import Data
+        from emjax.data import ArrayData as Data
 
         n, d = x_np.shape
         chunk = args.chunk_size or default_chunk_size(n, args.k * d)

@@ -29,7 +29,7 @@ class ArrayData(Data):
 
     x: Any
     weights: Array | None
-    chunk_size: int | None = eqx.field(static=True, default=None)
+    chunk_size: int | None = eqx.field(static=True)
 
     @property
     def n_rows(self) -> int:

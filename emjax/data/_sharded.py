@@ -27,6 +27,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from .._checks import is_sharded, is_traced
 from ._base import Data
+from ._memory import ArrayData
 from ._chunks import chunked_sum, n_rows
 from .._model import sum_stats
 
@@ -174,7 +175,7 @@ def sharded_sum(
     return jax.shard_map(local, mesh=mesh, in_specs=in_specs, out_specs=P())(dynamic, x, weights)
 
 
-class ShardedData(Data):
+class ShardedData(ArrayData):
     """Rows split over the devices of ``mesh``: each device reads its own rows.
 
     Attributes:
@@ -189,58 +190,27 @@ class ShardedData(Data):
         >>> stats, loglik = data.e_step(model, params)  # replicated on every device
     """
 
-    x: Any
-    weights: Any
-    chunk_size: int | None = eqx.field(static=True)
     mesh: Mesh = eqx.field(static=True)
     row_axes: tuple[str, ...] = eqx.field(static=True)
-
-    @property
-    def n_rows(self) -> int:
-        return n_rows(self.x)
-
-    @property
-    def n_points(self):
-        if self.weights is None:
-            return jnp.asarray(self.n_rows)
-        return jnp.sum(self.weights)
-
-    @property
-    def sample(self):
-        return self.x
-
-    @property
-    def weighted(self) -> bool:
-        return self.weights is not None
 
     def map_sum(self, fn, operands):
         return sharded_sum(fn, operands, self.x, self.weights, self.chunk_size, self.mesh, self.row_axes)
 
-    def _local(self, x, weights) -> Data:
-        from ._memory import ArrayData
-
-        return ArrayData(x, weights, self.chunk_size)
-
-    def _spread(self, x, weights) -> Data:
+    def _spread(self, data: ArrayData) -> Data:
         """Selected rows, split over the devices again when they divide evenly
         (so a mini-batch's E-step runs on every device), else in one place."""
-        if n_rows(x) % n_shards(self.mesh, self.row_axes):
-            return self._local(x, weights)
+        if data.n_rows % n_shards(self.mesh, self.row_axes):
+            return data
         rows = NamedSharding(self.mesh, P(self.row_axes))
-        x = jax.tree.map(lambda a: jax.lax.with_sharding_constraint(a, rows), x)
-        if weights is not None:
-            weights = jax.lax.with_sharding_constraint(weights, rows)
+        x = jax.tree.map(lambda a: jax.lax.with_sharding_constraint(a, rows), data.x)
+        weights = None if data.weights is None else jax.lax.with_sharding_constraint(data.weights, rows)
         return ShardedData(x, weights, self.chunk_size, self.mesh, self.row_axes)
 
     def rows(self, start, length: int) -> Data:
-        def cut(a):
-            return jax.lax.dynamic_slice_in_dim(a, start, length)
-
-        return self._spread(jax.tree.map(cut, self.x), None if self.weights is None else cut(self.weights))
+        return self._spread(ArrayData.rows(self, start, length))
 
     def take(self, index) -> Data:
-        weights = None if self.weights is None else self.weights[index]
-        return self._spread(jax.tree.map(lambda a: a[index], self.x), weights)
+        return self._spread(ArrayData.take(self, index))
 
     def reweighted(self, factor) -> Data:
         weights = factor if self.weights is None else self.weights * factor

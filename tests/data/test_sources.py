@@ -14,6 +14,7 @@ import pytest
 
 import emjax
 from tests.conftest import make_blobs
+from tests.test_runner import collapse_case
 
 N = 600
 X = make_blobs(5, n=N, d=3, k=3, sep=3.0)[0]
@@ -69,13 +70,7 @@ def test_every_algorithm_over_every_source_equals_in_memory(algorithm, tmp_path)
 
 def test_reinit_collapsed_over_a_stream():
     """The collapse remedy runs over a stream as in memory (the sample is the data here)."""
-    rng = np.random.default_rng(4)
-    x = np.concatenate([rng.normal(size=(200, 2)), np.repeat([[30.0, 30.0]], 3, axis=0)])
-    model = emjax.Mixture(emjax.Gaussian("full", reg_covar=0.0), 2)
-    p0 = emjax.MixtureParams(
-        jnp.array([0.5, 0.5]),
-        emjax.GaussianParams(jnp.array([[0.0, 0.0], [30.0, 30.0]]), jnp.stack([jnp.eye(2), 0.1 * jnp.eye(2)])),
-    )
+    x, model, p0 = collapse_case()
     kw = dict(key=jax.random.key(1), init=p0, max_iter=6, tol=0.0, reinit_collapsed=True)
     memory = emjax.fit(model, x, **kw)
     streamed = emjax.fit(model, emjax.Stream(x, chunk_size=64), **kw)
