@@ -176,7 +176,7 @@ def emjax_iteration(x_np, params, cov_type, args, dtype):
     out["fit_min"] = (t11.min - t1.min) / 10
 
     try:  # a directly jitted BatchEM step; the internals may change under us: report, don't die
-        from emjax.data._chunks import default_chunk_size
+        from emjax._chunks import default_chunk_size
         from emjax.data import ArrayData as Data
 
         n, d = x_np.shape

@@ -77,6 +77,12 @@ class IncrementalEM(Algorithm):
     def validate(self, model, data) -> None:
         if self.n_blocks > data.n_rows:
             raise ValueError(f"n_blocks ({self.n_blocks}) exceeds the number of rows ({data.n_rows}).")
+        if data.n_rows % self.n_blocks and not model.accepts_weights:
+            raise TypeError(
+                f"IncrementalEM masks the rows of blocks that do not divide N={data.n_rows} with weights, but "
+                f"{type(model).__name__}.e_step takes no weights argument: choose n_blocks dividing N, or "
+                "define e_step(params, x, weights=None)."
+            )
         if not model.provides("expected_log_joint"):
             raise TypeError(
                 f"IncrementalEM tracks its free energy with model.expected_log_joint(stats, params); "

@@ -42,11 +42,6 @@ class Data(eqx.Module):
         re-initialisation: all rows for in-memory data, a sample for streams."""
 
     @property
-    def weighted(self) -> bool:
-        """Whether the rows carry sample weights."""
-        return False
-
-    @property
     def random_access(self) -> bool:
         """Whether :meth:`take` may be called (a stream read in order cannot)."""
         return True

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 
 from .._checks import as_sample_weights, float_dtype
 from ._base import Data
-from ._chunks import default_chunk_size, n_rows
+from .._chunks import default_chunk_size, n_rows
 from ._memory import ArrayData
 from ._sharded import ShardedData, row_sharding, shard_rows, with_auto_axes
 from ._stream import Stream, is_stream_source, stream_data

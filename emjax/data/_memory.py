@@ -11,7 +11,7 @@ from jax import Array
 import equinox as eqx
 
 from ._base import Data
-from ._chunks import chunked_sum, n_rows
+from .._chunks import chunked_sum, n_rows
 
 
 class ArrayData(Data):
@@ -44,10 +44,6 @@ class ArrayData(Data):
     @property
     def sample(self):
         return self.x
-
-    @property
-    def weighted(self) -> bool:
-        return self.weights is not None
 
     def map_sum(self, fn, operands):
         return chunked_sum(lambda x, w: fn(operands, x, w), self.x, self.weights, self.chunk_size)

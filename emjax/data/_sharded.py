@@ -28,7 +28,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from .._checks import is_sharded, is_traced
 from ._base import Data
 from ._memory import ArrayData
-from ._chunks import chunked_sum, n_rows
+from .._chunks import chunked_sum, n_rows
 from .._model import sum_stats
 
 

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import equinox as eqx
 
-from ._chunks import n_rows
+from .._chunks import n_rows
 
 #: Chunks in memory at once: the one computed and the next, read meanwhile.
 _PREFETCH_DEPTH = 2

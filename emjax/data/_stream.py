@@ -26,7 +26,7 @@ from jax import Array
 from .._checks import float_dtype
 from .._model import add_stats, as_model
 from ._base import Data
-from ._chunks import chunked_sum, default_chunk_size, n_rows
+from .._chunks import chunked_sum, default_chunk_size, n_rows
 from ._memory import ArrayData
 from ._source import _Layout, _Progress, _Reader, _Source, _leading, _prepared_chunks, _run_pass, read_chunk, read_index, read_rows
 
@@ -90,9 +90,12 @@ def _is_array_source(source) -> bool:
 
 def is_stream_source(x) -> bool:
     """Whether :func:`emjax.fit` reads ``x`` as a host stream rather than an in-memory array:
-    a :class:`Stream`, a path, an ``np.memmap``, a list of chunks or a function."""
+    a :class:`Stream`, a path, an ``np.memmap``, a list of chunks (arrays, or tuples of
+    arrays for pytree data) or a function. A list of rows (numbers) is an in-memory matrix."""
+    if isinstance(x, list):
+        return all(hasattr(c, "shape") or isinstance(c, tuple) for c in x)
     return (
-        isinstance(x, (Stream, np.memmap, str, list))
+        isinstance(x, (Stream, np.memmap, str))
         or hasattr(x, "__fspath__")
         or (callable(x) and not hasattr(x, "shape"))
     )
@@ -134,10 +137,6 @@ class StreamData(Data):
     @property
     def sample(self):
         return self.sample_x
-
-    @property
-    def weighted(self) -> bool:
-        return self.has_weights
 
     @property
     def random_access(self) -> bool:

@@ -14,7 +14,7 @@ from jax.scipy.special import logsumexp
 from . import _seeding as _init
 from ._gating import ConstantGating, Gating
 from .._checks import as_sample_weights, check_dense, check_n_components, check_shape, float_dtype, is_traced
-from ..data._chunks import chunked_map, chunked_sum, default_chunk_size, n_features, n_rows
+from .._chunks import chunked_map, chunked_sum, default_chunk_size, n_features, n_rows
 from .._model import EMModel, add_stats, scale_stats
 from ..families._priors import Dirichlet
 from ..families._base import Family

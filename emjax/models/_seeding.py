@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
-from ..data._chunks import chunked_map, default_chunk_size
+from .._chunks import chunked_map, default_chunk_size
 
 
 def _sq_dists(x: Array, centers: Array) -> Array:

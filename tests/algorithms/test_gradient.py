@@ -240,7 +240,7 @@ def test_mini_batch_adam_gets_close_to_em():
 
 
 class Linkage:
-    """The README's genetic linkage model (tests/test_user_model.py), params: t in (0, 1)."""
+    """The README's genetic linkage model (tests/models/test_user_model.py), params: t in (0, 1)."""
 
     def e_step(self, t, x, weights=None):
         y1, y2, y3, y4 = x[:, 0], x[:, 1], x[:, 2], x[:, 3]

@@ -110,3 +110,12 @@ def test_user_model_over_a_stream_without_weights():
         np.testing.assert_allclose(streamed.params, x.mean(), rtol=1e-12)
     with pytest.raises(TypeError, match="takes no weights argument"):
         emjax.fit(Mean(), x, key=jax.random.key(0), init=jnp.asarray(5.0), weights=np.ones(N))
+    with pytest.raises(TypeError, match="do not divide N=600 .* choose n_blocks dividing N"):
+        emjax.fit(Mean(), x, key=jax.random.key(0), init=jnp.asarray(5.0), algorithm=emjax.IncrementalEM(n_blocks=7))
+
+
+def test_a_list_of_rows_is_in_memory_data_and_a_list_of_arrays_a_stream():
+    rows = X[:50].tolist()
+    memory = emjax.fit(MODEL, rows, key=jax.random.key(0), max_iter=3, tol=0.0)
+    np.testing.assert_allclose(memory.trace, emjax.fit(MODEL, X[:50], key=jax.random.key(0), max_iter=3, tol=0.0).trace)
+    assert isinstance(emjax.data.make_data(MODEL, [X[:20], X[20:50]]), emjax.data.StreamData)

@@ -12,7 +12,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from .._model import add_stats
+from ._model import add_stats
 
 #: Elements of the largest per-chunk intermediate (chunk x K x D) aimed for: small
 #: on a CPU, where chunks that stay in cache are fastest; large on an accelerator,
