@@ -8,7 +8,7 @@ import optax
 import pytest
 
 import emjax
-from emjax.data._memory import Data
+from emjax.data import ArrayData as Data
 from emjax.algorithms import GradientAscent
 from tests.conftest import FAMILY_NAMES, family_model, family_sample, make_blobs
 

@@ -1,0 +1,551 @@
+"""Covariance structures shared by Gaussian-like families: full, diag, spherical, tied.
+
+A :class:`CovarianceStructure` holds everything about a family that depends on
+how its covariances are parametrised: the shape of the ``covariances`` array,
+Mahalanobis distances and log-determinants, the scatter statistic, the ML and
+conjugate-prior MAP M-steps from a scatter, the log prior, the broad initial
+value, the free-parameter count, unconstrained coordinates, component
+replacement, the collapse test and validation. A family (:class:`emjax.Gaussian`,
+and the Student-t and factor-analyser mixtures to come) keeps the parts that do
+not depend on it (means, the density's form, the mean prior) and delegates the
+rest, so it never branches on the covariance type.
+
+Shapes: ``K`` components, ``D`` features, ``N`` points. ``covariances`` is
+``(K, D, D)`` for :class:`Full`, ``(K, D)`` for :class:`Diag`, ``(K,)`` for
+:class:`Spherical` and ``(D, D)`` for :class:`Tied` (scikit-learn's shapes). A
+scatter is ``(K, D, D)`` for the matrix structures (full, tied) and its diagonal
+``(K, D)`` for the variance structures (diag, spherical).
+
+Numerics (see DESIGN.md): Cholesky factors and triangular solves, never an
+explicit inverse of a covariance.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import ClassVar
+
+import numpy as np
+import jax
+import jax.numpy as jnp
+import equinox as eqx
+from jax import Array
+from jax.scipy.linalg import solve_triangular
+
+from .._checks import check_positive_definite, check_shape, concrete
+from ._priors import (
+    NormalInverseWishart,
+    inverse_gamma_log_prob,
+    inverse_wishart_log_prob,
+    mean_log_prior_terms,
+)
+
+#: Exact float32 products (see :mod:`emjax.families._gaussian`).
+_EXACT = jax.lax.Precision.HIGHEST
+
+
+def cholesky(cov: Array) -> Array:
+    """Lower Cholesky factors: ``(..., D, D)`` -> ``(..., D, D)``."""
+    return jnp.linalg.cholesky(cov)
+
+
+def tri_inverse(chol: Array) -> Array:
+    """``L^{-1}`` of lower-triangular factors ``(..., D, D)`` by a triangular solve."""
+    eye = jnp.broadcast_to(jnp.eye(chol.shape[-1], dtype=chol.dtype), chol.shape)
+    return solve_triangular(chol, eye, lower=True)
+
+
+def logdet_from_chol(chol: Array) -> Array:
+    """``log |L L^T|`` from lower Cholesky factors: ``(..., D, D)`` -> ``(...)``."""
+    return 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)
+
+
+def count_floor(dtype):
+    """A few ulps of ``dtype``, added to counts to make them safe divisors for an empty component."""
+    return 10 * jnp.finfo(dtype).eps
+
+
+def recenter_scatter(s2: Array, s1: Array, counts: Array, delta: Array, *, new_minus_old: bool = False) -> Array:
+    """A scatter about one point re-expressed about another, exactly.
+
+    With ``s1 = sum r (x - a)`` and ``s2 = sum r (x - a)(x - a)^T`` (or its
+    diagonal), returns ``sum r (x - b)(x - b)^T`` (or its diagonal):
+    ``s2 + s1 delta^T + delta s1^T + n delta delta^T`` for ``delta = a - b``, or
+    ``s2 - s1 delta^T - delta s1^T + n delta delta^T`` for ``delta = b - a``
+    (``new_minus_old=True``; the M-step's form, kept so that its rounding is
+    unchanged).
+
+    Args:
+        s2: ``(K, D, D)`` scatter, or ``(K, D)`` its diagonal.
+        s1: ``(K, D)`` first moments about the old point ``a``.
+        counts: ``(K,)`` total weights ``n``.
+        delta: ``(K, D)`` the old point minus the new point ``b`` (or the reverse).
+        new_minus_old: whether ``delta`` is ``b - a``.
+
+    Returns:
+        The scatter about ``b``, shaped like ``s2``.
+    """
+    step = jnp.subtract if new_minus_old else jnp.add
+    if s2.ndim == 3:
+        cross = s1[:, :, None] * delta[:, None, :]
+        moved = step(step(s2, cross), jnp.swapaxes(cross, 1, 2))
+        return moved + counts[:, None, None] * delta[:, :, None] * delta[:, None, :]
+    return step(s2, 2 * s1 * delta) + counts[:, None] * delta * delta
+
+
+class CovarianceStructure(eqx.Module):
+    """Abstract base of covariance structures. Stateless: configuration lives in the family.
+
+    Subclass it (or :class:`MatrixStructure` / :class:`VarianceStructure`) for a
+    new structure, e.g. a parsimonious ``lambda D A D^T`` decomposition.
+    """
+
+    #: The ``covariance_type`` string that names the structure.
+    name: ClassVar[str]
+    #: The key of the covariances in :meth:`unconstrain`'s dictionary.
+    unconstrained_key: ClassVar[str]
+
+    # -- shapes ----------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def shape(self, n_components: int, n_features: int) -> tuple[int, ...]:
+        """The shape of the ``covariances`` array of ``K`` components in ``D`` dimensions."""
+
+    @abc.abstractmethod
+    def n_parameters(self, n_components: int, n_features: int) -> int:
+        """Free parameters in the covariances of ``K`` components in ``D`` dimensions."""
+
+    @abc.abstractmethod
+    def full_matrices(self, covariances: Array, n_components: int, n_features: int) -> Array:
+        """The covariances as ``(K, D, D)`` matrices."""
+
+    # -- densities -------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def mahalanobis_logdet(self, x: Array, means: Array, covariances: Array) -> tuple[Array, Array]:
+        """Squared Mahalanobis distances and log-determinants.
+
+        Args:
+            x: ``(N, D)`` points.
+            means: ``(K, D)`` centres.
+            covariances: this structure's covariances.
+
+        Returns:
+            ``maha`` ``(K, N)``, ``(x_n - mu_k)^T Sigma_k^{-1} (x_n - mu_k)``, and
+            ``logdet`` ``(K,)``, ``log |Sigma_k|``.
+        """
+
+    @abc.abstractmethod
+    def scatter(self, diff: Array, weighted_diff: Array) -> Array:
+        """The weighted scatter statistic.
+
+        Args:
+            diff: ``(K, N, D)`` points minus each component's expansion point.
+            weighted_diff: ``(K, N, D)`` the same times the weights ``r_nk``.
+
+        Returns:
+            ``sum_n r_nk diff diff^T``: ``(K, D, D)`` for a matrix structure,
+            its diagonal ``(K, D)`` for a variance structure.
+        """
+
+    @abc.abstractmethod
+    def trace_logdet(self, scatter: Array, covariances: Array) -> tuple[Array, Array]:
+        """``tr(Sigma_k^{-1} S_k)`` and ``log |Sigma_k|``, both ``(K,)``, for a scatter ``S`` about the means."""
+
+    # -- M-step ----------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def ml_covariances(self, scatter: Array, counts: Array) -> Array:
+        """The maximum-likelihood covariances before regularisation.
+
+        Args:
+            scatter: ``(K, D, D)`` or ``(K, D)`` scatter about the new means.
+            counts: ``(K,)`` total weights, already kept away from zero.
+        """
+
+    @abc.abstractmethod
+    def map_covariances(self, scatter: Array, counts: Array, means: Array, prior: NormalInverseWishart) -> Array:
+        """The conjugate-prior MAP covariances (the posterior mode) before regularisation.
+
+        Args:
+            scatter: ``(K, D, D)`` or ``(K, D)`` scatter about ``means``.
+            counts: ``(K,)`` total weights.
+            means: ``(K, D)`` the new (MAP) means.
+            prior: the prior, cast to the statistics' dtype.
+        """
+
+    @abc.abstractmethod
+    def regularize(self, covariances: Array, reg_covar: float) -> Array:
+        """``covariances`` (symmetrised where they are matrices) plus ``reg_covar`` on the diagonal."""
+
+    def maximize(self, scatter: Array, counts: Array, reg_covar: float, prior=None, means=None) -> Array:
+        """The M-step for the covariances from the scatter about the new means.
+
+        Args:
+            scatter: ``(K, D, D)`` or ``(K, D)`` scatter about ``means``.
+            counts: ``(K,)`` total weights.
+            reg_covar: added to the diagonal.
+            prior: a :class:`NormalInverseWishart` cast to the statistics' dtype
+                for the MAP step, or ``None`` for maximum likelihood.
+            means: ``(K, D)`` the new means (used by the MAP step only).
+
+        Returns:
+            This structure's covariances.
+        """
+        if prior is None:
+            cov = self.ml_covariances(scatter, counts + count_floor(scatter.dtype))
+        else:
+            cov = self.map_covariances(scatter, counts, means, prior)
+        return self.regularize(cov, reg_covar)
+
+    # -- prior, initialisation -------------------------------------------------------
+
+    @abc.abstractmethod
+    def log_prior(self, means: Array, covariances: Array, prior: NormalInverseWishart) -> Array:
+        """``log p(means, covariances)`` under the prior's matching conjugate form: a scalar.
+
+        The mean prior is ``N(m0, Sigma / kappa0)`` in every structure; see
+        :class:`emjax.Gaussian` for the covariance priors.
+        """
+
+    @abc.abstractmethod
+    def from_data_covariance(self, cov: Array, n_components: int, reg_covar: float) -> Array:
+        """Broad initial covariances from the data's ``(D, D)`` covariance ``cov``."""
+
+    def initial(self, x: Array, n_components: int, reg_covar: float) -> Array:
+        """Broad initial covariances of ``K`` components from data ``x`` ``(N, D)``."""
+        xc = x - jnp.mean(x, axis=0)
+        cov = jnp.matmul(xc.T, xc, precision=_EXACT) / x.shape[0]
+        return self.from_data_covariance(cov, n_components, reg_covar)
+
+    # -- unconstrained coordinates ---------------------------------------------------
+
+    @abc.abstractmethod
+    def unconstrain(self, covariances: Array) -> Array:
+        """The covariances as free reals, stored under :attr:`unconstrained_key`."""
+
+    @abc.abstractmethod
+    def constrain(self, u: Array) -> Array:
+        """The inverse of :meth:`unconstrain`; valid covariances for every real ``u``."""
+
+    # -- diagnostics and validation --------------------------------------------------
+
+    def replace_components(self, mask: Array, new: Array, old: Array) -> Array:
+        """Covariances of the components in ``mask`` ``(K,)`` from ``new``, the others from ``old``."""
+        return jnp.where(mask.reshape(mask.shape + (1,) * (new.ndim - 1)), new, old)
+
+    @abc.abstractmethod
+    def conditional_variances(self, covariances: Array) -> Array:
+        """Each feature's variance given the preceding ones: ``(K, D)`` (tied: ``(D,)``)."""
+
+    def degenerate(self, covariances: Array, data_variance: Array, collapse_tol: float, n_components: int) -> Array:
+        """``(K,)`` booleans: some conditional variance below ``collapse_tol`` times the
+        data's variance ``data_variance`` ``(D,)`` of that feature, or not finite."""
+        cond_var = self.conditional_variances(covariances)
+        collapsed = jnp.any(cond_var < collapse_tol * data_variance[None, :], axis=-1)
+        return collapsed | ~jnp.all(jnp.isfinite(cond_var), axis=-1)
+
+    def validate(self, covariances, n_components: int, n_features: int) -> None:
+        """Raise a clear error if ``covariances`` have the wrong shape or values."""
+        check_shape(covariances, self.shape(n_components, n_features), f"{self.name} covariances")
+        c = concrete(covariances)
+        if c is not None:
+            self.check_values(c)
+
+    @abc.abstractmethod
+    def check_values(self, covariances: np.ndarray) -> None:
+        """Raise if the concrete ``covariances`` are not valid (positive definite, positive)."""
+
+
+class MatrixStructure(CovarianceStructure):
+    """Covariance matrices (full, tied): Cholesky factors, ``(K, D, D)`` scatters."""
+
+    unconstrained_key: ClassVar[str] = "log_cholesky"
+
+    def mahalanobis_logdet(self, x, means, covariances):
+        # Component-major layout (K, N, D): the products below are K batched
+        # matmuls with a long row axis, which XLA runs faster than (N, K, D).
+        diff = x[None, :, :] - means[:, None, :]
+        chol = cholesky(covariances)
+        y = jnp.matmul(diff, jnp.swapaxes(tri_inverse(chol), -1, -2), precision=_EXACT)  # L_k^-1 (x - mu_k)
+        logdet = jnp.broadcast_to(logdet_from_chol(chol), (means.shape[0],))
+        return jnp.sum(y * y, axis=-1), logdet
+
+    def scatter(self, diff, weighted_diff):
+        return jnp.matmul(jnp.swapaxes(weighted_diff, 1, 2), diff, precision=_EXACT)
+
+    def trace_logdet(self, scatter, covariances):
+        chol = jnp.broadcast_to(cholesky(covariances), scatter.shape)
+        y = solve_triangular(chol, scatter, lower=True)  # L^-1 S
+        z = solve_triangular(chol, jnp.swapaxes(y, 1, 2), lower=True)  # L^-1 S L^-T
+        return jnp.trace(z, axis1=1, axis2=2), jnp.broadcast_to(logdet_from_chol(chol), scatter.shape[:1])
+
+    def regularize(self, covariances, reg_covar):
+        cov = 0.5 * (covariances + jnp.swapaxes(covariances, -1, -2))
+        return cov + reg_covar * jnp.eye(cov.shape[-1], dtype=cov.dtype)
+
+    def _inverse_wishart(self, covariances, prior):
+        """``L^{-1}``, ``log |Sigma|`` and the inverse-Wishart log density, per matrix."""
+        chol = cholesky(covariances)
+        s0_chol = cholesky(prior.S0)
+        logdet = logdet_from_chol(chol)
+        linv = tri_inverse(chol)
+        trace_term = jnp.sum(jnp.square(linv @ s0_chol), axis=(-2, -1))
+        iw = inverse_wishart_log_prob(prior.nu0, logdet_from_chol(s0_chol), trace_term, logdet, covariances.shape[-1])
+        return linv, logdet, iw
+
+    def unconstrain(self, covariances):
+        """The lower Cholesky factor ``L`` (``Sigma = L L^T``) with its diagonal
+        replaced by ``log diag(L)``; the upper triangle is zero."""
+        chol = cholesky(covariances)
+        eye = jnp.eye(covariances.shape[-1], dtype=covariances.dtype)
+        log_diag = jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1))
+        return jnp.tril(chol, -1) + log_diag[..., None] * eye
+
+    def constrain(self, u):
+        """Exactly ``L L^T`` with ``L = tril(u, -1) + diag(exp(diag(u)))``; the upper triangle is ignored."""
+        eye = jnp.eye(u.shape[-1], dtype=u.dtype)
+        chol = jnp.tril(u, -1) + jnp.exp(jnp.diagonal(u, axis1=-2, axis2=-1))[..., None] * eye
+        return jnp.einsum("...ik,...jk->...ij", chol, chol, precision=_EXACT)
+
+    def conditional_variances(self, covariances):
+        return jnp.square(jnp.diagonal(cholesky(covariances), axis1=-2, axis2=-1))
+
+    def check_values(self, covariances):
+        check_positive_definite(covariances, "covariances")
+
+
+class VarianceStructure(CovarianceStructure):
+    """Axis-aligned covariances (diag, spherical): variances, ``(K, D)`` diagonal scatters."""
+
+    unconstrained_key: ClassVar[str] = "log_variances"
+
+    @abc.abstractmethod
+    def log_determinants(self, covariances: Array, n_features: int) -> Array:
+        """``log |Sigma_k|`` ``(K,)``."""
+
+    @abc.abstractmethod
+    def weighted_sum(self, sq: Array, covariances: Array) -> Array:
+        """``sum_d sq_kd / sigma2_kd`` ``(K, ...)`` for ``sq`` ``(K, ..., D)``."""
+
+    def mahalanobis_logdet(self, x, means, covariances):
+        diff = x[None, :, :] - means[:, None, :]
+        return self.weighted_sum(diff * diff, covariances), self.log_determinants(covariances, x.shape[-1])
+
+    def scatter(self, diff, weighted_diff):
+        return jnp.sum(weighted_diff * diff, axis=1)
+
+    def trace_logdet(self, scatter, covariances):
+        return self.weighted_sum(scatter, covariances), self.log_determinants(covariances, scatter.shape[-1])
+
+    def regularize(self, covariances, reg_covar):
+        return covariances + reg_covar
+
+    def unconstrain(self, covariances):
+        """``log`` of the variances."""
+        return jnp.log(covariances)
+
+    def constrain(self, u):
+        return jnp.exp(u)
+
+    def check_values(self, covariances):
+        if not (np.all(np.isfinite(covariances)) and np.all(covariances > 0)):
+            raise ValueError(
+                f"{self.name} covariances must be finite and positive; the smallest is {np.min(covariances)}."
+            )
+
+
+class Full(MatrixStructure):
+    """One ``D x D`` matrix per component: ``covariances`` ``(K, D, D)``.
+
+    MAP: ``Sigma_k ~ IW(S0, nu0)``, mode ``(S0 + S_k + kappa0 dm dm^T) / (nu0 + N_k + D + 2)``.
+    """
+
+    name: ClassVar[str] = "full"
+
+    def shape(self, n_components, n_features):
+        return (n_components, n_features, n_features)
+
+    def n_parameters(self, n_components, n_features):
+        return n_components * (n_features * (n_features + 1) // 2)
+
+    def full_matrices(self, covariances, n_components, n_features):
+        return covariances
+
+    def ml_covariances(self, scatter, counts):
+        return scatter / counts[:, None, None]
+
+    def map_covariances(self, scatter, counts, means, prior):
+        dm = means - prior.m0
+        num = prior.S0 + scatter + prior.kappa0 * dm[:, :, None] * dm[:, None, :]
+        return num / (prior.nu0 + counts + means.shape[-1] + 2)[:, None, None]
+
+    def log_prior(self, means, covariances, prior):
+        linv, logdet, iw = self._inverse_wishart(covariances, prior)
+        quad = jnp.sum(jnp.square(jnp.einsum("kde,ke->kd", linv, means - prior.m0)), axis=-1)
+        return jnp.sum(mean_log_prior_terms(prior.kappa0, quad, logdet, means.shape[-1]) + iw)
+
+    def from_data_covariance(self, cov, n_components, reg_covar):
+        d = cov.shape[-1]
+        return jnp.broadcast_to(cov + reg_covar * jnp.eye(d, dtype=cov.dtype), (n_components, d, d))
+
+
+class Tied(MatrixStructure):
+    """One ``D x D`` matrix shared by all components: ``covariances`` ``(D, D)``.
+
+    MAP: one ``Sigma ~ IW(S0, nu0)``, mode
+    ``(S0 + sum_k S_k + kappa0 sum_k dm_k dm_k^T) / (nu0 + N + D + 1 + K)``.
+    """
+
+    name: ClassVar[str] = "tied"
+
+    def shape(self, n_components, n_features):
+        return (n_features, n_features)
+
+    def n_parameters(self, n_components, n_features):
+        return n_features * (n_features + 1) // 2
+
+    def full_matrices(self, covariances, n_components, n_features):
+        return jnp.broadcast_to(covariances, (n_components, n_features, n_features))
+
+    def ml_covariances(self, scatter, counts):
+        return jnp.sum(scatter, axis=0) / jnp.sum(counts)
+
+    def map_covariances(self, scatter, counts, means, prior):
+        k, d = means.shape
+        dm = means - prior.m0
+        num = prior.S0 + jnp.sum(scatter, axis=0) + prior.kappa0 * dm.T @ dm
+        return num / (prior.nu0 + jnp.sum(counts) + d + 1 + k)
+
+    def log_prior(self, means, covariances, prior):
+        linv, logdet, iw = self._inverse_wishart(covariances, prior)
+        quad = jnp.sum(jnp.square((means - prior.m0) @ linv.T), axis=-1)
+        return jnp.sum(mean_log_prior_terms(prior.kappa0, quad, logdet, means.shape[-1])) + iw
+
+    def from_data_covariance(self, cov, n_components, reg_covar):
+        return cov + reg_covar * jnp.eye(cov.shape[-1], dtype=cov.dtype)
+
+    def replace_components(self, mask, new, old):
+        """The one shared matrix, from ``new`` when any component is in ``mask``."""
+        return jnp.where(jnp.any(mask), new, old)
+
+    def degenerate(self, covariances, data_variance, collapse_tol, n_components):
+        """All components at once when the shared matrix collapses."""
+        cond_var = self.conditional_variances(covariances)
+        return jnp.broadcast_to(jnp.any(cond_var < collapse_tol * data_variance), (n_components,))
+
+
+class Diag(VarianceStructure):
+    """One variance per feature and component: ``covariances`` ``(K, D)``.
+
+    MAP: per feature ``sigma2_kd ~ InvGamma(nu0/2, S0_dd/2)``, mode
+    ``(S0_dd + S_kdd + kappa0 dm_kd^2) / (nu0 + N_k + 3)``.
+    """
+
+    name: ClassVar[str] = "diag"
+
+    def shape(self, n_components, n_features):
+        return (n_components, n_features)
+
+    def n_parameters(self, n_components, n_features):
+        return n_components * n_features
+
+    def full_matrices(self, covariances, n_components, n_features):
+        return jax.vmap(jnp.diag)(covariances)
+
+    def log_determinants(self, covariances, n_features):
+        return jnp.sum(jnp.log(covariances), axis=-1)
+
+    def weighted_sum(self, sq, covariances):
+        cov = covariances.reshape(covariances.shape[:1] + (1,) * (sq.ndim - 2) + covariances.shape[1:])
+        return jnp.sum(sq / cov, axis=-1)
+
+    def ml_covariances(self, scatter, counts):
+        return scatter / counts[:, None]
+
+    def map_covariances(self, scatter, counts, means, prior):
+        dm = means - prior.m0
+        num = jnp.diagonal(prior.S0) + scatter + prior.kappa0 * dm * dm
+        return num / (prior.nu0 + counts + 3)[:, None]
+
+    def log_prior(self, means, covariances, prior):
+        dm = means - prior.m0
+        normal = mean_log_prior_terms(prior.kappa0, dm * dm / covariances, jnp.log(covariances), 1)
+        ig = inverse_gamma_log_prob(0.5 * prior.nu0, 0.5 * jnp.diagonal(prior.S0), covariances)
+        return jnp.sum(normal + ig)
+
+    def from_data_covariance(self, cov, n_components, reg_covar):
+        return jnp.broadcast_to(jnp.diagonal(cov) + reg_covar, (n_components, cov.shape[-1]))
+
+    def conditional_variances(self, covariances):
+        return covariances
+
+
+class Spherical(VarianceStructure):
+    """One variance per component: ``covariances`` ``(K,)``.
+
+    MAP: ``sigma2_k ~ InvGamma(nu0 D/2, tr(S0)/2)``, mode
+    ``(tr(S0) + tr(S_k) + kappa0 |dm_k|^2) / (D (nu0 + N_k + 1) + 2)``.
+    """
+
+    name: ClassVar[str] = "spherical"
+
+    def shape(self, n_components, n_features):
+        return (n_components,)
+
+    def n_parameters(self, n_components, n_features):
+        return n_components
+
+    def full_matrices(self, covariances, n_components, n_features):
+        return covariances[:, None, None] * jnp.eye(n_features, dtype=covariances.dtype)
+
+    def log_determinants(self, covariances, n_features):
+        return n_features * jnp.log(covariances)
+
+    def weighted_sum(self, sq, covariances):
+        return jnp.sum(sq, axis=-1) / covariances.reshape(covariances.shape + (1,) * (sq.ndim - 2))
+
+    def ml_covariances(self, scatter, counts):
+        return jnp.sum(scatter, axis=1) / (scatter.shape[-1] * counts)
+
+    def map_covariances(self, scatter, counts, means, prior):
+        dm = means - prior.m0
+        num = jnp.trace(prior.S0) + jnp.sum(scatter, axis=1) + prior.kappa0 * jnp.sum(dm * dm, axis=1)
+        return num / (means.shape[-1] * (prior.nu0 + counts + 1) + 2)
+
+    def log_prior(self, means, covariances, prior):
+        d = means.shape[-1]
+        dm = means - prior.m0
+        quad = jnp.sum(dm * dm, axis=-1) / covariances
+        normal = mean_log_prior_terms(prior.kappa0, quad, self.log_determinants(covariances, d), d)
+        ig = inverse_gamma_log_prob(0.5 * prior.nu0 * d, 0.5 * jnp.trace(prior.S0), covariances)
+        return jnp.sum(normal + ig)
+
+    def from_data_covariance(self, cov, n_components, reg_covar):
+        return jnp.full((n_components,), jnp.mean(jnp.diagonal(cov)) + reg_covar, dtype=cov.dtype)
+
+    def conditional_variances(self, covariances):
+        return covariances[:, None]
+
+
+_STRUCTURES: dict[str, type[CovarianceStructure]] = {cls.name: cls for cls in (Full, Diag, Spherical, Tied)}
+COVARIANCE_TYPES = tuple(_STRUCTURES)
+
+
+def covariance_structure(name: str) -> CovarianceStructure:
+    """The structure named by a ``covariance_type`` string.
+
+    Args:
+        name: ``"full"``, ``"diag"``, ``"spherical"`` or ``"tied"``.
+
+    Raises:
+        ValueError: for any other name.
+
+    Example:
+        >>> covariance_structure("diag").shape(3, 2)
+        (3, 2)
+    """
+    try:
+        return _STRUCTURES[name]()
+    except (KeyError, TypeError):
+        raise ValueError(f"covariance_type must be one of {COVARIANCE_TYPES}; got {name!r}.") from None
