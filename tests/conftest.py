@@ -1,67 +1,44 @@
-"""Reference comparisons run in float64; float32 tests cast their data explicitly."""
+"""Reference comparisons run in float64; float32 tests cast their data explicitly.
 
-import jax
-import numpy as np
-import pytest
+The data generators and the family registry live in ``tests/registry.py``; the
+names other modules import from here are re-exported.
+
+Compile time dominates the suite, so before JAX starts (here, and through the
+environment in the subprocesses the tests start) two things cut it without
+touching numerics as the tests check them: XLA's cheaper LLVM passes, and a
+persistent compilation cache, so a program compiled again after the per-module
+``jax.clear_caches()`` (or in another pytest-xdist worker) is read back from disk.
+Set ``EMJAX_TEST_FULL_OPT=1`` to run with XLA's default optimisation.
+"""
+
+import os
+import tempfile
+
+if not os.environ.get("EMJAX_TEST_FULL_OPT"):
+    _FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+    if _FLAGS not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAGS).strip()
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "emjax-test-compilation-cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 
+from tests.registry import FAMILY_NAMES, family_model, family_sample, make_blobs  # noqa: E402
 
-def make_blobs(seed, n=600, d=3, k=3, sep=4.0, dtype=np.float64):
-    """A well-separated Gaussian mixture sample with random full covariances."""
-    import emjax
-
-    x, z = emjax.datasets.gaussian_mixture_sample(seed, n, d, k, sep)
-    return x.astype(dtype), z
+__all__ = [
+    "FAMILY_NAMES", "family_model", "family_sample", "make_blobs",
+    "assert_monotone", "fit_weighted_and_repeated", "assert_weighted_equals_repeated", "repeat_rows",
+]
 
 
 @pytest.fixture
 def blobs():
     return make_blobs(0)[0]
-
-
-#: Every component family, as (name, Mixture factory) for parametrised tests.
-FAMILY_NAMES = ["full", "diag", "spherical", "tied", "bernoulli", "categorical", "multinomial", "binomial", "poisson"]
-
-
-def family_model(name, k=3, **kw):
-    """A K-component mixture of the family ``name`` (a Gaussian covariance type or a count family)."""
-    import emjax
-
-    if name in ("full", "diag", "spherical", "tied"):
-        fam = emjax.Gaussian(name)
-    elif name == "bernoulli":
-        fam = emjax.Bernoulli()
-    elif name == "categorical":
-        fam = emjax.Categorical(4)
-    elif name == "multinomial":
-        fam = emjax.Multinomial()
-    elif name == "binomial":
-        fam = emjax.Binomial(12)
-    else:
-        fam = emjax.Poisson()
-    return emjax.Mixture(fam, k, **kw)
-
-
-def family_sample(name, n, seed, k=3, d=3):
-    """``n`` rows drawn from a random K-component mixture of family ``name``."""
-    rng = np.random.default_rng(seed)
-    z = rng.integers(0, k, size=n)
-    if name in ("full", "diag", "spherical", "tied"):
-        return make_blobs(seed, n=n, d=d, k=k, sep=2.0)[0]
-    if name == "bernoulli":
-        p = rng.uniform(0.1, 0.9, size=(k, d + 3))
-        return (rng.random((n, d + 3)) < p[z]).astype(np.float64)
-    if name == "categorical":
-        probs = rng.dirichlet(np.full(4, 0.5), size=(k, d + 3))  # peaked, so K is identifiable
-        u = rng.random((n, d + 3, 1))
-        return (u > np.cumsum(probs[z], axis=-1)).sum(-1).astype(np.float64)
-    if name == "multinomial":
-        probs = rng.dirichlet(np.ones(d + 1), size=k)
-        return np.stack([rng.multinomial(20, probs[c]) for c in z]).astype(np.float64)
-    if name == "binomial":
-        return rng.binomial(12, rng.uniform(0.1, 0.9, size=(k, d))[z]).astype(np.float64)
-    return rng.poisson(rng.uniform(0.5, 8.0, size=(k, d))[z]).astype(np.float64)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -72,15 +49,37 @@ def _release_compiled_programs():
     jax.clear_caches()
 
 
+def assert_monotone(trace, rtol=1e-9):
+    """Every restart's objective trace ``(R, T)`` is finite and never drops by more
+    than ``rtol`` relative."""
+    trace = np.asarray(trace)
+    assert np.all(np.isfinite(trace))
+    steps = np.diff(trace, axis=-1)
+    assert np.all(steps >= -rtol * np.abs(trace[..., 1:])), steps.min()
+
+
 def fit_weighted_and_repeated(model, x, counts, p0, max_iter=40):
     """Fits with integer ``counts`` as weights and with the rows repeated that often,
-    from the same start; asserts they agree (parameters 1e-9, trace 1e-10) and
-    returns the repeated fit."""
+    from the same start; asserts they agree (:func:`assert_weighted_equals_repeated`)
+    and returns the repeated fit. ``x`` may be a pytree of arrays with a leading row
+    axis (e.g. ``(successes, trials)``)."""
     import emjax
 
     weighted = emjax.fit(model, x, key=jax.random.key(0), init=p0, weights=counts, max_iter=max_iter, tol=0.0)
-    repeated = emjax.fit(model, np.repeat(x, counts, axis=0), key=jax.random.key(0), init=p0, max_iter=max_iter, tol=0.0)
+    repeated = emjax.fit(model, repeat_rows(x, counts), key=jax.random.key(0), init=p0, max_iter=max_iter, tol=0.0)
+    assert_weighted_equals_repeated(weighted, repeated)
+    return repeated
+
+
+def repeat_rows(x, counts):
+    """Row ``n`` of every leaf of ``x`` repeated ``counts[n]`` times (numpy)."""
+    return jax.tree.map(lambda a: np.repeat(np.asarray(a), counts, axis=0), x)
+
+
+def assert_weighted_equals_repeated(weighted, repeated):
+    """A fit with integer sample weights equals the fit to the rows repeated that
+    often, from the same start: parameters 1e-9, trace 1e-10, final objective 1e-12."""
     for a, b in zip(jax.tree.leaves(weighted.params), jax.tree.leaves(repeated.params)):
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(weighted.trace, repeated.trace, rtol=1e-10)
-    return repeated
+    np.testing.assert_allclose(weighted.objective, repeated.objective, rtol=1e-12)

@@ -1,6 +1,9 @@
-"""Bernoulli and Categorical component families: densities, M-steps, priors, fits.
+"""Bernoulli and Categorical component families: M-steps by hand, priors, moments,
+recovery, initialisation, bad input.
 
-Runs in float64 (tests/conftest.py enables x64); the float32 test casts its data.
+The checks every family runs (densities against scipy, additive statistics, the
+M-step as the maximiser, monotone EM, weights, float32, chunking) are in
+``test_conformance.py``. Runs in float64 (tests/conftest.py enables x64).
 Shapes are shared between tests so that few programs are compiled.
 """
 
@@ -11,53 +14,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy import stats as st
-from scipy.optimize import linear_sum_assignment, minimize
+from scipy.optimize import linear_sum_assignment
 
 import emjax
 from emjax.families._bernoulli import Bernoulli, BernoulliParams, BetaPrior
 from emjax.families._categorical import Categorical, CategoricalParams
+from tests.conftest import assert_monotone
+from tests.registry import B_MEANS, B_WEIGHTS, DB, DC, KB, KC, SC, bern_data, bern_params, cat_data, cat_params, planted_probs
 
-KB, DB = 3, 8  # Bernoulli: components, features
-KC, DC, SC = 3, 3, 4  # Categorical: components, features, categories
-
-B_MEANS = np.array(
-    [
-        [0.9, 0.8, 0.9, 0.1, 0.2, 0.1, 0.7, 0.3],
-        [0.1, 0.2, 0.1, 0.9, 0.8, 0.9, 0.6, 0.2],
-        [0.8, 0.1, 0.2, 0.8, 0.1, 0.7, 0.1, 0.9],
-    ]
-)
-B_WEIGHTS = np.array([0.3, 0.3, 0.4])
-
-
-def planted_probs():
-    """Three classes, each favouring a different category (0.85) in every feature."""
-    p = np.full((KC, DC, SC), 0.05)
-    for k in range(KC):
-        for d in range(DC):
-            p[k, d, (k + d) % SC] = 0.85
-    return p
-
-
-C_WEIGHTS = np.array([0.25, 0.35, 0.4])
-
-
-def bern_params(means=B_MEANS, weights=B_WEIGHTS):
-    return emjax.MixtureParams(jnp.asarray(weights), BernoulliParams(jnp.asarray(means)))
-
-
-def cat_params(probs=None, weights=C_WEIGHTS):
-    return emjax.MixtureParams(jnp.asarray(weights), CategoricalParams(jnp.asarray(planted_probs() if probs is None else probs)))
-
-
-def bern_data(n, seed=0):
-    x, z = emjax.Mixture(Bernoulli(), KB).sample(jax.random.key(seed), bern_params(), n)
-    return np.asarray(x), np.asarray(z)
-
-
-def cat_data(n, seed=0):
-    x, z = emjax.Mixture(Categorical(SC), KC).sample(jax.random.key(seed), cat_params(), n)
-    return np.asarray(x), np.asarray(z)
+__all__ = ["KB", "KC", "SC", "bern_data", "cat_data"]  # imported by other test modules
 
 
 def one_hot(x, s):
@@ -71,27 +36,7 @@ def best_permutation(est, true):
     return cols[np.argsort(rows)]
 
 
-def assert_monotone(trace):
-    trace = np.asarray(trace)
-    drops = trace[:, :-1] - trace[:, 1:]
-    assert np.all(drops <= 1e-9 * np.abs(trace[:, :-1])), drops.max()
-
-
 # -- densities ----------------------------------------------------------------------------
-
-
-def test_bernoulli_log_prob_matches_scipy():
-    rng = np.random.default_rng(1)
-    mu = rng.uniform(0.02, 0.98, size=(KB, DB))
-    x = (rng.random((50, DB)) < 0.5).astype(float)
-    got = np.asarray(Bernoulli().log_prob(BernoulliParams(jnp.asarray(mu)), jnp.asarray(x)))
-    want = st.bernoulli.logpmf(x[:, None, :], mu[None, :, :]).sum(-1)
-    np.testing.assert_allclose(got, want, rtol=1e-12)
-    # The mixture density.
-    w = np.array([0.2, 0.5, 0.3])
-    model = emjax.Mixture(Bernoulli(), KB)
-    lp = model.log_prob(emjax.MixtureParams(jnp.asarray(w), BernoulliParams(jnp.asarray(mu))), jnp.asarray(x))
-    np.testing.assert_allclose(lp, np.log(np.exp(want) @ w), rtol=1e-12)
 
 
 def test_bernoulli_log_prob_finite_at_zero_and_one():
@@ -102,19 +47,6 @@ def test_bernoulli_log_prob_finite_at_zero_and_one():
     np.testing.assert_allclose(lp[2], [np.log(1e-10), np.log(1e-10)], rtol=1e-9)
     post = emjax.Mixture(Bernoulli(), 2).posterior(bern_params(mu, [0.5, 0.5]), jnp.asarray(x))
     assert np.all(np.isfinite(np.asarray(post)))
-
-
-def test_categorical_log_prob_matches_scipy():
-    rng = np.random.default_rng(2)
-    theta = rng.dirichlet(np.ones(SC), size=(KC, DC))
-    x = rng.integers(0, SC, size=(40, DC)).astype(float)
-    got = np.asarray(Categorical(SC).log_prob(CategoricalParams(jnp.asarray(theta)), jnp.asarray(x)))
-    oh = one_hot(x, SC)
-    want = np.zeros((40, KC))
-    for k in range(KC):
-        for d in range(DC):
-            want[:, k] += st.multinomial.logpmf(oh[:, d, :], 1, theta[k, d])
-    np.testing.assert_allclose(got, want, rtol=1e-12)
 
 
 def test_moments():
@@ -175,56 +107,6 @@ def test_categorical_m_steps_by_hand():
     np.testing.assert_allclose(np.asarray(mp.components.probs).sum(-1), 1.0, rtol=1e-12)
 
 
-def _numerical_maximiser(model, x, resp, unpack, n_theta):
-    x, resp = jnp.asarray(x), jnp.asarray(resp)
-
-    def neg_q(theta):
-        params = unpack(theta)
-        return -(jnp.sum(resp * model.log_joint(params, x)) + model.log_prior(params))
-
-    fun = jax.jit(jax.value_and_grad(neg_q))
-    opt = minimize(lambda t: tuple(np.asarray(v, dtype=np.float64) for v in fun(jnp.asarray(t))),
-                   np.zeros(n_theta), jac=True, method="BFGS", options={"gtol": 1e-10, "maxiter": 5000})
-    return unpack(jnp.asarray(opt.x)), opt.fun, neg_q
-
-
-def _softmax_weights(theta, k):
-    return jax.nn.softmax(jnp.concatenate([jnp.zeros(1), theta[: k - 1]]))
-
-
-@pytest.mark.parametrize("family_name", ["bernoulli", "categorical"])
-def test_map_m_step_is_the_numerical_maximiser(family_name):
-    rng = np.random.default_rng(5)
-    if family_name == "bernoulli":
-        x, _ = bern_data(40, seed=5)
-        k = KB
-        model = emjax.Mixture(Bernoulli(prior=BetaPrior(np.linspace(1.5, 3.0, DB), 2.0)), k,
-                              weights_prior=emjax.Dirichlet([2.0, 3.5, 1.5]))
-
-        def unpack(t):  # logits of the means
-            return emjax.MixtureParams(_softmax_weights(t, k), BernoulliParams(jax.nn.sigmoid(t[k - 1:].reshape(k, DB))))
-
-        n_theta = k - 1 + k * DB
-    else:
-        x, _ = cat_data(40, seed=5)
-        k = KC
-        alpha = 1.0 + rng.uniform(0.5, 2, size=(DC, SC))
-        model = emjax.Mixture(Categorical(SC, prior=alpha), k, weights_prior=emjax.Dirichlet([2.0, 3.5, 1.5]))
-
-        def unpack(t):  # logits, the first category's fixed at 0
-            logits = jnp.concatenate([jnp.zeros((k, DC, 1)), t[k - 1:].reshape(k, DC, SC - 1)], axis=-1)
-            return emjax.MixtureParams(_softmax_weights(t, k), CategoricalParams(jax.nn.softmax(logits, -1)))
-
-        n_theta = k - 1 + k * DC * (SC - 1)
-    resp = rng.dirichlet(np.ones(k), size=len(x))
-    numeric, best, neg_q = _numerical_maximiser(model, x, resp, unpack, n_theta)
-    closed = _mstep(model, x, resp)
-    for a, b in zip(jax.tree.leaves(closed), jax.tree.leaves(numeric)):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    q_closed = -(jnp.sum(jnp.asarray(resp) * model.log_joint(closed, jnp.asarray(x))) + model.log_prior(closed))
-    assert float(q_closed) <= best + 1e-9
-
-
 def test_log_prior_values():
     mu = np.array([[0.2, 0.7], [0.6, 0.4]])
     fam = Bernoulli(prior=BetaPrior([2.0, 3.0], 1.5))
@@ -235,21 +117,6 @@ def test_log_prior_values():
     fam = Categorical(SC, prior=alpha)
     want = sum(st.dirichlet.logpdf(theta[k, d], alpha) for k in range(KC) for d in range(DC))
     np.testing.assert_allclose(fam.log_prior(CategoricalParams(jnp.asarray(theta))), want, rtol=1e-12)
-
-
-@pytest.mark.parametrize("family_name", ["bernoulli", "categorical"])
-def test_statistics_are_additive(family_name):
-    rng = np.random.default_rng(6)
-    if family_name == "bernoulli":
-        fam, (x, _), k = Bernoulli(), bern_data(70, seed=6), KB
-    else:
-        fam, (x, _), k = Categorical(SC), cat_data(70, seed=6), KC
-    resp = jnp.asarray(rng.dirichlet(np.ones(k), size=len(x)))
-    x = jnp.asarray(x)
-    whole = fam.statistics(x, resp)
-    parts = emjax.add_stats(fam.statistics(x[:25], resp[:25]), fam.statistics(x[25:], resp[25:]))
-    for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(parts)):
-        np.testing.assert_allclose(a, b, rtol=1e-12)
 
 
 # -- fits --------------------------------------------------------------------------------------
@@ -298,50 +165,6 @@ def _explicit_init(family_name):
     p = planted_probs() * 0.6 + 0.4 / SC
     p[0] = np.roll(p[0], 1, axis=-1) * 0.5 + p[0] * 0.5
     return cat_params(p, [0.3, 0.4, 0.3])
-
-
-def _models(family_name):
-    if family_name == "bernoulli":
-        return (emjax.Mixture(Bernoulli(), KB),
-                emjax.Mixture(Bernoulli(prior=BetaPrior(2.0, 3.0)), KB, weights_prior=emjax.Dirichlet(2.0)))
-    return (emjax.Mixture(Categorical(SC), KC),
-            emjax.Mixture(Categorical(SC, prior=2.0), KC, weights_prior=emjax.Dirichlet(2.0)))
-
-
-def _data(family_name, n, seed):
-    return (bern_data if family_name == "bernoulli" else cat_data)(n, seed)[0]
-
-
-@pytest.mark.parametrize("family_name", ["bernoulli", "categorical"])
-def test_monotone_map_and_float32_agreement(family_name):
-    """MAP-EM's traced log posterior never decreases; float32 and float64 fits from
-    the same initial parameters agree."""
-    ml, map_ = _models(family_name)
-    x = _data(family_name, 2000, seed=9)
-    init = _explicit_init(family_name)
-    for model in (ml, map_):
-        r64 = emjax.fit(model, x, key=jax.random.key(0), init=init, max_iter=40, tol=0.0)
-        assert_monotone(r64.trace)
-        assert int(r64.n_iter[0]) == 40
-        init32 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), init)
-        r32 = emjax.fit(model, x.astype(np.float32), key=jax.random.key(0), init=init32, max_iter=40, tol=0.0)
-        assert r32.objective.dtype == jnp.float32
-        np.testing.assert_allclose(float(r32.objective[0]), float(r64.objective[0]), rtol=1e-4)
-        for a, b in zip(jax.tree.leaves(r32.params), jax.tree.leaves(r64.params)):
-            np.testing.assert_allclose(np.asarray(a, np.float64), b, atol=2e-3)
-
-
-@pytest.mark.parametrize("family_name", ["bernoulli", "categorical"])
-def test_sample_weights_equal_duplication(family_name):
-    _, model = _models(family_name)  # MAP: the prior enters once either way
-    x = _data(family_name, 300, seed=10)
-    w = np.random.default_rng(10).integers(0, 4, size=len(x))
-    init = _explicit_init(family_name)
-    a = emjax.fit(model, x, key=jax.random.key(0), init=init, weights=w, max_iter=25, tol=0.0)
-    b = emjax.fit(model, np.repeat(x, w, axis=0), key=jax.random.key(0), init=init, max_iter=25, tol=0.0)
-    np.testing.assert_allclose(float(a.objective[0]), float(b.objective[0]), rtol=1e-12)
-    for u, v in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
-        np.testing.assert_allclose(u, v, rtol=1e-9, atol=1e-12)
 
 
 # -- initialisation ----------------------------------------------------------------------------

@@ -1,68 +1,40 @@
-"""Count-data families: Poisson, Binomial (known trials) and Multinomial."""
+"""Count-data families: Poisson, Binomial (known trials) and Multinomial.
+
+The checks every family runs (densities against scipy, additive statistics, the
+M-step as the maximiser, monotone EM, weights, float32, chunking) are in
+``test_conformance.py``; this module has the count families' own.
+"""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.stats as st
-from scipy.optimize import linear_sum_assignment, minimize
+from scipy.optimize import linear_sum_assignment
 
 import emjax
 from emjax.families._binomial import Binomial, BinomialParams, BetaPrior
 from emjax.families._multinomial import Multinomial, MultinomialParams
 from emjax.families._poisson import GammaPrior, Poisson, PoissonParams
-from tests.conftest import fit_weighted_and_repeated
+from tests.conftest import assert_monotone
+from tests.registry import CASES, D_COUNTS as D, K_COUNTS as K, N_DRAWS, N_TRIALS, sample_per_point
+from tests.registry import count_sample as sample, count_truth as true_params
+
+__all__ = ["model_for", "sample", "true_params", "sample_per_point"]  # imported by other test modules
 
 FAMILIES = ["poisson", "binomial", "multinomial"]
-K, D, N_TRIALS, N_DRAWS = 3, 4, 20, 30
 
 
-def family(name, prior=False, n_trials=N_TRIALS):
-    if name == "poisson":
-        return Poisson(prior=GammaPrior(2.0, 0.1) if prior else None)
-    if name == "binomial":
-        return Binomial(n_trials, prior=BetaPrior(2.0, 3.0) if prior else None)
-    return Multinomial(prior=emjax.Dirichlet(1.5) if prior else None, n_draws=N_DRAWS)
+def family(name, prior=False):
+    return CASES[name].family(prior)
 
 
 def model_for(name, prior=False, k=K, **kw):
-    return emjax.Mixture(family(name, prior, **kw), k, weights_prior=emjax.Dirichlet(2.0) if prior else None)
-
-
-def true_params(name):
-    """Well-separated components, K = 3, D = 4."""
-    w = jnp.array([0.2, 0.3, 0.5])
-    if name == "poisson":
-        return emjax.MixtureParams(w, PoissonParams(jnp.array([[1.0, 8.0, 3.0, 15.0], [10.0, 2.0, 6.0, 4.0], [5.0, 5.0, 12.0, 0.5]])))
-    if name == "binomial":
-        return emjax.MixtureParams(w, BinomialParams(jnp.array([[0.1, 0.8, 0.5, 0.3], [0.7, 0.2, 0.4, 0.9], [0.45, 0.5, 0.05, 0.6]])))
-    return emjax.MixtureParams(w, MultinomialParams(jnp.array([[0.1, 0.2, 0.3, 0.4], [0.5, 0.3, 0.1, 0.1], [0.25, 0.05, 0.6, 0.1]])))
+    return CASES[name].model(k, prior, **kw)
 
 
 def component_leaf(params):
     return np.asarray(jax.tree.leaves(params.components)[0])
-
-
-def sample(name, n, seed):
-    """Draws from the true mixture with numpy (fast; ``Mixture.sample`` is tested separately)."""
-    rng = np.random.default_rng(seed)
-    params = true_params(name)
-    z = rng.choice(K, size=n, p=np.asarray(params.weights))
-    theta = component_leaf(params)[z]
-    if name == "poisson":
-        x = rng.poisson(theta)
-    elif name == "binomial":
-        x = rng.binomial(N_TRIALS, theta)
-    else:
-        x = np.stack([rng.multinomial(N_DRAWS, t) for t in theta])
-    return x.astype(np.float64), z
-
-
-def assert_monotone(trace):
-    trace = np.asarray(trace)
-    assert np.all(np.isfinite(trace))
-    steps = np.diff(trace, axis=-1)
-    assert np.all(steps >= -1e-9 * np.abs(trace[..., 1:])), steps.min()
 
 
 # -- the three-coin example -----------------------------------------------------------------
@@ -96,43 +68,7 @@ def test_three_coins_one_em_step():
     np.testing.assert_allclose(loglik, ref.sum(), rtol=1e-12)
 
 
-# -- log densities against scipy ---------------------------------------------------------------
-
-
-def random_setup(name, rng, n=50, k=K, d=D):
-    """Random parameters and data (Multinomial totals differ per point)."""
-    if name == "poisson":
-        comps = PoissonParams(jnp.asarray(rng.uniform(0.2, 12.0, size=(k, d))))
-        x = rng.poisson(5.0, size=(n, d))
-    elif name == "binomial":
-        comps = BinomialParams(jnp.asarray(rng.uniform(0.02, 0.98, size=(k, d))))
-        x = rng.integers(0, N_TRIALS + 1, size=(n, d))
-    else:
-        comps = MultinomialParams(jnp.asarray(rng.dirichlet(np.ones(d), size=k)))
-        x = rng.poisson(rng.uniform(0.5, 6.0, size=(n, 1)), size=(n, d))
-    return comps, x.astype(np.float64)
-
-
-def scipy_log_prob(name, comps, x):
-    leaf = np.asarray(jax.tree.leaves(comps)[0])
-    cols = []
-    for theta in leaf:
-        if name == "poisson":
-            cols.append(st.poisson.logpmf(x, theta).sum(1))
-        elif name == "binomial":
-            cols.append(st.binom.logpmf(x, N_TRIALS, theta).sum(1))
-        else:
-            cols.append(np.array([st.multinomial.logpmf(row, row.sum(), theta) for row in x]))
-    return np.stack(cols, axis=1)
-
-
-@pytest.mark.parametrize("name", FAMILIES)
-def test_log_prob_matches_scipy(name):
-    rng = np.random.default_rng(1)
-    comps, x = random_setup(name, rng)
-    fam = family(name)
-    got = np.asarray(fam.log_prob(comps, fam.validate_data(x)))
-    np.testing.assert_allclose(got, scipy_log_prob(name, comps, x), rtol=1e-10, atol=1e-10)
+# -- log densities at boundary parameters (against scipy for all parameters: test_conformance.py) --
 
 
 @pytest.mark.parametrize("name", FAMILIES)
@@ -145,12 +81,12 @@ def test_log_prob_is_finite_at_boundary_parameters(name):
         comps = PoissonParams(jnp.array([[0.0, 1.0, 0.0, 2.0]]))
     elif name == "binomial":
         comps = BinomialParams(jnp.array([[0.0, 1.0, 0.0, 1.0]]))
-        x = jnp.asarray([[0.0, 20.0, 0.0, 20.0], [0.0, 0.0, 0.0, 5.0]])
+        x = jnp.asarray([[0.0, N_TRIALS, 0.0, N_TRIALS], [0.0, 0.0, 0.0, 5.0]])
     else:
         comps = MultinomialParams(jnp.array([[0.0, 0.5, 0.0, 0.5]]))
     lp = np.asarray(fam.log_prob(comps, x))
     assert np.all(np.isfinite(lp))
-    ref = scipy_log_prob(name, comps, np.asarray(x))
+    ref = CASES[name].log_density(comps, np.asarray(x))
     np.testing.assert_allclose(lp[0], ref[0], rtol=1e-12, atol=1e-13)  # p clipped to 1 - eps/2
     assert lp[1, 0] < -300  # impossible outcome: very negative, not NaN
     grad = jax.grad(lambda c: jnp.sum(fam.log_prob(c, x)))(comps)
@@ -160,11 +96,22 @@ def test_log_prob_is_finite_at_boundary_parameters(name):
 # -- M-steps ---------------------------------------------------------------------------------
 
 
+def random_counts(name, rng, n=40, d=D):
+    """Random count data (Multinomial totals differ per point)."""
+    if name == "poisson":
+        x = rng.poisson(5.0, size=(n, d))
+    elif name == "binomial":
+        x = rng.integers(0, N_TRIALS + 1, size=(n, d))
+    else:
+        x = rng.poisson(rng.uniform(0.5, 6.0, size=(n, 1)), size=(n, d))
+    return x.astype(np.float64)
+
+
 @pytest.mark.parametrize("prior", [False, True], ids=["ML", "MAP"])
 @pytest.mark.parametrize("name", FAMILIES)
 def test_m_step_hand_formulas(name, prior):
     rng = np.random.default_rng(2)
-    _, x = random_setup(name, rng, n=40)
+    x = random_counts(name, rng)
     resp = rng.dirichlet(np.ones(K), size=x.shape[0])
     fam = family(name, prior)
     got = component_leaf(emjax.MixtureParams(None, fam.maximize(fam.statistics(jnp.asarray(x), jnp.asarray(resp)))))
@@ -179,46 +126,6 @@ def test_m_step_hand_formulas(name, prior):
     np.testing.assert_allclose(got, expected, rtol=1e-12)
 
 
-def unpack(name, theta, k, d):
-    weights = jax.nn.softmax(jnp.concatenate([jnp.zeros(1), theta[: k - 1]]))
-    rest = theta[k - 1:]
-    if name == "poisson":
-        comps = PoissonParams(jnp.exp(rest.reshape(k, d)))
-    elif name == "binomial":
-        comps = BinomialParams(jax.nn.sigmoid(rest.reshape(k, d)))
-    else:
-        logits = jnp.concatenate([jnp.zeros((k, 1)), rest.reshape(k, d - 1)], axis=1)
-        comps = MultinomialParams(jax.nn.softmax(logits, axis=1))
-    return emjax.MixtureParams(weights, comps)
-
-
-@pytest.mark.parametrize("name", FAMILIES)
-def test_map_m_step_is_the_numerical_maximiser(name):
-    k, d = 2, 3
-    rng = np.random.default_rng(3)
-    _, x = random_setup(name, rng, n=40, k=k, d=d)
-    x = jnp.asarray(x)
-    resp = jnp.asarray(rng.dirichlet(np.ones(k), size=x.shape[0]))
-    model = emjax.Mixture(family(name, prior=True), k, weights_prior=emjax.Dirichlet([2.0, 3.5]))
-
-    def neg_q(theta):
-        params = unpack(name, theta, k, d)
-        return -(jnp.sum(resp * model.log_joint(params, x)) + model.log_prior(params))
-
-    n_theta = k - 1 + k * (d - 1 if name == "multinomial" else d)
-    fun = jax.jit(jax.value_and_grad(neg_q))
-    opt = minimize(lambda t: tuple(np.asarray(v, dtype=np.float64) for v in fun(jnp.asarray(t))),
-                   np.zeros(n_theta), jac=True, method="BFGS", options={"gtol": 1e-10, "maxiter": 5000})
-    numeric = unpack(name, jnp.asarray(opt.x), k, d)
-
-    stats = emjax.MixtureStats(jnp.sum(resp, 0), model.family.statistics(x, resp))
-    closed = model.m_step(stats, None)
-    for a, b in zip(jax.tree.leaves(closed), jax.tree.leaves(numeric)):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    q_closed = -float(jnp.sum(resp * model.log_joint(closed, x)) + model.log_prior(closed))
-    assert q_closed <= opt.fun + 1e-9
-
-
 def test_log_priors_match_scipy():
     rates = jnp.array([[0.5, 3.0], [7.0, 0.1]])
     g = GammaPrior(2.5, 0.4)
@@ -230,19 +137,6 @@ def test_log_priors_match_scipy():
     fam = Multinomial(prior=emjax.Dirichlet([1.5, 2.0, 3.0]))
     ref = sum(st.dirichlet.logpdf(t, [1.5, 2.0, 3.0]) for t in np.asarray(theta))
     np.testing.assert_allclose(fam.log_prior(MultinomialParams(theta)), ref, rtol=1e-12)
-
-
-@pytest.mark.parametrize("name", FAMILIES)
-def test_statistics_are_additive(name):
-    rng = np.random.default_rng(4)
-    _, x = random_setup(name, rng, n=60)
-    x = jnp.asarray(x)
-    resp = jnp.asarray(rng.dirichlet(np.ones(K), size=60))
-    fam = family(name)
-    whole = fam.statistics(x, resp)
-    parts = emjax.add_stats(fam.statistics(x[:23], resp[:23]), fam.statistics(x[23:], resp[23:]))
-    for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(parts)):
-        np.testing.assert_allclose(a, b, rtol=1e-12)
 
 
 # -- fitting ------------------------------------------------------------------------------------
@@ -293,36 +187,6 @@ def test_parameter_recovery_and_monotone_ml(name):
         errors.append(matched_errors(name, res.params, true))
     assert errors[1] < errors[0], errors
     assert errors[1] < {"poisson": 0.06, "binomial": 0.02, "multinomial": 0.02}[name], errors
-
-
-@pytest.mark.parametrize("name", FAMILIES)
-def test_float32_agrees_with_float64(name):
-    x64, _ = sample(name, 2000, 30)
-    model = model_for(name)
-    p0 = model.init(jax.random.key(2), jnp.asarray(x64), "kmeans++")
-    r64 = emjax.fit(model, x64, key=jax.random.key(0), init=p0, max_iter=200, tol=1e-10)
-    p0_32 = jax.tree.map(lambda a: a.astype(jnp.float32), p0)
-    r32 = emjax.fit(model, x64.astype(np.float32), key=jax.random.key(0), init=p0_32, max_iter=200, tol=1e-7)
-    assert component_leaf(r32.params).dtype == np.float32
-    ll32, ll64 = float(r32.objective[0]), float(r64.objective[0])
-    assert abs(ll32 - ll64) <= 1e-4 * abs(ll64)
-    np.testing.assert_allclose(component_leaf(r32.params), component_leaf(r64.params), rtol=1e-3, atol=1e-3)
-
-
-@pytest.mark.parametrize("name", FAMILIES)
-def test_sample_weights_equal_repetition_and_monotone_map(name):
-    x, _ = sample(name, 200, 40)
-    counts = np.random.default_rng(0).integers(0, 4, size=x.shape[0])
-    model = model_for(name, prior=True)
-    p0 = model.init(jax.random.key(0), jnp.asarray(x), "random")
-    repeated = fit_weighted_and_repeated(model, x, counts, p0)
-    # MAP: the log posterior never decreases, and real progress was made.
-    assert_monotone(repeated.trace)
-    assert float(repeated.trace[0, -1] - repeated.trace[0, 0]) > 1.0
-    p = repeated.params
-    xr = np.repeat(x, counts, axis=0)
-    expected = float(jnp.sum(model.log_prob(p, xr)) + model.log_prior(p))
-    np.testing.assert_allclose(float(repeated.objective[0]), expected, rtol=1e-12)
 
 
 @pytest.mark.parametrize("name", FAMILIES)
@@ -408,18 +272,6 @@ def test_bad_params_are_rejected(name):
 # -- Binomial with per-point trials (n_trials=None, data (successes, trials)) -------------------
 
 
-def sample_per_point(n, seed, per_feature=False, allow_zero=False):
-    """Draws from the binomial true mixture with trials varying between points (numpy)."""
-    rng = np.random.default_rng(seed)
-    params = true_params("binomial")
-    z = rng.choice(K, size=n, p=np.asarray(params.weights))
-    theta = component_leaf(params)[z]
-    low = 0 if allow_zero else 1
-    trials = rng.integers(low, 40, size=(n, D) if per_feature else n)
-    s = rng.binomial(trials if per_feature else trials[:, None], theta)
-    return s.astype(np.float64), trials, z
-
-
 @pytest.mark.parametrize("per_feature", [False, True])
 def test_binomial_per_point_log_prob_matches_scipy(per_feature):
     s, t, _ = sample_per_point(300, 70, per_feature, allow_zero=True)
@@ -466,19 +318,12 @@ def test_binomial_per_point_equal_trials_equals_fixed(init):
         np.testing.assert_allclose(per.trace, fixed.trace, rtol=1e-10)
 
 
-def test_binomial_per_point_weights_equal_repetition():
+def test_binomial_per_point_float32_successes_with_integer_trials():
+    # The runner takes the dtype from the first leaf (weights = repetition and monotone
+    # MAP for per-point trials are in test_conformance.py).
     s, t, _ = sample_per_point(200, 75, allow_zero=True)
     counts = np.random.default_rng(1).integers(0, 4, size=s.shape[0])
-    model = emjax.Mixture(Binomial(None, prior=BetaPrior(2.0, 3.0)), K, weights_prior=emjax.Dirichlet(2.0))
-    p0 = model.init(jax.random.key(0), model.validate_data((s, t)), "random")
-    weighted = emjax.fit(model, (s, t), key=jax.random.key(0), init=p0, weights=counts, max_iter=40, tol=0.0)
-    rep = (np.repeat(s, counts, axis=0), np.repeat(t, counts, axis=0))
-    repeated = emjax.fit(model, rep, key=jax.random.key(0), init=p0, max_iter=40, tol=0.0)
-    for a, b in zip(jax.tree.leaves(weighted.params), jax.tree.leaves(repeated.params)):
-        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
-    np.testing.assert_allclose(weighted.trace, repeated.trace, rtol=1e-10)
-    assert_monotone(repeated.trace)
-    # Float32 successes: the runner takes the dtype from the first leaf.
+    model = model_for("binomial_per_point", prior=True)
     r32 = emjax.fit(model, (s.astype(np.float32), t), key=jax.random.key(0), weights=counts, max_iter=40)
     assert component_leaf(r32.params).dtype == np.float32
 
