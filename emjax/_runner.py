@@ -22,7 +22,7 @@ from ._result import RESULTS, FitResult
 from ._stopping import ObjectiveChange, StoppingRule
 from .algorithms import Algorithm, BatchEM
 from .data import Data, StreamData, make_data
-from .data._stream import Stream
+from .data._stream import DEFAULT_INIT_SIZE, Stream
 
 
 @eqx.filter_jit
@@ -258,7 +258,7 @@ def fit(
     return result
 
 
-def fit_chunks(model, source, *, chunk_size: int | None = None, init_size: int = 100_000,
+def fit_chunks(model, source, *, chunk_size: int | None = None, init_size: int = DEFAULT_INIT_SIZE,
                progress: bool | None = None, weights=None, **kwargs) -> FitResult:
     """:func:`fit` on a host stream: ``fit(model, Stream(source, ...), **kwargs)``.
 
