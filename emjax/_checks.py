@@ -292,6 +292,24 @@ def _check_finite_entries(x, name: str, allow_nan: bool) -> None:
     )
 
 
+def check_int(name: str, value, low: int = 1) -> int:
+    """``value`` as an int, or a ``ValueError`` naming ``name`` unless it is an integer >= ``low``."""
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
+        need = "a positive integer" if low == 1 else f"an integer >= {low}"
+        raise ValueError(f"{name} must be {need}; got {value!r}.")
+    return int(value)
+
+
+def check_weight_values(w: np.ndarray, name: str) -> None:
+    """Raise unless the host weights ``w`` are numeric, finite and non-negative (``name`` in the message)."""
+    if w.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must be numeric; got dtype {w.dtype}.")
+    if not np.all(np.isfinite(w)):
+        raise ValueError(f"{name} contains NaN or infinite values.")
+    if np.any(w < 0):
+        raise ValueError(f"{name} must be non-negative; the smallest is {w.min()}.")
+
+
 def as_sample_weights(weights, n: int, dtype, name: str = "weights"):
     """Validate per-point weights ``(N,)``: finite, non-negative, not all zero."""
     if weights is None:
@@ -303,14 +321,9 @@ def as_sample_weights(weights, n: int, dtype, name: str = "weights"):
     if is_sharded(weights):
         return _sharded_sample_weights(weights, n, dtype, name)
     w = np.asarray(weights)
-    if w.dtype.kind not in "biuf":
-        raise TypeError(f"{name} must be numeric; got dtype {w.dtype}.")
-    if w.shape != (n,):
+    if w.dtype.kind in "biuf" and w.shape != (n,):
         raise ValueError(f"{name} must have shape ({n},), one weight per data point; got {w.shape}.")
-    if not np.all(np.isfinite(w)):
-        raise ValueError(f"{name} contains NaN or infinite values.")
-    if np.any(w < 0):
-        raise ValueError(f"{name} must be non-negative; the smallest is {w.min()}.")
+    check_weight_values(w, name)
     if not np.any(w > 0):
         raise ValueError(f"{name} are all zero: there is no data to fit.")
     return jnp.asarray(w, dtype=dtype)

@@ -119,8 +119,9 @@ def start(problem: Problem, params0, keys) -> LoopState:
     r = keys.shape[0]
     zeros, false = jnp.zeros((r,), jnp.int32), jnp.zeros((r,), bool)
     trace = jnp.broadcast_to(state.objective[:, None], (r, problem.max_iter + 1))
-    collapsed = _detect(problem, state.params)
-    collapsed_stop = None if collapsed is None else jnp.zeros_like(collapsed)
+    # Only the shape of the collapse test is needed here: nothing is computed.
+    collapsed = jax.eval_shape(lambda p: _detect(problem, p), state.params)
+    collapsed_stop = None if collapsed is None else jnp.zeros(collapsed.shape, bool)
     if problem.verbose:
         jax.debug.callback(_print_progress, zeros, state.objective, data.n_points, init_ok, problem.print_every)
     return LoopState(state, zeros, trace, ~init_ok, false, false, collapsed_stop, zeros, init_ok)

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import equinox as eqx
 
 from ._adjoint import Adjoint, ForwardAdjoint
-from ._checks import float_dtype, is_traced
+from ._checks import check_int, float_dtype, is_traced
 from ._iterate import Problem, run_compiled, run_host
 from ._model import EMModel, as_model
 from ._result import RESULTS, FitResult
@@ -51,12 +51,6 @@ def _check_key(key):
     if arr.shape != (2,) or arr.dtype != np.uint32:
         raise TypeError("key must be a PRNG key from jax.random.key(seed) or jax.random.PRNGKey(seed).")
     return jnp.asarray(key)
-
-
-def _check_int(name: str, value, low: int) -> int:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}; got {value!r}.")
-    return int(value)
 
 
 def _check_tol(tol) -> float:
@@ -179,9 +173,9 @@ def fit(
     adjoint = ForwardAdjoint() if adjoint is None else adjoint
     if not isinstance(adjoint, Adjoint):
         raise TypeError(f"adjoint must be an emjax Adjoint, e.g. emjax.ForwardAdjoint(); got {adjoint!r}.")
-    n_restarts = _check_int("n_restarts", n_restarts, 1)
-    max_iter = _check_int("max_iter", max_iter, 0)
-    print_every = _check_int("print_every", print_every, 1)
+    n_restarts = check_int("n_restarts", n_restarts, 1)
+    max_iter = check_int("max_iter", max_iter, 0)
+    print_every = check_int("print_every", print_every, 1)
     tol = _check_tol(tol)
     stopping.validate(model)
     if reinit_collapsed and not (model.provides("collapsed") and model.provides("reinitialize")):

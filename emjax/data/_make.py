@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import numpy as np
 import jax
 import jax.numpy as jnp
 
-from .._checks import as_sample_weights, float_dtype
+from .._checks import as_sample_weights, check_int, float_dtype
 from ._base import Data
 from .._chunks import default_chunk_size, n_rows
 from ._memory import ArrayData
@@ -33,10 +32,8 @@ def make_data(model, x, *, weights=None, chunk_size=None, key=None) -> Data:
             or rows per chunk read from the host (streams); chosen if ``None``.
         key: PRNG key for the random rows of a stream's initialisation sample.
     """
-    if chunk_size is not None and (
-        not isinstance(chunk_size, (int, np.integer)) or isinstance(chunk_size, bool) or chunk_size < 1
-    ):
-        raise ValueError(f"chunk_size must be a positive integer; got {chunk_size!r}.")
+    if chunk_size is not None:
+        chunk_size = check_int("chunk_size", chunk_size)
     if isinstance(x, Data):
         if weights is not None:
             raise ValueError("x is already a Data object: give the weights to it, not to fit.")

@@ -21,7 +21,6 @@ from typing import Any, Callable
 
 import numpy as np
 import jax
-import jax.numpy as jnp
 import equinox as eqx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 

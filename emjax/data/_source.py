@@ -26,8 +26,8 @@ from typing import Any, Callable, NamedTuple
 import numpy as np
 import jax
 import jax.numpy as jnp
-import equinox as eqx
 
+from .._checks import check_int
 from .._chunks import n_rows
 
 #: Chunks in memory at once: the one computed and the next, read meanwhile.
@@ -97,10 +97,8 @@ class _Source:
     """
 
     def __init__(self, source, chunk_size: int | None, reusable: bool = True):
-        if chunk_size is not None and (
-            not isinstance(chunk_size, (int, np.integer)) or isinstance(chunk_size, bool) or chunk_size < 1
-        ):
-            raise ValueError(f"chunk_size must be a positive integer; got {chunk_size!r}.")
+        if chunk_size is not None:
+            chunk_size = check_int("chunk_size", chunk_size)
         self._array = None
         self._chunks = None
         self._fn = None
@@ -402,15 +400,6 @@ def _prepared_chunks(source: _Source, validate, layout: _Layout | None):
         yield x, rows
         del x, raw
         start += rows
-
-
-def _first_chunks(source: _Source, validate, size: int):
-    rows = 0
-    for x, m in _prepared_chunks(source, validate, None):
-        yield x
-        rows += m
-        if rows >= size:
-            return
 
 
 # -- rows by position -------------------------------------------------------------------

@@ -23,12 +23,12 @@ import jax.numpy as jnp
 import equinox as eqx
 from jax import Array
 
-from .._checks import float_dtype
+from .._checks import check_int, check_weight_values, float_dtype
 from .._model import add_stats, as_model
 from ._base import Data
 from .._chunks import chunked_sum, default_chunk_size, n_rows
 from ._memory import ArrayData
-from ._source import _Layout, _Progress, _Reader, _Source, _leading, _prepared_chunks, _run_pass, read_chunk, read_index, read_rows
+from ._source import _Layout, _Progress, _Reader, _Source, _leading, _run_pass, read_chunk, read_index, read_rows
 
 #: Rows of the initialisation sample when ``init_size`` is not given.
 DEFAULT_INIT_SIZE = 100_000
@@ -71,12 +71,9 @@ class Stream:
                  init_size: int = DEFAULT_INIT_SIZE, progress: bool | None = None):
         if isinstance(source, Stream):
             raise TypeError("source is already a Stream.")
-        if not isinstance(init_size, (int, np.integer)) or isinstance(init_size, bool) or init_size < 1:
-            raise ValueError(f"init_size must be an integer >= 1; got {init_size!r}.")
-        if chunk_size is not None and (
-            not isinstance(chunk_size, (int, np.integer)) or isinstance(chunk_size, bool) or chunk_size < 1
-        ):
-            raise ValueError(f"chunk_size must be a positive integer; got {chunk_size!r}.")
+        init_size = check_int("init_size", init_size)
+        if chunk_size is not None:
+            chunk_size = check_int("chunk_size", chunk_size)
         self.source = _Source(source, chunk_size if _is_array_source(source) else None)
         self.weights = None if weights is None else _Source(weights, chunk_size if _is_array_source(weights) else None)
         self.chunk_size = chunk_size
@@ -277,13 +274,7 @@ def _check_weights(source: _Source, n: int, dtype) -> tuple[Array, list[int] | N
             raise ValueError(f"weights chunk {index} must be 1-D (rows,); got shape {w.shape}.")
         if w.size == 0:
             continue
-        where = f"weights chunk {index} (rows {rows}..{rows + w.size - 1})"
-        if w.dtype.kind not in "biuf":
-            raise TypeError(f"{where} must be numeric; got dtype {w.dtype}.")
-        if not np.all(np.isfinite(w)):
-            raise ValueError(f"{where} contains NaN or infinite values.")
-        if np.any(w < 0):
-            raise ValueError(f"{where} must be non-negative; the smallest is {w.min()}.")
+        check_weight_values(w, f"weights chunk {index} (rows {rows}..{rows + w.size - 1})")
         total += float(np.sum(w, dtype=np.float64))
         rows += w.size
     if rows != n:

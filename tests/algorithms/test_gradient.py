@@ -1,6 +1,7 @@
 """Gradient ascent through optax: the unconstrained parametrisation, exact gradients,
 EM's stationary points, and agreement with EM on Old Faithful."""
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -239,8 +240,9 @@ def test_mini_batch_adam_gets_close_to_em():
 # -- a user-defined model ------------------------------------------------------------------------
 
 
-class Linkage:
-    """The README's genetic linkage model (tests/models/test_user_model.py), params: t in (0, 1)."""
+class Linkage(eqx.Module):
+    """The README's genetic linkage model (tests/models/test_user_model.py), params: t in (0, 1);
+    an equinox Module, so it passes through jax.jit as a pytree."""
 
     def e_step(self, t, x, weights=None):
         y1, y2, y3, y4 = x[:, 0], x[:, 1], x[:, 2], x[:, 3]

@@ -1,7 +1,6 @@
 """The model contract: EMModel's defaults, the UserModel wrapper, the gating of a mixture,
 tempered E-steps and frozen groups."""
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,6 +10,7 @@ from scipy.stats import multivariate_normal
 
 import emjax
 from emjax.families import Family
+from tests.algorithms.test_gradient import Linkage
 from tests.conftest import make_blobs
 
 K = 3
@@ -232,28 +232,8 @@ def test_accepts_weights_reads_the_signature():
     assert not emjax.as_model(KeywordOnly()).accepts_weights
 
 
-def readme_linkage():
-    """The README's user model (class Linkage), as written there."""
-
-    class Linkage(eqx.Module):
-        def e_step(self, t, x, weights=None):
-            y1, y2, y3, y4 = x[:, 0], x[:, 1], x[:, 2], x[:, 3]
-            latent = y1 * (t / 4) / (0.5 + t / 4)
-            stats = jnp.stack([jnp.sum(latent + y4), jnp.sum(y2 + y3)])
-            loglik = jnp.sum(y1 * jnp.log(0.5 + t / 4) + (y2 + y3) * jnp.log((1 - t) / 4) + y4 * jnp.log(t / 4))
-            return stats, loglik
-
-        def m_step(self, stats, t):
-            return stats[0] / (stats[0] + stats[1])
-
-        def log_prior(self, t):
-            return jnp.zeros(())
-
-    return Linkage()
-
-
 def test_readme_linkage_through_as_model_reaches_the_closed_form_mle():
-    model = emjax.as_model(readme_linkage())
+    model = emjax.as_model(Linkage())
     assert model.accepts_weights and model.provides("log_prior") and not model.provides("collapsed")
     x = model.validate_data(np.array([[125.0, 18.0, 20.0, 34.0]]))
 
