@@ -7,6 +7,7 @@ argument and the problem. Inside ``jit`` (traced inputs) only static properties
 
 from __future__ import annotations
 
+import os
 from functools import cache, partial
 from typing import NamedTuple
 
@@ -184,8 +185,16 @@ def outside(lo, hi):
 
 
 def float_dtype(dtype=None):
-    """The floating dtype a computation runs in: float64 only where x64 is enabled."""
+    """The floating dtype a computation runs in: float64 only where x64 is enabled.
+
+    Floats narrower than 32 bits (float16, bfloat16, the float8 types) run in
+    float32: EM's Cholesky factors, log-sum-exps and accumulated statistics need
+    at least single precision, and XLA's CPU linear algebra has no float16
+    kernels. Data in such a dtype are therefore converted to float32.
+    """
     if dtype is not None and jnp.issubdtype(dtype, jnp.floating):
+        if jnp.dtype(dtype).itemsize < 4:
+            return jnp.dtype(jnp.float32)
         return jnp.dtype(jax.dtypes.canonicalize_dtype(dtype))
     return jnp.dtype(jax.dtypes.canonicalize_dtype(jnp.float64))
 
@@ -194,38 +203,75 @@ def as_data_matrix(x, name: str = "x", *, allow_nan: bool = False):
     """Validate a data matrix ``(N, D)`` and return it as a floating JAX array.
 
     Integer and boolean data are converted to the default float dtype; float
-    data keep their precision (float64 only where x64 is enabled).
+    data keep their precision (float64 only where x64 is enabled), except that
+    floats narrower than 32 bits (float16, bfloat16) become float32 (see
+    :func:`float_dtype`).
 
     Raises:
-        TypeError: sparse, non-numeric or complex data.
-        ValueError: wrong rank, no rows or columns, NaN or infinite values.
+        TypeError: ``None``, sparse, non-numeric (strings, objects, dates and
+            times) or complex data.
+        ValueError: a ragged nested list, wrong rank, no rows or columns, NaN or
+            infinite values.
     """
     check_dense(x, name)
     if is_traced(x):
         if x.ndim != 2:
             raise ValueError(f"{name} must be a 2-D array (N, D); got shape {x.shape}.")
-        if not (jnp.issubdtype(x.dtype, jnp.number) or x.dtype == jnp.bool_):
-            raise TypeError(f"{name} must be numeric; got dtype {x.dtype}.")
+        check_numeric_dtype(x.dtype, name)
         return x.astype(float_dtype(x.dtype))
     if is_sharded(x):
         return _sharded_data_matrix(x, name, allow_nan)
-    arr = np.asarray(x)
-    if arr.dtype == object or arr.dtype.kind in "USVOM":
-        try:
-            arr = arr.astype(np.float64)
-        except (TypeError, ValueError):
-            raise TypeError(
-                f"{name} must be numeric; got dtype {arr.dtype} that cannot be read as numbers."
-            ) from None
-    if arr.dtype.kind == "c":
-        raise TypeError(f"{name} must be real; got complex dtype {arr.dtype}.")
-    if arr.dtype.kind not in "biuf":
-        raise TypeError(f"{name} must be numeric; got dtype {arr.dtype}.")
+    arr = host_array(x, name)
+    check_numeric_dtype(arr.dtype, name)
     _check_matrix_shape(arr.shape, name)
-    if arr.dtype.kind == "f":
+    floating = jnp.issubdtype(arr.dtype, jnp.floating)
+    if floating:
         _check_finite_entries(arr, name, allow_nan)
-    dtype = float_dtype(arr.dtype) if arr.dtype.kind == "f" else float_dtype()
-    return jnp.asarray(arr, dtype=dtype)
+    return jnp.asarray(arr, dtype=float_dtype(arr.dtype) if floating else float_dtype())
+
+
+def host_array(x, name: str = "x") -> np.ndarray:
+    """``np.asarray(x)``, with errors that name ``name`` for ``None`` and ragged nested lists.
+
+    Raises:
+        TypeError: ``x`` is ``None``.
+        ValueError: ``x`` is a nested sequence whose rows differ in length.
+    """
+    if x is None:
+        raise TypeError(f"{name} must be an array; got None.")
+    try:
+        return np.asarray(x)
+    except ValueError:
+        # NumPy refuses ragged nested lists ("inhomogeneous shape"); say which argument and why.
+        raise ValueError(
+            f"{name} is not a rectangular array: its rows (nested sequences) differ in length. "
+            f"Give an (N, D) array, every row with the same number of values."
+        ) from None
+
+
+def check_numeric_dtype(dtype, name: str = "x") -> None:
+    """Raise a ``TypeError`` unless ``dtype`` is boolean, integer or real floating.
+
+    Object and string arrays (e.g. a DataFrame with a text column), dates and
+    times (``datetime64``, ``timedelta64``: their unit is a choice emjax cannot
+    make) and complex numbers are refused rather than converted.
+    """
+    dtype = np.dtype(dtype)
+    if jnp.issubdtype(dtype, jnp.floating) or dtype.kind in "biu":
+        return
+    if dtype.kind == "c":
+        raise TypeError(f"{name} must be real; got complex dtype {dtype}.")
+    if dtype.kind in "mM":
+        raise TypeError(
+            f"{name} must be numeric; got dtype {dtype} (dates or durations). Convert them to numbers "
+            f"in the unit you mean, e.g. ({name} - {name}.min()) / np.timedelta64(1, 's')."
+        )
+    if dtype.kind in "OUSV":
+        raise TypeError(
+            f"{name} must be numeric; got dtype {dtype} (objects or strings). Convert it first, "
+            f"e.g. np.asarray({name}, dtype=float), after removing any text columns."
+        )
+    raise TypeError(f"{name} must be numeric; got dtype {dtype}.")
 
 
 def is_sparse(x) -> bool:
@@ -268,10 +314,7 @@ def _check_matrix_shape(shape: tuple, name: str) -> None:
 def _sharded_data_matrix(x: Array, name: str, allow_nan: bool) -> Array:
     """:func:`as_data_matrix` for an array spread over devices: the same checks and
     messages, the value checks run where the data live, the sharding is kept."""
-    if jnp.issubdtype(x.dtype, jnp.complexfloating):
-        raise TypeError(f"{name} must be real; got complex dtype {x.dtype}.")
-    if not (jnp.issubdtype(x.dtype, jnp.number) or x.dtype == jnp.bool_):
-        raise TypeError(f"{name} must be numeric; got dtype {x.dtype}.")
+    check_numeric_dtype(x.dtype, name)
     _check_matrix_shape(x.shape, name)
     if jnp.issubdtype(x.dtype, jnp.floating):
         _check_finite_entries(x, name, allow_nan)
@@ -292,12 +335,191 @@ def _check_finite_entries(x, name: str, allow_nan: bool) -> None:
     )
 
 
-def check_int(name: str, value, low: int = 1) -> int:
-    """``value`` as an int, or a ``ValueError`` naming ``name`` unless it is an integer >= ``low``."""
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
+def check_int(name: str, value, low: int = 1, high: int | None = None) -> int:
+    """``value`` as an int, or a ``ValueError`` naming ``name`` unless it is an integer
+    in ``low..high`` (no upper bound when ``high`` is None)."""
+    if not isinstance(value, (int, np.integer)) or isinstance(value, (bool, np.bool_)) or value < low:
         need = "a positive integer" if low == 1 else f"an integer >= {low}"
         raise ValueError(f"{name} must be {need}; got {value!r}.")
+    if high is not None and value > high:
+        raise ValueError(f"{name} must be at most {high}; got {value!r}.")
     return int(value)
+
+
+def check_number(name: str, value, *, low: float | None = None, high: float | None = None,
+                 low_open: bool = False) -> float:
+    """``value`` as a float: a finite real scalar in ``[low, high]`` (``(low, high]`` with ``low_open``).
+
+    Python and NumPy numbers and 0-d numeric arrays are accepted; booleans are not.
+
+    Raises:
+        TypeError: ``value`` is not a real number (``None``, a string, complex, an array).
+        ValueError: NaN, infinite, or out of bounds.
+
+    Example:
+        >>> check_number("collapse_tol", -1.0, low=0.0)
+        Traceback (most recent call last):
+        ValueError: collapse_tol must be a finite number >= 0.0; got -1.0.
+    """
+    arr = None if isinstance(value, (bool, np.bool_, str, bytes)) or value is None else np.asarray(value)
+    if arr is None or arr.shape != () or arr.dtype.kind not in "iuf":
+        raise TypeError(f"{name} must be a real number; got {value!r}.")
+    v = float(arr)
+    bounds = []
+    if low is not None:
+        bounds.append(f"{'>' if low_open else '>='} {low}")
+    if high is not None:
+        bounds.append(f"<= {high}")
+    ok = np.isfinite(v) and (low is None or (v > low if low_open else v >= low)) and (high is None or v <= high)
+    if not ok:
+        raise ValueError(f"{name} must be a finite number{' ' + ' and '.join(bounds) if bounds else ''}; got {value!r}.")
+    return v
+
+
+def check_bool(name: str, value) -> bool:
+    """``value`` as a bool, or a ``TypeError`` naming ``name`` (a string such as ``"no"`` is truthy)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False; got {value!r}.")
+    return bool(value)
+
+
+def check_key(key, name: str = "key"):
+    """A single PRNG key (new-style or a raw ``uint32[2]``) as a JAX array.
+
+    Raises:
+        TypeError: ``None`` or anything that is not a PRNG key.
+        ValueError: a batch of keys.
+    """
+    if key is None:
+        raise TypeError(f"{name} must be an explicit PRNG key, e.g. {name}=jax.random.key(0); got None.")
+    if isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        if key.shape != ():
+            raise ValueError(f"{name} must be a single PRNG key; got a batch of shape {key.shape}.")
+        return key
+    arr = key if is_traced(key) else (np.asarray(key) if isinstance(key, (np.ndarray, jax.Array)) else None)
+    if arr is None or arr.shape != (2,) or arr.dtype != np.uint32:
+        raise TypeError(
+            f"{name} must be a PRNG key from jax.random.key(seed) or jax.random.PRNGKey(seed); got {key!r}."
+        )
+    return jnp.asarray(key)
+
+
+def real_array(value, name: str, *, finite: bool = True) -> np.ndarray:
+    """``value`` as a float64 host array of real numbers (finite unless ``finite=False``).
+
+    For hyperparameters (priors), not data: strings, ``None``, objects and
+    complex numbers raise a ``TypeError`` naming ``name``; an empty array or
+    (with ``finite``) NaN or infinite entries a ``ValueError``. ``finite=False``
+    leaves those to a caller with its own rule (e.g. "finite and >= 1").
+    """
+    if value is None or isinstance(value, (str, bytes)):
+        raise TypeError(f"{name} must be a number or an array of numbers; got {value!r}.")
+    arr = host_array(value, name)
+    if arr.dtype.kind == "c":
+        raise TypeError(f"{name} must be real; got complex {value!r}.")
+    if arr.dtype.kind not in "biuf" and not jnp.issubdtype(arr.dtype, jnp.floating):
+        raise TypeError(f"{name} must be a number or an array of numbers; got {value!r} (dtype {arr.dtype}).")
+    arr = arr.astype(np.float64)
+    if arr.size == 0:
+        raise ValueError(f"{name} must not be empty; got shape {arr.shape}.")
+    if finite and not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} must be finite; got {value!r}.")
+    return arr
+
+
+def check_labels(labels, n: int, k: int, name: str = "labels") -> None:
+    """Raise unless ``labels`` are ``(n,)`` integer codes in ``0..k-1``.
+
+    Under tracing only the shape and dtype are checked.
+
+    Raises:
+        TypeError: non-numeric labels.
+        ValueError: wrong shape, non-integer values, values outside ``0..k-1``
+            (naming the first offender).
+    """
+    if is_traced(labels):
+        if labels.shape != (n,):
+            raise ValueError(f"{name} must have shape ({n},), one label per row; got {labels.shape}.")
+        return
+    lab = labels if is_sharded(labels) else host_array(labels, name)
+    check_numeric_dtype(lab.dtype, name)
+    if tuple(lab.shape) != (n,):
+        raise ValueError(f"{name} must have shape ({n},), one label per row; got {tuple(lab.shape)}.")
+    rule = f"{name} must be integer component indices in 0..{k - 1} (n_components={k})"
+    if jnp.issubdtype(lab.dtype, jnp.floating):
+        raise_first(find_first(not_finite, lab), name, "NaN or infinite value(s)", rule=rule)
+        raise_first(find_first(not_integer, lab), name, "non-integer value(s)", rule=rule)
+    raise_first(find_first(outside(0, k - 1), lab), name, "value(s) out of range", rule=rule)
+
+
+def check_responsibilities(resp, n: int, k: int, name: str = "resp") -> None:
+    """Raise unless ``resp`` is an ``(n, k)`` array of finite, non-negative
+    responsibilities whose every row has a positive sum.
+
+    Rows need not sum to 1 (each is one point's weights over the components), but
+    a row of zeros drops its point, and negative entries are not weights. Under
+    tracing only the shape is checked.
+    """
+    if is_traced(resp):
+        if resp.shape != (n, k):
+            raise ValueError(f"{name} must have shape ({n}, {k}), (points, components); got {resp.shape}.")
+        return
+    r = resp if is_sharded(resp) else host_array(resp, name)
+    check_numeric_dtype(r.dtype, name)
+    if tuple(r.shape) != (n, k):
+        raise ValueError(f"{name} must have shape ({n}, {k}), (points, components); got {tuple(r.shape)}.")
+    rule = f"{name} must hold non-negative, finite responsibilities"
+    if jnp.issubdtype(r.dtype, jnp.floating):
+        raise_first(find_first(not_finite, r), name, "NaN or infinite value(s)", rule=rule)
+    raise_first(find_first(negative, r), name, "negative value(s)", rule=rule)
+    raise_first(
+        find_first(_not_positive, r.sum(axis=1)), name, "row(s) whose sum is not positive",
+        rule=f"every row of {name} must give its point some weight",
+    )
+
+
+def _not_positive(xp, x):
+    return ~(x > 0)
+
+
+def check_npy_path(path: str, name: str = "the data source") -> None:
+    """Raise unless ``path`` names an existing ``.npy`` file (or an ``.npz`` archive, refused later with its own message).
+
+    Only NumPy's own format can be memory-mapped and read in chunks; a CSV or
+    any other file would otherwise reach ``np.load`` and its pickle message.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file is not in ``.npy`` format.
+    """
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no such data file: {path!r}.")
+    if os.path.isdir(path):
+        raise ValueError(f"{name} {path!r} is a directory; give a .npy file.")
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if magic != b"\x93NUMPY" and not magic.startswith(b"PK"):
+        raise ValueError(
+            f"{name} {path!r} is not a .npy file: emjax reads only NumPy's .npy format from a path "
+            "(memory-mapped, in chunks). Load other files yourself, e.g. np.loadtxt(path, delimiter=',') "
+            "for a CSV, and np.save it as .npy (or pass the array, or a function yielding chunks)."
+        )
+
+
+def check_prior_features(prior, n_features: int, name: str = "prior") -> None:
+    """Raise if a per-feature ``prior`` describes another number of features than the data's.
+
+    Priors that say how many features they describe (``prior.n_features()``:
+    ``NormalInverseWishart``, per-feature ``BetaPrior`` and ``GammaPrior``) are
+    checked; others, and ``None``, pass.
+    """
+    count = getattr(prior, "n_features", None)
+    d = count() if callable(count) else None
+    if d is not None and d != n_features:
+        raise ValueError(
+            f"the {name} ({type(prior).__name__}) describes {d} features, but x has {n_features} features "
+            f"(columns): give a prior of dimension {n_features}, e.g. built from the data."
+        )
 
 
 def check_weight_values(w: np.ndarray, name: str) -> None:
@@ -386,16 +608,23 @@ def check_positive_definite(mats, name: str) -> None:
         raise ValueError(f"{name} contain NaN or infinite values.")
     flat = m.reshape((-1,) + m.shape[-2:])
     for i, a in enumerate(flat):
-        scale = max(np.abs(a).max(), 1e-300)
-        if not np.allclose(a, a.T, rtol=1e-5, atol=1e-8 * scale):
-            raise ValueError(f"{name}[{i}] is not symmetric.")
-        try:
-            np.linalg.cholesky(a)
-        except np.linalg.LinAlgError:
-            raise ValueError(
-                f"{name}[{i}] is not positive definite (smallest eigenvalue "
-                f"{np.linalg.eigvalsh(a).min():.3g})."
-            ) from None
+        check_spd_matrix(a, f"{name}[{i}]")
+
+
+def check_spd_matrix(a: np.ndarray, name: str) -> None:
+    """Raise unless the finite host matrix ``a`` ``(D, D)`` is symmetric positive definite.
+
+    Symmetry is tested explicitly: a Cholesky factorisation reads one triangle only.
+    """
+    scale = max(np.abs(a).max(), 1e-300)
+    if not np.allclose(a, a.T, rtol=1e-5, atol=1e-8 * scale):
+        raise ValueError(f"{name} is not symmetric.")
+    try:
+        np.linalg.cholesky(a)
+    except np.linalg.LinAlgError:
+        raise ValueError(
+            f"{name} is not positive definite (smallest eigenvalue {np.linalg.eigvalsh(a).min():.3g})."
+        ) from None
 
 
 def count_matrix(x, name: str = "x", *, what: str = "counts") -> Array:

@@ -87,6 +87,17 @@ class EMModel(eqx.Module):
         """
         return loglik + self.log_prior(params)
 
+    def adapt(self, x: Any, weights: Array | None = None) -> "EMModel":
+        """The model with constants measured on the data before a fit; itself by default.
+
+        :func:`emjax.fit` calls it once with its :class:`emjax.data.Data`
+        (inside the compiled fit; before the host loop for a stream): a
+        Gaussian mixture measures the scale its ``reg_covar`` is relative to.
+        A loop of your own calls it too (with the data, or an array ``x`` and
+        its optional ``weights``).
+        """
+        return self
+
     def init(self, key, x: Any, method: str) -> Params:
         """Initial parameters by the named ``method`` (one of :attr:`init_methods`), a pure function of ``key``.
 

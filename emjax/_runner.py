@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import equinox as eqx
 
 from ._adjoint import Adjoint, ForwardAdjoint
-from ._checks import check_int, float_dtype, is_traced
+from ._checks import check_bool, check_int, check_key, float_dtype, is_traced
 from ._iterate import Problem, run_compiled, run_host
 from ._model import EMModel, as_model
 from ._result import RESULTS, FitResult
@@ -27,6 +27,8 @@ from .data._stream import DEFAULT_INIT_SIZE, Stream
 
 @eqx.filter_jit
 def _fit_compiled(problem: Problem, keys, init, params0) -> FitResult:
+    # The data-measured constants (a Gaussian's regularisation scale): one pass, inside the program.
+    problem = eqx.tree_at(lambda p: p.model, problem, problem.model.adapt(problem.data))
     if params0 is None:
         sample = problem.data.sample
         params0 = jax.vmap(lambda k: problem.model.init(k, sample, init))(keys)
@@ -40,21 +42,18 @@ def _initial_params(model, keys, sample, init):
     return jax.vmap(lambda k: init(k, sample))(keys)
 
 
+#: The largest ``max_iter``: the loop counts iterations in int32, and the trace holds ``max_iter + 1`` entries.
+MAX_ITER = 2**31 - 2
+
+
 def _check_key(key):
     if key is None:
         raise TypeError("fit needs an explicit PRNG key, e.g. key=jax.random.key(0).")
-    if isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-        if key.shape != ():
-            raise ValueError(f"key must be a single PRNG key; got a batch of shape {key.shape}.")
-        return key
-    arr = key if is_traced(key) else np.asarray(key)
-    if arr.shape != (2,) or arr.dtype != np.uint32:
-        raise TypeError("key must be a PRNG key from jax.random.key(seed) or jax.random.PRNGKey(seed).")
-    return jnp.asarray(key)
+    return check_key(key, "key")
 
 
 def _check_tol(tol) -> float:
-    if isinstance(tol, bool) or not isinstance(tol, (int, float, np.integer, np.floating)):
+    if isinstance(tol, (bool, np.bool_)) or not isinstance(tol, (int, float, np.integer, np.floating)):
         raise TypeError(f"tol must be a number; got {tol!r}.")
     if not (np.isfinite(tol) and tol >= 0):
         raise ValueError(f"tol must be a finite number >= 0; got {tol}.")
@@ -107,7 +106,10 @@ def fit(
     Args:
         model: an EMModel (e.g. :class:`emjax.Mixture`).
         x: the data, ``(N, D)`` for mixtures (a pytree with leading axis ``N``
-            for user-defined models). A ``jax.Array`` whose ``NamedSharding``
+            for user-defined models): real numbers (bool, int or float; float
+            data keep their precision, but float16 and bfloat16 data are
+            converted to float32, the least EM runs in); strings, objects,
+            dates and complex numbers are refused. A ``jax.Array`` whose ``NamedSharding``
             splits the rows over devices stays there: it is checked on the
             devices, each device runs the E-step on its own rows and the
             statistics are summed across devices (also across processes under
@@ -125,7 +127,8 @@ def fit(
             ``(key, x) -> params``, explicit initial parameters (then
             ``n_restarts`` must be 1), or a :class:`FitResult` whose restarts
             are all continued (e.g. batch EM polishing a stepwise warm-up).
-        max_iter: the most steps per restart; the trace has ``max_iter + 1`` entries.
+        max_iter: the most steps per restart, at most ``2**31 - 2`` (iterations
+            are counted in int32); the trace has ``max_iter + 1`` entries.
         tol: the stopping rule's tolerance; by default stop when the objective
             changes by less than ``tol`` per point (per unit of weight) in one
             step. A traced value: fitting again with another ``tol`` does not
@@ -174,9 +177,13 @@ def fit(
     if not isinstance(adjoint, Adjoint):
         raise TypeError(f"adjoint must be an emjax Adjoint, e.g. emjax.ForwardAdjoint(); got {adjoint!r}.")
     n_restarts = check_int("n_restarts", n_restarts, 1)
-    max_iter = check_int("max_iter", max_iter, 0)
+    max_iter = check_int("max_iter", max_iter, 0, MAX_ITER)
     print_every = check_int("print_every", print_every, 1)
     tol = _check_tol(tol)
+    # A string such as "no" would be truthy: flags must be booleans.
+    reinit_collapsed = check_bool("reinit_collapsed", reinit_collapsed)
+    verbose = check_bool("verbose", verbose)
+    throw = check_bool("throw", throw)
     stopping.validate(model)
     if reinit_collapsed and not (model.provides("collapsed") and model.provides("reinitialize")):
         raise TypeError(
@@ -200,6 +207,12 @@ def fit(
                 if methods else
                 f"{type(model).__name__} has no init methods; pass initial parameters or a function (key, x) -> params."
             )
+    elif not callable(init) and not jax.tree.leaves(init):
+        # None (or an empty pytree) would reach model.init inside the compiled program.
+        raise TypeError(
+            f"init must be a method name such as 'kmeans', a function (key, x) -> params, initial parameters "
+            f"or a FitResult; got {init!r}."
+        )
     elif not callable(init) and n_restarts != 1:
         raise ValueError(
             "explicit initial parameters make every restart identical: use n_restarts=1, "
@@ -212,6 +225,10 @@ def fit(
     dtype = sample_dtype if jnp.issubdtype(sample_dtype, jnp.floating) else float_dtype()
     keys = jax.random.split(key, n_restarts)
     host = isinstance(data, StreamData)
+    if host:
+        # Data-measured constants (a Gaussian's regularisation scale): one pass over
+        # the stream now; device data measure them inside the compiled fit.
+        model = model.adapt(data)
 
     params0 = None
     if previous is not None:

@@ -65,14 +65,15 @@ def test_fit_stops_by_the_chosen_rule(rule):
     before = emjax.fit(MODEL, X, key=KEY, stopping=rule, tol=0.0, max_iter=k - 1)
     after = emjax.fit(MODEL, X, key=KEY, stopping=rule, tol=0.0, max_iter=k)
     data = emjax.data.make_data(MODEL, X)
+    model = MODEL.adapt(X)  # as fit does: the regularisation's scale from the data
     algo = emjax.BatchEM()
-    old = algo.init(MODEL, before.params, data)
-    new = algo.step(MODEL, old, data)
+    old = algo.init(model, before.params, data)
+    new = algo.step(model, old, data)
     np.testing.assert_allclose(new.objective, after.objective[0], rtol=1e-12)
-    assert bool(rule.converged(MODEL, data, old, new, jnp.asarray(1e-4)))
+    assert bool(rule.converged(model, data, old, new, jnp.asarray(1e-4)))
     if k > 1:
-        older = algo.init(MODEL, emjax.fit(MODEL, X, key=KEY, tol=0.0, max_iter=k - 2).params, data)
-        assert not bool(rule.converged(MODEL, data, older, old, jnp.asarray(1e-4)))
+        older = algo.init(model, emjax.fit(MODEL, X, key=KEY, tol=0.0, max_iter=k - 2).params, data)
+        assert not bool(rule.converged(model, data, older, old, jnp.asarray(1e-4)))
 
 
 def test_smyth_rule_needs_a_posterior():

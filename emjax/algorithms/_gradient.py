@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import jax
 import jax.numpy as jnp
 import equinox as eqx
 import optax
 from jax import Array
 
+from .._checks import check_bool, check_int
 from ..data import Data
 from ._base import Algorithm, AlgorithmState
 from ._shuffle import minibatch
@@ -170,9 +170,9 @@ class GradientAscent(Algorithm):
                 f"got {type(self.optimizer).__name__}."
             )
         for name in ("batch_size", "updates_per_step"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1):
-                raise ValueError(f"{name} must be a positive integer or None; got {value!r}.")
+            if getattr(self, name) is not None:
+                check_int(name, getattr(self, name))
+        check_bool("shuffle", self.shuffle)
 
     def validate(self, model, data) -> None:
         if self.batch_size is not None:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import jax
 import jax.numpy as jnp
 import equinox as eqx
 from jax import Array
 
+from .._checks import check_int
 from .._model import sum_stats
 from ._base import Algorithm, AlgorithmState
 
@@ -67,12 +67,9 @@ class IncrementalEM(Algorithm):
     blocks_per_step: int | None = eqx.field(static=True, default=None)
 
     def __check_init__(self):
-        if not isinstance(self.n_blocks, (int, np.integer)) or self.n_blocks < 1:
-            raise ValueError(f"n_blocks must be a positive integer; got {self.n_blocks!r}.")
-        if self.blocks_per_step is not None and (
-            not isinstance(self.blocks_per_step, (int, np.integer)) or self.blocks_per_step < 1
-        ):
-            raise ValueError(f"blocks_per_step must be a positive integer or None; got {self.blocks_per_step!r}.")
+        check_int("n_blocks", self.n_blocks)
+        if self.blocks_per_step is not None:
+            check_int("blocks_per_step", self.blocks_per_step)
 
     def validate(self, model, data) -> None:
         if self.n_blocks > data.n_rows:

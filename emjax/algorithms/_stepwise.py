@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import jax
 import jax.numpy as jnp
 import equinox as eqx
 from jax import Array
 
+from .._checks import check_bool, check_int, check_number
 from .._model import add_stats, scale_stats
 from ._base import Algorithm, AlgorithmState
 from ._shuffle import minibatch
@@ -101,14 +101,11 @@ class StepwiseEM(Algorithm):
     shuffle: bool = eqx.field(static=True, default=True)
 
     def __check_init__(self):
-        if not isinstance(self.batch_size, (int, np.integer)) or self.batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer; got {self.batch_size!r}.")
-        if not 0.5 < self.kappa <= 1:
-            raise ValueError(f"kappa must satisfy 0.5 < kappa <= 1 (Robbins-Monro step sizes); got {self.kappa}.")
-        if self.updates_per_step is not None and (
-            not isinstance(self.updates_per_step, (int, np.integer)) or self.updates_per_step < 1
-        ):
-            raise ValueError(f"updates_per_step must be a positive integer or None; got {self.updates_per_step!r}.")
+        check_int("batch_size", self.batch_size)
+        check_number("kappa", self.kappa, low=0.5, high=1.0, low_open=True)  # Robbins-Monro step sizes
+        if self.updates_per_step is not None:
+            check_int("updates_per_step", self.updates_per_step)
+        check_bool("shuffle", self.shuffle)
 
     def validate(self, model, data) -> None:
         check_batches(self, data)

@@ -29,15 +29,15 @@ class CLIError(Exception):
 # -- argument parsing ------------------------------------------------------------------
 
 
-def _number_at_least(convert, low, what: str):
-    """An argparse type: ``convert(text)``, finite and at least ``low``."""
+def _number_at_least(convert, low, what: str, high=None):
+    """An argparse type: ``convert(text)``, finite, at least ``low`` (and at most ``high``)."""
 
     def parse(text: str):
         try:
             value = convert(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {what}; got {text!r}") from None
-        if not (math.isfinite(value) and value >= low):
+        if not (math.isfinite(value) and value >= low and (high is None or value <= high)):
             raise argparse.ArgumentTypeError(f"expected {what}; got {text!r}")
         return value
 
@@ -45,8 +45,11 @@ def _number_at_least(convert, low, what: str):
 
 
 _positive_int = _number_at_least(int, 1, "a positive integer")
-_nonnegative_int = _number_at_least(int, 0, "an integer >= 0")
 _nonnegative_float = _number_at_least(float, 0.0, "a finite number >= 0")
+#: emjax.fit counts iterations in int32 (emjax._runner.MAX_ITER).
+_max_iter = _number_at_least(int, 0, f"an integer from 0 to {2**31 - 2}", high=2**31 - 2)
+#: jax.random.key takes a signed 64-bit seed; a larger one would end in an OverflowError.
+_seed = _number_at_least(int, -(2**63), f"an integer from {-(2**63)} to {2**63 - 1}", high=2**63 - 1)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", metavar="PATH", default="emjax-demo.svg", help="SVG file to write (default: %(default)s)"
     )
     demo.add_argument(
-        "--seed", type=int, default=0, help="PRNG seed of the k-means initialisation (default: %(default)s)"
+        "--seed", type=_seed, default=0, help="PRNG seed of the k-means initialisation (default: %(default)s)"
     )
 
     fit = sub.add_parser(
@@ -96,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fit.add_argument(
         "--max-iter",
-        type=_nonnegative_int,
+        type=_max_iter,
         default=100,
         help="most EM iterations per restart (default: %(default)s)",
     )
@@ -106,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=1e-6,
         help="stop when the log-likelihood per point changes by at most this much (default: %(default)s)",
     )
-    fit.add_argument("--seed", type=int, default=0, help="PRNG seed (default: %(default)s)")
+    fit.add_argument("--seed", type=_seed, default=0, help="PRNG seed (default: %(default)s)")
     fit.add_argument(
         "--prior",
         action="store_true",

@@ -27,7 +27,7 @@ import numpy as np
 import jax
 import jax.numpy as jnp
 
-from .._checks import check_int
+from .._checks import check_int, check_npy_path
 from .._chunks import n_rows
 
 #: Chunks in memory at once: the one computed and the next, read meanwhile.
@@ -104,8 +104,8 @@ class _Source:
         self._fn = None
         if isinstance(source, (str, os.PathLike)):
             path = os.fspath(source)
-            if not os.path.exists(path):
-                raise FileNotFoundError(f"no such data file: {path!r}.")
+            # Only .npy can be memory-mapped; anything else would meet np.load's pickle message.
+            check_npy_path(path)
             arr = np.load(path, mmap_mode="r", allow_pickle=False)
             if not isinstance(arr, np.ndarray):
                 raise TypeError(f"{path!r} is not a single .npy array (an .npz archive?); save one array with np.save.")

@@ -289,7 +289,8 @@ def score_chunks(model, params, source, *, chunk_size: int | None = None, progre
     """Total log-likelihood of data streamed in chunks: ``sum_n log p(x_n)``.
 
     Args:
-        model: a fitted EMModel (the E-step's log-likelihood is summed).
+        model: a fitted EMModel (its ``log_prob`` summed where it has one, as
+            :class:`emjax.Mixture`; the E-step's log-likelihood otherwise).
         params: its parameters (one set, e.g. ``result.params``).
         source: the data, as for :class:`Stream` (a one-shot iterator is
             accepted here: one pass is read).
@@ -306,7 +307,7 @@ def score_chunks(model, params, source, *, chunk_size: int | None = None, progre
     """
     model = as_model(model)
     src = _Source(source, chunk_size, reusable=False)
-    validate = model.validate_rows
+    validate = _prediction_check(model, params)
 
     def fold(total, x):
         ll = _chunk_loglik(model, params, x)
@@ -316,8 +317,22 @@ def score_chunks(model, params, source, *, chunk_size: int | None = None, progre
     return total
 
 
+def _prediction_check(model, params):
+    """How every chunk is checked before it is scored or predicted: against ``params``
+    too (the width of the data, one set of parameters) where the model can
+    (``validate_prediction``, as :class:`emjax.Mixture`), else ``validate_rows``."""
+    check = getattr(model, "validate_prediction", None)
+    if check is None:
+        return model.validate_rows
+    return lambda x: check(params, x)
+
+
 @eqx.filter_jit
 def _chunk_loglik(model, params, x):
+    # The density itself where the model has one (a mixture's log_prob, without
+    # the fitting penalty of a Gaussian's reg_covar); the E-step's otherwise.
+    if callable(getattr(model, "log_prob", None)):
+        return jnp.sum(model.log_prob(params, x))
     return model.e_step(params, x)[1]
 
 
@@ -350,7 +365,7 @@ def predict_chunks(
         >>> np.bincount(labels, minlength=model.n_components)
     """
     src = _Source(source, chunk_size, reusable=False)
-    validate = model.validate_rows
+    validate = _prediction_check(model, params)
     parts = []
 
     def fold(_, x):

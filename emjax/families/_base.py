@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
-from .._checks import as_data_matrix
+from .._checks import as_data_matrix, check_prior_features
 
 Params = Any
 Stats = Any
@@ -78,6 +78,22 @@ class Family(eqx.Module):
         """Log prior density of the component parameters (0 without a prior)."""
         return jnp.zeros(())
 
+    def fit_penalty(self, params: Params) -> Array:
+        """``(K,)`` amounts subtracted from each component's log density while fitting; zeros by default.
+
+        The penalty whose M-step is the family's regularisation (a Gaussian's
+        ``reg_covar``): with it in the E-step, EM increases the penalised
+        log-likelihood exactly. :meth:`expected_log_likelihood` must include
+        ``-sum_k n_k penalty_k``. Prediction uses the unpenalised density.
+        """
+        leaf = jax.tree.leaves(params)[0]
+        return jnp.zeros(leaf.shape[:1], leaf.dtype)
+
+    def adapt(self, x, weights=None) -> "Family":
+        """The family with constants measured on the data before a fit (a
+        Gaussian's regularisation scale); itself by default."""
+        return self
+
     @abc.abstractmethod
     def init_from_centers(self, x: Array, centers: Array) -> Params:
         """Parameters with ``centers`` (rows of ``seed_points(x)``) as locations and a
@@ -129,6 +145,18 @@ class Family(eqx.Module):
 
     def validate_params(self, params: Params, n_components: int, n_features: int) -> None:
         """Raise a clear error if ``params`` are inconsistent (shapes, constraints)."""
+
+    def validate_width(self, n_features: int) -> None:
+        """Raise a clear error if the family's configuration cannot describe data of ``n_features`` columns.
+
+        :class:`emjax.Mixture` calls it with the width of every data matrix it
+        checks, so a mismatch is found before anything is compiled rather than as
+        a broadcasting error while tracing. By default a prior that says how many
+        features it describes (``prior.n_features()``: a
+        :class:`NormalInverseWishart`, a per-feature :class:`BetaPrior` or
+        :class:`GammaPrior`) must match.
+        """
+        check_prior_features(getattr(self, "prior", None), n_features)
 
     def n_features(self, params: Params) -> int | None:
         """D, the number of data columns ``params`` describe; ``None`` when they do not say.

@@ -26,6 +26,7 @@ from jax.scipy.special import gammaln
 
 from .._checks import (
     as_data_matrix,
+    check_number,
     check_probabilities,
     find_first,
     float_dtype,
@@ -162,7 +163,8 @@ class Bernoulli(Family):
     def __init__(self, prior: BetaPrior | None = None, *, eps: float = 1e-10):
         if prior is not None and not isinstance(prior, BetaPrior):
             raise TypeError(f"prior must be a BetaPrior or None; got {type(prior).__name__}.")
-        if not (np.isfinite(eps) and 0 < eps < 0.5):
+        eps = check_number("eps", eps)  # a TypeError naming eps for a string or None
+        if not 0 < eps < 0.5:
             raise ValueError(f"eps must be a number in (0, 0.5); got {eps}.")
         self.prior = prior
         self.eps = float(eps)

@@ -32,6 +32,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from .._checks import check_probabilities, count_matrix, find_first, is_sharded, is_traced, not_count, outside, raise_first
 from ._priors import BetaPrior
 from ._base import Family
+from ._bernoulli import prob_floor
 
 _EXACT = jax.lax.Precision.HIGHEST
 
@@ -187,7 +188,10 @@ class Binomial(Family):
         p = 0.9 * centers + 0.1 * mean[None, :]
         if self.n_trials is not None:
             p = p / self.n_trials
-        return BinomialParams(jnp.clip(p, 0.0, 1.0).astype(seeds.dtype))
+        # Strictly inside (0, 1): a feature without successes (or without failures)
+        # must still start where a Beta prior's density is finite.
+        lo = prob_floor(seeds.dtype, 0.0)
+        return BinomialParams(jnp.clip(p, lo, 1.0 - lo).astype(seeds.dtype))
 
     def n_parameters(self, n_components: int, n_features: int, frozen: frozenset = frozenset()) -> int:
         return 0 if "probs" in frozen else n_components * n_features

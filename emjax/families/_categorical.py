@@ -23,6 +23,7 @@ from jax.scipy.special import gammaln
 
 from .._checks import (
     as_data_matrix,
+    check_number,
     check_probabilities,
     find_first,
     float_dtype,
@@ -118,7 +119,7 @@ class Categorical(Family):
             try:
                 prior = Dirichlet(prior)
             except (TypeError, ValueError) as err:
-                raise ValueError(f"prior must be a Dirichlet, or its alpha (>= 1), or None: {err}") from None
+                raise type(err)(f"prior must be a Dirichlet, or its alpha (>= 1), or None: {err}") from None
         if prior is not None:
             shape = tuple(np.shape(prior.alpha))
             if not (shape == () or shape == (n_categories,) or (len(shape) == 2 and shape[1] == n_categories)):
@@ -126,7 +127,8 @@ class Categorical(Family):
                     f"the Dirichlet alpha of a Categorical with S={n_categories} categories must be a scalar, "
                     f"({n_categories},) or (D, {n_categories}); got shape {shape}."
                 )
-        if not (np.isfinite(eps) and 0 < eps < 0.5):
+        eps = check_number("eps", eps)  # a TypeError naming eps for a string or None
+        if not 0 < eps < 0.5:
             raise ValueError(f"eps must be a number in (0, 0.5); got {eps}.")
         self.n_categories = int(n_categories)
         self.prior = prior

@@ -175,16 +175,61 @@ class CovarianceStructure(eqx.Module):
         """
 
     @abc.abstractmethod
-    def regularize(self, covariances: Array, reg_covar: float) -> Array:
-        """``covariances`` (symmetrised where they are matrices) plus ``reg_covar`` on the diagonal."""
+    def add_diagonal(self, scatter: Array, amount: Array) -> Array:
+        """``scatter`` plus ``amount_k`` on the diagonal of every component's scatter.
 
-    def maximize(self, scatter: Array, counts: Array, reg_covar: float, prior=None, means=None) -> Array:
+        Args:
+            scatter: ``(K, D, D)`` or ``(K, D)`` (this structure's scatter layout).
+            amount: ``(K, D)`` diagonal entries to add.
+        """
+
+    @abc.abstractmethod
+    def symmetrize(self, covariances: Array) -> Array:
+        """``covariances`` made exactly symmetric where they are matrices."""
+
+    def penalty_scatter(self, counts: Array, reg: Array) -> Array:
+        """``n_k R`` in the scatter layout: the scatter the regularisation adds.
+
+        Args:
+            counts: ``(K,)`` total weights ``n_k``.
+            reg: ``(D,)`` the diagonal of ``R``.
+
+        Returns:
+            ``(K, D, D)`` or ``(K, D)``.
+        """
+        zero = jnp.zeros(self._scatter_shape(counts.shape[0], reg.shape[0]), reg.dtype)
+        return self.add_diagonal(zero, counts[:, None] * reg[None, :])
+
+    @abc.abstractmethod
+    def _scatter_shape(self, n_components: int, n_features: int) -> tuple[int, ...]:
+        """The shape of a scatter statistic."""
+
+    def penalty(self, covariances: Array, reg: Array) -> Array:
+        """``tr(R Sigma_k^{-1})`` ``(K,)`` for ``R = diag(reg)``.
+
+        Half of it is the amount each component's log density is lowered by
+        while fitting (see :class:`emjax.Gaussian`'s ``reg_covar``).
+        """
+        k = self.n_components_of(covariances, reg.shape[0])
+        trace, _ = self.trace_logdet(self.penalty_scatter(jnp.ones((k,), reg.dtype), reg), covariances)
+        return trace
+
+    @abc.abstractmethod
+    def n_components_of(self, covariances: Array, n_features: int) -> int:
+        """K as the covariances' shape tells it (1 for tied)."""
+
+    def maximize(self, scatter: Array, counts: Array, reg: Array, prior=None, means=None) -> Array:
         """The M-step for the covariances from the scatter about the new means.
+
+        The regularisation ``R = diag(reg)`` enters as the extra scatter
+        ``n_k R`` (the M-step of the penalty ``-n_k tr(R Sigma_k^{-1}) / 2``):
+        maximum likelihood gives scikit-learn's ``S_k / n_k + R``, MAP the
+        posterior mode with ``S_k + n_k R`` in place of ``S_k``.
 
         Args:
             scatter: ``(K, D, D)`` or ``(K, D)`` scatter about ``means``.
             counts: ``(K,)`` total weights.
-            reg_covar: added to the diagonal.
+            reg: ``(D,)`` the diagonal of ``R``.
             prior: a :class:`NormalInverseWishart` cast to the statistics' dtype
                 for the MAP step, or ``None`` for maximum likelihood.
             means: ``(K, D)`` the new means (used by the MAP step only).
@@ -193,10 +238,12 @@ class CovarianceStructure(eqx.Module):
             This structure's covariances.
         """
         if prior is None:
-            cov = self.ml_covariances(scatter, counts + count_floor(scatter.dtype))
+            # Counts kept off zero: an empty component gets exactly R.
+            n = counts + count_floor(scatter.dtype)
+            cov = self.ml_covariances(scatter + self.penalty_scatter(n, reg), n)
         else:
-            cov = self.map_covariances(scatter, counts, means, prior)
-        return self.regularize(cov, reg_covar)
+            cov = self.map_covariances(scatter + self.penalty_scatter(counts, reg), counts, means, prior)
+        return self.symmetrize(cov)
 
     # -- prior, initialisation -------------------------------------------------------
 
@@ -209,14 +256,17 @@ class CovarianceStructure(eqx.Module):
         """
 
     @abc.abstractmethod
-    def from_data_covariance(self, cov: Array, n_components: int, reg_covar: float) -> Array:
-        """Broad initial covariances from the data's ``(D, D)`` covariance ``cov``."""
+    def from_data_covariance(self, cov: Array, n_components: int, reg: Array) -> Array:
+        """Broad initial covariances from the data's ``(D, D)`` covariance ``cov`` plus ``diag(reg)`` ``(D,)``."""
 
-    def initial(self, x: Array, n_components: int, reg_covar: float) -> Array:
-        """Broad initial covariances of ``K`` components from data ``x`` ``(N, D)``."""
+    def initial(self, x: Array, n_components: int, reg: Array, floor: float = 0.0) -> Array:
+        """Broad initial covariances of ``K`` components from data ``x`` ``(N, D)``:
+        their covariance plus ``diag(reg)`` plus ``floor`` times its own diagonal
+        (relative to the matrix actually factorised, so positive definite in its
+        dtype whatever the data's scale, collinear features or outliers)."""
         xc = x - jnp.mean(x, axis=0)
         cov = jnp.matmul(xc.T, xc, precision=_EXACT) / x.shape[0]
-        return self.from_data_covariance(cov, n_components, reg_covar)
+        return self.from_data_covariance(cov, n_components, reg + floor * jnp.diagonal(cov))
 
     # -- unconstrained coordinates ---------------------------------------------------
 
@@ -280,9 +330,14 @@ class MatrixStructure(CovarianceStructure):
         z = solve_triangular(chol, jnp.swapaxes(y, 1, 2), lower=True)  # L^-1 S L^-T
         return jnp.trace(z, axis1=1, axis2=2), jnp.broadcast_to(logdet_from_chol(chol), scatter.shape[:1])
 
-    def regularize(self, covariances, reg_covar):
-        cov = 0.5 * (covariances + jnp.swapaxes(covariances, -1, -2))
-        return cov + reg_covar * jnp.eye(cov.shape[-1], dtype=cov.dtype)
+    def add_diagonal(self, scatter, amount):
+        return scatter + amount[:, :, None] * jnp.eye(scatter.shape[-1], dtype=scatter.dtype)
+
+    def symmetrize(self, covariances):
+        return 0.5 * (covariances + jnp.swapaxes(covariances, -1, -2))
+
+    def _scatter_shape(self, n_components, n_features):
+        return (n_components, n_features, n_features)
 
     def _inverse_wishart(self, covariances, prior):
         """``L^{-1}``, ``log |Sigma|`` and the inverse-Wishart log density, per matrix."""
@@ -338,8 +393,14 @@ class VarianceStructure(CovarianceStructure):
     def trace_logdet(self, scatter, covariances):
         return self.weighted_sum(scatter, covariances), self.log_determinants(covariances, scatter.shape[-1])
 
-    def regularize(self, covariances, reg_covar):
-        return covariances + reg_covar
+    def add_diagonal(self, scatter, amount):
+        return scatter + amount
+
+    def symmetrize(self, covariances):
+        return covariances
+
+    def _scatter_shape(self, n_components, n_features):
+        return (n_components, n_features)
 
     def unconstrain(self, covariances):
         """``log`` of the variances."""
@@ -385,9 +446,12 @@ class Full(MatrixStructure):
         quad = jnp.sum(jnp.square(jnp.einsum("kde,ke->kd", linv, means - prior.m0)), axis=-1)
         return jnp.sum(mean_log_prior_terms(prior.kappa0, quad, logdet, means.shape[-1]) + iw)
 
-    def from_data_covariance(self, cov, n_components, reg_covar):
+    def n_components_of(self, covariances, n_features):
+        return covariances.shape[0]
+
+    def from_data_covariance(self, cov, n_components, reg):
         d = cov.shape[-1]
-        return jnp.broadcast_to(cov + reg_covar * jnp.eye(d, dtype=cov.dtype), (n_components, d, d))
+        return jnp.broadcast_to(cov + jnp.diag(reg), (n_components, d, d))
 
 
 class Tied(MatrixStructure):
@@ -422,8 +486,11 @@ class Tied(MatrixStructure):
         quad = jnp.sum(jnp.square((means - prior.m0) @ linv.T), axis=-1)
         return jnp.sum(mean_log_prior_terms(prior.kappa0, quad, logdet, means.shape[-1])) + iw
 
-    def from_data_covariance(self, cov, n_components, reg_covar):
-        return cov + reg_covar * jnp.eye(cov.shape[-1], dtype=cov.dtype)
+    def n_components_of(self, covariances, n_features):
+        return 1
+
+    def from_data_covariance(self, cov, n_components, reg):
+        return cov + jnp.diag(reg)
 
     def replace_components(self, mask, new, old):
         """The one shared matrix, from ``new`` when any component is in ``mask``."""
@@ -474,8 +541,11 @@ class Diag(VarianceStructure):
         ig = inverse_gamma_log_prob(0.5 * prior.nu0, 0.5 * jnp.diagonal(prior.S0), covariances)
         return jnp.sum(normal + ig)
 
-    def from_data_covariance(self, cov, n_components, reg_covar):
-        return jnp.broadcast_to(jnp.diagonal(cov) + reg_covar, (n_components, cov.shape[-1]))
+    def n_components_of(self, covariances, n_features):
+        return covariances.shape[0]
+
+    def from_data_covariance(self, cov, n_components, reg):
+        return jnp.broadcast_to(jnp.diagonal(cov) + reg, (n_components, cov.shape[-1]))
 
     def conditional_variances(self, covariances):
         return covariances
@@ -521,8 +591,11 @@ class Spherical(VarianceStructure):
         ig = inverse_gamma_log_prob(0.5 * prior.nu0 * d, 0.5 * jnp.trace(prior.S0), covariances)
         return jnp.sum(normal + ig)
 
-    def from_data_covariance(self, cov, n_components, reg_covar):
-        return jnp.full((n_components,), jnp.mean(jnp.diagonal(cov)) + reg_covar, dtype=cov.dtype)
+    def n_components_of(self, covariances, n_features):
+        return covariances.shape[0]
+
+    def from_data_covariance(self, cov, n_components, reg):
+        return jnp.full((n_components,), jnp.mean(jnp.diagonal(cov) + reg), dtype=cov.dtype)
 
     def conditional_variances(self, covariances):
         return covariances[:, None]

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import equinox as eqx
 from jax import Array
 
-from .._checks import check_shape, concrete
+from .._checks import check_number, check_shape, concrete, float_dtype
 from ._covariance import COVARIANCE_TYPES as COVARIANCE_TYPES  # re-exported
 from ._covariance import (
     CovarianceStructure,
@@ -78,6 +78,23 @@ class GaussianStats(eqx.Module):
         return GaussianStats(self.counts * c, self.s1 * c, self.s2 * c, self.shift)
 
 
+def _feature_variance(data) -> Array:
+    """``(D,)`` the weighted variance of each column over all rows of ``data`` (a
+    :class:`emjax.data.Data`), in one pass about the mean of its in-memory sample."""
+    shift = jnp.mean(data.sample, axis=0)
+
+    def moments(shift, x, w):
+        d = x - shift
+        if w is None:
+            return (jnp.asarray(x.shape[0], x.dtype), jnp.sum(d, axis=0), jnp.sum(d * d, axis=0)), jnp.zeros((), x.dtype)
+        w = w.astype(x.dtype)
+        return (jnp.sum(w), w @ d, w @ (d * d)), jnp.zeros((), x.dtype)
+
+    (total, s1, s2), _ = data.map_sum(moments, shift)
+    mean = s1 / total
+    return jnp.maximum(s2 / total - mean * mean, 0.0)
+
+
 class Gaussian(Family):
     """Multivariate normal components.
 
@@ -85,8 +102,25 @@ class Gaussian(Family):
         covariance_type: ``"full"`` (one matrix per component), ``"diag"``
             (one variance per feature and component), ``"spherical"`` (one variance
             per component) or ``"tied"`` (one matrix shared by all components).
-        reg_covar: added to the covariance diagonal after every M-step, as in
-            scikit-learn (``1e-6``).
+        reg_covar: the regularisation, relative to the data's scale: every
+            M-step adds ``R = reg_covar * diag(v)`` to the covariances
+            (scikit-learn's ``S_k / n_k + reg_covar I`` with ``I`` replaced by
+            the per-feature scale ``v``), so rescaling the data rescales the
+            fit exactly. ``R`` is the M-step of the penalty ``tr(R Sigma_k^{-1}) / 2``
+            on each component's log density, which the E-step applies too: EM
+            increases the penalised log-likelihood exactly, and that is the
+            objective :func:`emjax.fit` reports (it differs from the
+            log-likelihood by about ``reg_covar * D / 2`` per point; prediction
+            methods use the unpenalised density). In float32 a positive
+            ``reg_covar`` is at least ``2 D eps`` (``2.4e-6`` for ``D = 10``),
+            below which a covariance's Cholesky factor is not reliable; ``0``
+            means none.
+        reg_scale: the scale ``v``: ``None`` (the default) measures each
+            feature's variance on the data :func:`emjax.fit` is given
+            (:meth:`adapt`; a constant feature takes the largest variance, all
+            constant features 1) and uses 1 until then; a number or a ``(D,)``
+            array fixes it (``reg_scale=1.0`` is scikit-learn's absolute
+            ``reg_covar``).
         prior: a :class:`NormalInverseWishart` for MAP-EM, or ``None`` for
             maximum likelihood. For diag the prior acts per feature
             (``sigma2_kd ~ InvGamma(nu0/2, S0_dd/2)``), for spherical on the one
@@ -104,10 +138,18 @@ class Gaussian(Family):
     reg_covar: float = eqx.field(static=True)
     prior: NormalInverseWishart | None
     collapse_tol: float = eqx.field(static=True)
+    reg_scale: Array | None
+    measure_scale: bool = eqx.field(static=True)
 
     param_groups: ClassVar[tuple[str, ...]] = ("means", "covariances")
 
-    def __init__(self, covariance_type: str = "full", *, reg_covar: float = 1e-6, prior=None, collapse_tol=1e-5):
+    def __init__(
+        self, covariance_type: str = "full", *, reg_covar: float = 1e-6, prior=None, collapse_tol=1e-5, reg_scale=None
+    ):
+        # Numbers checked first, by name (a string would meet np.isfinite's ufunc error;
+        # a NaN or negative collapse_tol would silently turn the collapse test off).
+        check_number("reg_covar", reg_covar, low=0.0)
+        check_number("collapse_tol", collapse_tol, low=0.0)
         covariance_structure(covariance_type)  # a ValueError naming COVARIANCE_TYPES for any other string
         if not (np.isfinite(reg_covar) and reg_covar >= 0):
             raise ValueError(f"reg_covar must be a finite number >= 0; got {reg_covar}.")
@@ -117,6 +159,56 @@ class Gaussian(Family):
         self.reg_covar = float(reg_covar)
         self.prior = prior
         self.collapse_tol = float(collapse_tol)
+        self.measure_scale = reg_scale is None
+        if reg_scale is not None:
+            scale = np.asarray(reg_scale, dtype=np.float64)
+            if scale.ndim > 1 or not (np.all(np.isfinite(scale)) and np.all(scale > 0)):
+                raise ValueError(f"reg_scale must be None, a positive number or a (D,) array of them; got {reg_scale!r}.")
+            reg_scale = jnp.asarray(reg_scale)
+        self.reg_scale = reg_scale
+
+    def adapt(self, x, weights: Array | None = None) -> "Gaussian":
+        """The family with ``reg_scale`` measured on the data (unless it was given).
+
+        Each feature's variance over all rows, weighted by the sample weights
+        (so that weights act as repetition counts); a constant feature takes the
+        largest variance of the others, and all-constant data 1.
+
+        Args:
+            x: an :class:`emjax.data.Data` (:func:`emjax.fit` passes its data:
+                one pass over a stream), or an ``(N, D)`` array.
+            weights: optional ``(N,)`` weights of an array ``x``.
+
+        Example:
+            >>> Gaussian("diag").adapt(jnp.array([[0.0, 1.0], [2.0, 1.0]])).reg_scale
+            Array([1., 1.], dtype=float32)
+        """
+        if not self.measure_scale:
+            return self
+        if not hasattr(x, "map_sum"):
+            from ..data._memory import ArrayData
+
+            x = ArrayData(jnp.asarray(x), None if weights is None else jnp.asarray(weights), None)
+        var = _feature_variance(x)
+        top = jnp.max(var)
+        scale = jnp.where(var > 0, var, jnp.where(top > 0, top, 1.0))
+        return eqx.tree_at(lambda f: f.reg_scale, self, scale, is_leaf=lambda a: a is None)
+
+    def reg(self, n_features: int, dtype) -> Array:
+        """``(D,)`` the diagonal of the regularisation ``R`` in ``dtype`` (see ``reg_covar``)."""
+        # Below about D eps a float32 Cholesky factorisation is not reliable.
+        rel = 0.0 if self.reg_covar == 0 else max(self.reg_covar, 2 * n_features * float(jnp.finfo(dtype).eps))
+        scale = 1.0 if self.reg_scale is None else jnp.asarray(self.reg_scale, dtype)
+        return jnp.broadcast_to(rel * scale, (n_features,)).astype(dtype)
+
+    def fit_penalty(self, params: GaussianParams) -> Array:
+        """``tr(R Sigma_k^{-1}) / 2`` ``(K,)``: what fitting subtracts from each
+        component's log density (see ``reg_covar``)."""
+        means = params.means
+        if self.reg_covar == 0:
+            return jnp.zeros(means.shape[:1], means.dtype)
+        trace = self.structure.penalty(params.covariances, self.reg(means.shape[-1], means.dtype))
+        return 0.5 * jnp.broadcast_to(trace, means.shape[:1])
 
     @property
     def structure(self) -> CovarianceStructure:
@@ -146,8 +238,11 @@ class Gaussian(Family):
     def expected_log_likelihood(self, stats: GaussianStats, params: GaussianParams) -> Array:
         """``sum_n sum_k r_nk log p(x_n | theta_k)`` from the statistics, up to terms free of ``params``."""
         mu, n = params.means, stats.counts
+        structure = self.structure
         scatter = recenter_scatter(stats.s2, stats.s1, n, stats.shift - mu)  # moments about mu
-        trace, logdet = self.structure.trace_logdet(scatter, params.covariances)
+        # The regularisation's penalty -n_k tr(R Sigma_k^{-1}) / 2 is the scatter n_k R.
+        scatter = scatter + structure.penalty_scatter(n, self.reg(mu.shape[-1], mu.dtype))
+        trace, logdet = structure.trace_logdet(scatter, params.covariances)
         return -0.5 * jnp.sum(n * (mu.shape[-1] * _LOG_2PI + logdet) + trace)
 
     def maximize(self, stats: GaussianStats, params=None, frozen: frozenset = frozenset()) -> GaussianParams:
@@ -168,7 +263,7 @@ class Gaussian(Family):
             cov = params.covariances
         else:
             scatter = recenter_scatter(stats.s2, stats.s1, n, mu - stats.shift, new_minus_old=True)  # about mu
-            cov = self.structure.maximize(scatter, n, self.reg_covar, prior, mu)
+            cov = self.structure.maximize(scatter, n, self.reg(mu.shape[-1], dtype), prior, mu)
         return GaussianParams(mu, cov)
 
     # -- prior -----------------------------------------------------------------------
@@ -182,7 +277,11 @@ class Gaussian(Family):
     # -- initialisation, sampling, moments -------------------------------------------
 
     def init_from_centers(self, x: Array, centers: Array) -> GaussianParams:
-        cov = self.structure.initial(x, centers.shape[0], self.reg_covar)
+        # A broad start; float32 needs more than reg_covar where the data's
+        # covariance is singular (collinear or constant features).
+        dtype = float_dtype(x.dtype)
+        floor = float(np.sqrt(jnp.finfo(dtype).eps))
+        cov = self.structure.initial(x, centers.shape[0], self.reg(x.shape[-1], dtype), floor)
         return GaussianParams(centers.astype(x.dtype), cov)
 
     def n_parameters(self, n_components: int, n_features: int, frozen: frozenset = frozenset()) -> int:

@@ -25,6 +25,7 @@ from jax.scipy.special import gammaln
 
 from ._priors import Dirichlet
 from ._base import Family
+from ._bernoulli import prob_floor
 from .._checks import check_probabilities, count_matrix, safe_log
 
 _EXACT = jax.lax.Precision.HIGHEST
@@ -122,7 +123,11 @@ class Multinomial(Family):
         p = 0.9 * c + 0.1 * pooled[None, :]
         p_total = jnp.sum(p, axis=1, keepdims=True)
         d = x.shape[1]
-        return MultinomialParams(jnp.where(p_total > 0, p / jnp.where(p_total > 0, p_total, 1.0), 1.0 / d).astype(x.dtype))
+        p = jnp.where(p_total > 0, p / jnp.where(p_total > 0, p_total, 1.0), 1.0 / d)
+        # Every category above a floor, so that one never drawn still starts where a
+        # Dirichlet prior's density is finite.
+        p = jnp.maximum(p, prob_floor(p.dtype, 0.0))
+        return MultinomialParams((p / jnp.sum(p, axis=1, keepdims=True)).astype(x.dtype))
 
     def n_parameters(self, n_components: int, n_features: int, frozen: frozenset = frozenset()) -> int:
         return 0 if "probs" in frozen else n_components * (n_features - 1)

@@ -15,7 +15,7 @@ import equinox as eqx
 from jax import Array
 from jax.scipy.special import betaln, gammaln, multigammaln, xlog1py, xlogy
 
-from .._checks import as_data_matrix, check_n_components
+from .._checks import as_data_matrix, check_n_components, check_number, check_spd_matrix, real_array
 
 
 class Dirichlet(eqx.Module):
@@ -34,12 +34,21 @@ class Dirichlet(eqx.Module):
     alpha: Array
 
     def __init__(self, alpha):
-        a = np.asarray(alpha, dtype=np.float64)
+        a = real_array(alpha, "Dirichlet alpha", finite=False)
         if np.any(~np.isfinite(a)) or np.any(a < 1):
             raise ValueError(
                 f"Dirichlet alpha must be finite and >= 1 for a MAP estimate to exist; got {alpha}."
             )
-        self.alpha = jnp.asarray(alpha, dtype=float)
+        self.alpha = jnp.asarray(a, dtype=float)
+
+    def check_components(self, n_components: int) -> None:
+        """Raise unless ``alpha`` fits a weight vector of ``n_components`` entries (a scalar, or ``(K,)``)."""
+        shape = tuple(np.shape(self.alpha))
+        if shape not in ((), (n_components,)):
+            raise ValueError(
+                f"the Dirichlet weights prior's alpha must be a scalar or have one entry per component "
+                f"(n_components={n_components}); got shape {shape}."
+            )
 
     def concentration(self, n_components: int, dtype) -> Array:
         return jnp.broadcast_to(jnp.asarray(self.alpha, dtype), (n_components,))
@@ -86,25 +95,31 @@ class NormalInverseWishart(eqx.Module):
     S0: Array
 
     def __init__(self, m0, kappa0, nu0, S0):
-        m0 = np.asarray(m0, dtype=np.float64)
-        S0 = np.asarray(S0, dtype=np.float64)
+        # Every hyperparameter is checked here: a NaN or infinite one would otherwise
+        # surface only as a non-finite objective, and a wrong shape as a tracing error.
+        m0 = real_array(m0, "m0")
+        S0 = real_array(S0, "S0")
         if m0.ndim != 1:
             raise ValueError(f"m0 must have shape (D,); got {m0.shape}.")
         d = m0.shape[0]
         if S0.shape != (d, d):
             raise ValueError(f"S0 must have shape ({d}, {d}) to match m0; got {S0.shape}.")
-        if not float(kappa0) >= 0:
-            raise ValueError(f"kappa0 must be >= 0; got {kappa0}.")
-        if not float(nu0) > d - 1:
+        kappa0 = check_number("kappa0", kappa0, low=0.0)
+        nu0 = check_number("nu0", nu0)
+        if not nu0 > d - 1:
             raise ValueError(f"nu0 must be > D - 1 = {d - 1}; got {nu0}.")
         try:
-            np.linalg.cholesky(S0)
-        except np.linalg.LinAlgError:
-            raise ValueError("S0 must be symmetric positive definite.") from None
+            check_spd_matrix(S0, "S0")
+        except ValueError as e:
+            raise ValueError(f"S0 must be symmetric positive definite: {e}") from None
         self.m0 = jnp.asarray(m0, dtype=float)
         self.kappa0 = jnp.asarray(kappa0, dtype=float)
         self.nu0 = jnp.asarray(nu0, dtype=float)
         self.S0 = jnp.asarray(S0, dtype=float)
+
+    def n_features(self) -> int:
+        """D, the dimension of the data the prior describes."""
+        return int(self.m0.shape[0])
 
     @classmethod
     def fraley_raftery(cls, x, n_components: int, *, kappa0: float = 0.01) -> "NormalInverseWishart":
@@ -121,6 +136,7 @@ class NormalInverseWishart(eqx.Module):
         """
         x = np.asarray(as_data_matrix(x), dtype=np.float64)
         check_n_components(n_components)
+        kappa0 = check_number("kappa0", kappa0, low=0.0)
         n, d = x.shape
         var = x.var(axis=0, ddof=1) if n > 1 else np.ones(d)
         var = np.where(var > 0, var, 1.0)
@@ -153,17 +169,19 @@ class BetaPrior(eqx.Module):
     b: Array
 
     def __init__(self, a, b):
+        arrays = []
         for name, v in (("a", a), ("b", b)):
-            arr = np.asarray(v, dtype=np.float64)
+            arr = real_array(v, f"BetaPrior {name}", finite=False)
             if arr.ndim > 1:
                 raise ValueError(f"BetaPrior {name} must be a scalar or a (D,) array; got shape {arr.shape}.")
             if not np.all(np.isfinite(arr)) or np.any(arr < 1):
                 raise ValueError(f"BetaPrior {name} must be finite and >= 1 for a MAP estimate to exist; got {v}.")
-        a_arr, b_arr = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+            arrays.append(arr)
+        a_arr, b_arr = arrays
         if a_arr.ndim == 1 and b_arr.ndim == 1 and a_arr.shape != b_arr.shape:
             raise ValueError(f"BetaPrior a and b must have the same length; got {a_arr.shape} and {b_arr.shape}.")
-        self.a = jnp.asarray(a, dtype=float)
-        self.b = jnp.asarray(b, dtype=float)
+        self.a = jnp.asarray(a_arr, dtype=float)
+        self.b = jnp.asarray(b_arr, dtype=float)
 
     def n_features(self) -> int | None:
         """D if the hyperparameters are per feature, else ``None``."""
@@ -202,16 +220,25 @@ class GammaPrior(eqx.Module):
     rate: Array
 
     def __init__(self, shape, rate):
-        a = np.asarray(shape, dtype=np.float64)
-        b = np.asarray(rate, dtype=np.float64)
+        a = real_array(shape, "GammaPrior shape", finite=False)
+        b = real_array(rate, "GammaPrior rate", finite=False)
         if a.ndim > 1 or b.ndim > 1:
             raise ValueError(f"Gamma shape and rate must be scalars or (D,) vectors; got {a.shape} and {b.shape}.")
+        if a.ndim == 1 and b.ndim == 1 and a.shape != b.shape:
+            raise ValueError(f"GammaPrior shape and rate must have the same length; got {a.shape} and {b.shape}.")
         if not np.all(np.isfinite(a)) or np.any(a < 1):
             raise ValueError(f"Gamma shape a must be finite and >= 1 for a MAP estimate to exist; got {shape}.")
         if not np.all(np.isfinite(b)) or np.any(b <= 0):
             raise ValueError(f"Gamma rate b must be finite and > 0; got {rate}.")
         self.shape = jnp.asarray(a, dtype=float)
         self.rate = jnp.asarray(b, dtype=float)
+
+    def n_features(self) -> int | None:
+        """D if the hyperparameters are per feature, else ``None``."""
+        for v in (self.shape, self.rate):
+            if v.ndim == 1:
+                return v.shape[0]
+        return None
 
     def log_prob(self, rates: Array) -> Array:
         """Elementwise ``log Gamma(rates | a, b)`` (same shape as ``rates``)."""

@@ -13,7 +13,17 @@ from jax.scipy.special import logsumexp
 
 from . import _seeding as _init
 from ._gating import ConstantGating, Gating
-from .._checks import as_sample_weights, check_dense, check_n_components, check_shape, float_dtype, is_traced
+from .._checks import (
+    as_sample_weights,
+    check_dense,
+    check_key,
+    check_labels,
+    check_n_components,
+    check_number,
+    check_responsibilities,
+    float_dtype,
+    is_traced,
+)
 from .._chunks import chunked_map, chunked_sum, default_chunk_size, n_features, n_rows
 from .._model import EMModel, add_stats, scale_stats
 from ..families._priors import Dirichlet
@@ -124,8 +134,13 @@ class Mixture(EMModel):
             )
         elif not isinstance(gating, Gating):
             raise TypeError(f"gating must be an emjax Gating, e.g. ConstantGating(); got {type(gating).__name__}.")
+        if isinstance(getattr(gating, "prior", None), Dirichlet):
+            # A (K',) alpha for K != K' would fail only as a broadcasting error while tracing.
+            gating.prior.check_components(int(n_components))
         if isinstance(frozen, str):
             frozen = (frozen,)
+        if not isinstance(frozen, (tuple, list, set, frozenset)) or not all(isinstance(g, str) for g in frozen):
+            raise TypeError(f"frozen must be a group name or a sequence of group names; got {frozen!r}.")
         allowed = ("weights",) + tuple(family.param_groups)
         unknown = [g for g in frozen if g not in allowed]
         if unknown:
@@ -134,9 +149,7 @@ class Mixture(EMModel):
         self.n_components = int(n_components)
         self.gating = gating
         self.frozen = frozenset(frozen)
-        if not (np.isfinite(collapse_count) and collapse_count >= 0):
-            raise ValueError(f"collapse_count must be a finite number >= 0; got {collapse_count!r}.")
-        self.collapse_count = float(collapse_count)
+        self.collapse_count = check_number("collapse_count", collapse_count, low=0.0)
 
     @property
     def weights_prior(self) -> Dirichlet | None:
@@ -165,12 +178,16 @@ class Mixture(EMModel):
 
         Returns:
             ``(MixtureStats, loglik)``, ``loglik`` the (weighted) sum over points
-            of the true log-likelihood ``logsumexp_k log_joint``, whatever the temperature.
+            of the log-likelihood ``logsumexp_k log_joint``, whatever the
+            temperature. Both use the fitting density: each component's log
+            density less the family's ``fit_penalty`` (a Gaussian's
+            ``reg_covar``; none for the other families), so that EM increases
+            exactly the objective it reports.
 
         Example:
             >>> stats, loglik = model.e_step(params, x, temperature=4.0)
         """
-        lj = self.log_joint(params, x)
+        lj = self.log_joint(params, x) - self.family.fit_penalty(params.components)[None, :]
         ll = logsumexp(lj, axis=1)
         if _is_one(temperature):
             resp = jnp.exp(lj - ll[:, None])
@@ -230,6 +247,12 @@ class Mixture(EMModel):
         weight_term = self.gating.expected_log_likelihood(self._gating_stats(stats), params.weights)
         return weight_term + self.family.expected_log_likelihood(stats.components, params.components)
 
+    def adapt(self, x: Array, weights: Array | None = None) -> "Mixture":
+        """The mixture with its family's data-measured constants set from ``x``
+        (an :class:`emjax.data.Data`, or ``(N, D)`` data with optional ``(N,)``
+        weights; :meth:`emjax.Gaussian.adapt`: the regularisation's scale)."""
+        return eqx.tree_at(lambda m: m.family, self, self.family.adapt(x, weights))
+
     # -- unconstrained coordinates (gradient ascent) -----------------------------------
 
     def unconstrain(self, params: MixtureParams) -> dict:
@@ -282,9 +305,39 @@ class Mixture(EMModel):
         return MixtureParams(self.gating.init(k, seeds.dtype), self.family.init_from_centers(x, centers))
 
     def init_from_resp(self, x: Array, resp: Array) -> MixtureParams:
-        """Parameters from one M-step on given responsibilities ``(N, K)``."""
-        check_shape(resp, (n_rows(x), self.n_components), "resp")
+        """Parameters from one M-step on given responsibilities ``(N, K)``.
+
+        Args:
+            x: data ``(N, D)``.
+            resp: ``(N, K)`` non-negative, finite weights of every point over the
+                components; each row must have a positive sum (rows need not sum to 1).
+
+        Raises:
+            TypeError / ValueError: invalid ``x`` (as for :meth:`log_prob`), or
+                ``resp`` of the wrong shape, with a negative or non-finite entry,
+                or with a row of zeros (checked on concrete values; under tracing
+                only the shapes).
+        """
+        x = self._concrete_rows(x)
+        check_responsibilities(resp, n_rows(x), self.n_components)
+        return self._m_step_from_resp(x, resp)
+
+    def _concrete_rows(self, x):
+        """``x`` checked by :meth:`validate_rows` when concrete; traced data (``init``
+        inside the compiled fit, already checked) pass as they are."""
+        if any(is_traced(a) for a in jax.tree.leaves(x)):
+            return x
+        return self.validate_rows(x)
+
+    def _m_step_from_resp(self, x, resp) -> MixtureParams:
         resp = jnp.asarray(resp, self.family.seed_points(x).dtype)
+        # A component no point is responsible for (an empty k-means cluster when the
+        # data have fewer distinct rows than K) would start at weight 0, never
+        # revive in EM and give gradient ascent log 0: it starts instead as a
+        # broad component, 1/K of every point (the data's mean and spread).
+        counts = jnp.sum(resp, axis=0)
+        empty = counts <= jnp.finfo(resp.dtype).eps * jnp.sum(counts)
+        resp = jnp.where(empty[None, :], 1.0 / self.n_components, resp)
 
         def chunk_stats(xc, rc):
             gating_stats = None if self.gating.counts_suffice else self.gating.statistics(xc, rc, None)
@@ -294,8 +347,16 @@ class Mixture(EMModel):
         return self.m_step(stats, None)
 
     def init_from_labels(self, x: Array, labels: Array) -> MixtureParams:
-        """Parameters from one M-step on hard labels ``(N,)`` in ``0..K-1``."""
-        return self.init_from_resp(x, jax.nn.one_hot(labels, self.n_components))
+        """Parameters from one M-step on hard labels ``(N,)`` in ``0..K-1``.
+
+        Raises:
+            TypeError / ValueError: labels of the wrong shape, non-integer, or
+                outside ``0..K-1`` (a label ``>= K`` would otherwise leave its point
+                out and give NaN weights); checked on concrete labels.
+        """
+        x = self._concrete_rows(x)
+        check_labels(labels, n_rows(x), self.n_components)
+        return self._m_step_from_resp(x, jax.nn.one_hot(labels, self.n_components))
 
     # -- validation (host side, before compiling) ------------------------------------
 
@@ -314,7 +375,10 @@ class Mixture(EMModel):
         :meth:`validate_data` but without the whole-data checks (``N >= K``: a
         stream's last chunk may be short, one point can be predicted)."""
         check_dense(x)
-        return self.family.validate_data(x)
+        x = self.family.validate_data(x)
+        # A per-feature prior of another width would fail only while tracing.
+        self.family.validate_width(n_features(x))
+        return x
 
     def validate_params(self, params, x) -> None:
         if not isinstance(params, MixtureParams):
@@ -354,12 +418,21 @@ class Mixture(EMModel):
         return default_chunk_size(n_rows(x), self.row_width(x))
 
     def _checked(self, params: MixtureParams, x):
+        return self.validate_prediction(params, x)
+
+    def validate_prediction(self, params: MixtureParams, x):
         """``x`` validated for prediction as ``fit`` validates it (rank, dtype, NaN,
-        the family's support), and its width checked against ``params``.
+        the family's support), and its width checked against ``params``; ``params``
+        must be one set of this mixture's parameters (not a FitResult, not a restart batch).
 
         Under tracing only the static checks run. No ``N >= K`` check: one point
-        can be predicted.
+        can be predicted. :func:`emjax.score_chunks` and :func:`emjax.predict_chunks`
+        check every chunk with it.
+
+        Raises:
+            TypeError / ValueError: as described, naming the problem.
         """
+        self._check_param_layout(params)
         x = self.validate_rows(x)
         width = self.family.n_features(params.components)
         if width is not None and n_features(x) != width:
@@ -368,6 +441,26 @@ class Mixture(EMModel):
                 "pass data with the columns the mixture was fitted on."
             )
         return x
+
+    def _check_param_layout(self, params) -> None:
+        """Raise unless ``params`` is one :class:`MixtureParams` with a leading axis of ``K``
+        components (static shapes only: values are the caller's, e.g. for gradients)."""
+        if not isinstance(params, MixtureParams):
+            fitted = "restart_params" in getattr(type(params), "__dataclass_fields__", ())  # a FitResult
+            hint = " (this is a FitResult: pass result.params)" if fitted else ""
+            raise TypeError(f"params must be a MixtureParams{hint}; got {type(params).__name__}.")
+        k = self.n_components
+        # Component leaves lead with K (a shared leaf such as a tied covariance is the exception).
+        shapes = [jnp.shape(leaf) for leaf in jax.tree.leaves(params.components)]
+        weights = jnp.shape(params.weights)
+        if (shapes and not any(s[:1] == (k,) for s in shapes)) or (
+            isinstance(self.gating, ConstantGating) and weights != (k,)
+        ):
+            raise ValueError(
+                f"params must describe n_components={k} components (weights of shape ({k},)); got weights of "
+                f"shape {weights} and component parameters of shapes {shapes}. The parameters of all restarts "
+                "(result.restart_params) have a leading restart axis: pass result.params."
+            )
 
     def _map(self, fn, params: MixtureParams, x):
         x = self._checked(params, x)
@@ -419,6 +512,8 @@ class Mixture(EMModel):
         """
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n <= 0:
             raise ValueError(f"n, the number of points to sample, must be a positive integer; got {n!r}.")
+        key = check_key(key)
+        self._check_param_layout(params)
         kz, kx = jax.random.split(key)
         z = jax.random.categorical(kz, self.gating.log_weights(params.weights, None), shape=(int(n),))
         return self.family.sample(kx, params.components, z), z

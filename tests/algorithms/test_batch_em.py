@@ -86,7 +86,7 @@ def test_sixty_four_restarts_are_one_compiled_program():
     # the r-th: restarts 0 and 63 are the single-restart fits from those initial points.
     keys = jax.random.split(jax.random.key(3), 64)
     for r in (0, 63):
-        p0 = model.init(keys[r], jnp.asarray(x), "random")
+        p0 = model.adapt(x).init(keys[r], jnp.asarray(x), "random")  # fit's init, at fit's regularisation scale
         single = emjax.fit(model, x, key=jax.random.key(3), init=p0, max_iter=60)
         for a, b in zip(jax.tree.leaves(single.params), jax.tree.leaves(res.restart_params)):
             np.testing.assert_allclose(a, b[r], rtol=1e-10, atol=1e-12)

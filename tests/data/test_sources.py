@@ -84,7 +84,8 @@ def test_a_stream_larger_than_the_sample_initialises_from_the_sample():
     res = emjax.fit(MODEL, stream, key=jax.random.key(0), max_iter=3, tol=0.0)
     data = emjax.data.make_data(MODEL, emjax.Stream(X, chunk_size=200, init_size=300), key=jax.random.key(0))
     assert jax.tree.leaves(data.sample)[0].shape == (300, 3)
-    p0 = MODEL.init(jax.random.split(jax.random.key(0), 1)[0], data.sample, "kmeans")
+    # fit measures the regularisation scale on all rows of the stream, then seeds from the sample.
+    p0 = MODEL.adapt(X).init(jax.random.split(jax.random.key(0), 1)[0], data.sample, "kmeans")
     ref = emjax.fit(MODEL, X, key=jax.random.key(0), init=p0, max_iter=3, tol=0.0)
     np.testing.assert_allclose(res.trace, ref.trace, rtol=1e-10)
 

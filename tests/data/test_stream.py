@@ -260,7 +260,9 @@ def test_stepwise_over_chunks_nears_batch_em():
     per_point = float(res.objective[0]) / x.shape[0]
     assert abs(per_point - float(batch.objective[0]) / x.shape[0]) < 1e-2
     # The trace is the full-data objective at the parameters after each pass.
-    np.testing.assert_allclose(float(res.objective[0]), float(jnp.sum(model.log_prob(res.params, x))), rtol=1e-12)
+    # The objective is the fitting log-likelihood (reg_covar's penalty at the data's scale) at the final parameters.
+    np.testing.assert_allclose(float(res.objective[0]), float(model.adapt(x).e_step(res.params, jnp.asarray(x))[1]),
+                               rtol=1e-12)
 
 
 # -- a file larger than the working memory -------------------------------------------------

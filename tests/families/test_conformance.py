@@ -93,7 +93,12 @@ def q_value(model, stats, params):
 
 
 def log_posterior(model, params, x):
-    return jnp.sum(model.log_prob(params, x)) + model.log_prior(params)
+    """The objective EM increases: the log-likelihood with each component's log
+    density less the family's ``fit_penalty`` (a Gaussian's ``reg_covar``, at the
+    scale ``fit`` measures), plus the log prior."""
+    model = model.adapt(x)
+    log_joint = model.log_joint(params, x) - model.family.fit_penalty(params.components)
+    return jnp.sum(jax.scipy.special.logsumexp(log_joint, axis=1)) + model.log_prior(params)
 
 
 def fit(model, x, p0, chunk_size, weights=None):

@@ -16,7 +16,10 @@ def old_faithful_with_a_planted_collapse(covariance_type="full"):
     x = np.concatenate([x, x[:1], x[:1]])
     model = emjax.Mixture(emjax.Gaussian(covariance_type), 3)
     p = model.init(jax.random.key(0), jnp.asarray(x), "kmeans")
-    cov = {"full": 1e-8 * jnp.eye(2), "diag": jnp.full(2, 1e-8), "spherical": 1e-8}[covariance_type]
+    # At the regularisation's scale (reg_covar = 1e-6 of each feature's variance):
+    # far below it the penalty tr(R Sigma^-1) / 2 would empty the component at once.
+    v = 1e-6 * np.var(x, axis=0)
+    cov = {"full": jnp.diag(v), "diag": jnp.asarray(v), "spherical": float(np.mean(v))}[covariance_type]
     comps = emjax.GaussianParams(p.components.means.at[2].set(x[0]), p.components.covariances.at[2].set(cov))
     return model, x, emjax.MixtureParams(p.weights, comps)
 
@@ -31,7 +34,8 @@ def test_planted_collapse_is_detected_and_reported(covariance_type):
     assert "collapsed component" in res.summary()
     # The collapsed component holds the duplicated point and nothing else.
     var = np.asarray(model.family.full_covariances(res.params.components))[2]
-    assert np.max(np.linalg.eigvalsh(var)) < 1e-4
+    # (its variance is about the regularisation, reg_covar = 1e-6 of the data's)
+    assert np.max(np.linalg.eigvalsh(var)) < 1e-5 * np.max(np.var(np.asarray(x), axis=0))
     np.testing.assert_allclose(res.params.weights[2] * x.shape[0], 3.0, rtol=1e-3)  # the point, twice duplicated
 
 

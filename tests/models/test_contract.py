@@ -28,11 +28,16 @@ def fitted(blobs):
     return model, model.init(jax.random.key(0), jnp.asarray(blobs), "kmeans")
 
 
-def reference_log_joint(params, x):
-    """``log pi_k + log N(x_n | mu_k, Sigma_k)`` with SciPy: ``(N, K)``."""
+def reference_log_joint(params, x, reg=1e-6):
+    """The E-step's ``log pi_k + log N(x_n | mu_k, Sigma_k) - tr(R Sigma_k^{-1}) / 2``
+    with SciPy, ``R = reg I`` (a Gaussian's default ``reg_covar`` at scale 1, as
+    before ``adapt``): ``(N, K)``."""
     w = np.asarray(params.weights)
     means, covs = np.asarray(params.components.means), np.asarray(params.components.covariances)
-    return np.stack([np.log(w[k]) + multivariate_normal(means[k], covs[k]).logpdf(x) for k in range(len(w))], axis=1)
+    return np.stack([
+        np.log(w[k]) + multivariate_normal(means[k], covs[k]).logpdf(x) - 0.5 * reg * np.trace(np.linalg.inv(covs[k]))
+        for k in range(len(w))
+    ], axis=1)
 
 
 def assert_trees_equal(a, b):

@@ -53,7 +53,8 @@ def test_fifty_iterations_match_sklearn(cov_type):
         sk.fit(x)
     assert sk.n_iter_ == 50
 
-    model = emjax.Mixture(emjax.Gaussian(cov_type, reg_covar=1e-6), K)
+    # reg_scale=1: scikit-learn's absolute reg_covar (emjax's is relative to the data's variances).
+    model = emjax.Mixture(emjax.Gaussian(cov_type, reg_covar=1e-6, reg_scale=1.0), K)
     p0 = emjax.MixtureParams(w0, emjax.GaussianParams(m0, c0))
     res = emjax.fit(model, x, key=jax.random.key(0), init=p0, max_iter=50, tol=0.0)
     assert int(res.n_iter[0]) == 50
