@@ -106,7 +106,10 @@ def test_reinitialize_replaces_only_masked_components_and_respects_frozen_groups
         assert np.any(np.all(np.isclose(np.asarray(x), np.asarray(q.components.means[1])), axis=1))  # a data point
         data_cov = np.cov(np.asarray(x).T, bias=True)
         new_cov = q.components.covariances if ct == "tied" else q.components.covariances[1]
-        np.testing.assert_allclose(new_cov, data_cov + 1e-6 * np.eye(3), rtol=1e-10)
+        # The data's covariance plus R (reg_covar at scale 1: the model is not adapted) plus
+        # sqrt(eps) of its own diagonal (every start positive definite in its dtype).
+        floor = np.sqrt(np.finfo(np.float64).eps) * np.diag(np.diag(data_cov))
+        np.testing.assert_allclose(new_cov, data_cov + 1e-6 * np.eye(3) + floor, rtol=1e-10)
 
 
 def test_reinit_needs_a_model_that_can_tell():
