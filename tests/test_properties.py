@@ -55,7 +55,8 @@ def test_the_defect_classes_of_the_adversarial_sweep():
     count families with a prior starting on an all-zero feature (kmeans++ and
     random), gradient ascent from k-means on fewer distinct rows than K, float32
     on collinear features and with an outlier, batch EM (float64) on data of tiny
-    scale, and large Poisson counts in float32."""
+    scale, large Poisson counts in float32, and the two batches the thorough
+    sweep failed on (a constant column under vmap; gradient ascent at spread 1e-4)."""
     batches = [
         P.cases(P.Config("poisson", "batch", "kmeans++", "float64", prior=True), 2, 6),
         P.cases(P.Config("binomial", "batch", "random", "float32", prior=True), 2, 6),
@@ -63,6 +64,11 @@ def test_the_defect_classes_of_the_adversarial_sweep():
         P.cases(P.Config("full", "gradient", "kmeans", "float32", k=4), 1, 9),  # duplicates among the kinds
         P.cases(P.Config("tied", "batch", "kmeans", "float32", k=3), 0, 9),  # collinear, outlier, offset, ...
         P.cases(P.Config("diag", "batch", "random", "float64", weighted=True), 4, 9),  # tiny scale among them
+        # A constant column whose variance rounds to 1e-30 inside the vmapped batch
+        # (seed 201377) once gave it no regularisation: batch EM's objective fell by 17.5.
+        P.cases(P.Config("tied", "batch", "random", "float64", weighted=True, k=2), 201368, 24),
+        # Data of spread 1e-4: a fixed Adam step in absolute units made a covariance singular.
+        P.cases(P.Config("full", "gradient", "random_resp", "float32", prior=True, weighted=True, k=2), 100216, 24),
     ]
     kinds = {c.kind for b in batches for c in b}
     assert {"zero_feature", "duplicates", "collinear", "outlier", "tiny_scale", "large_counts"} <= kinds

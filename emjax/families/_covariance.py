@@ -271,6 +271,12 @@ class CovarianceStructure(eqx.Module):
     # -- unconstrained coordinates ---------------------------------------------------
 
     @abc.abstractmethod
+    def rescale(self, covariances: Array, v: Array) -> Array:
+        """The covariances of the data rescaled by ``sqrt(v)`` per feature ``(D,)``:
+        ``Sigma * sqrt(v v^T)`` (diag: ``* v``; spherical, one variance: times the
+        geometric mean of ``v``, so that rescaling by ``1 / v`` is the exact inverse)."""
+
+    @abc.abstractmethod
     def unconstrain(self, covariances: Array) -> Array:
         """The covariances as free reals, stored under :attr:`unconstrained_key`."""
 
@@ -332,6 +338,10 @@ class MatrixStructure(CovarianceStructure):
 
     def add_diagonal(self, scatter, amount):
         return scatter + amount[:, :, None] * jnp.eye(scatter.shape[-1], dtype=scatter.dtype)
+
+    def rescale(self, covariances, v):
+        root = jnp.sqrt(v)
+        return covariances * (root[:, None] * root[None, :])
 
     def symmetrize(self, covariances):
         return 0.5 * (covariances + jnp.swapaxes(covariances, -1, -2))
@@ -547,6 +557,9 @@ class Diag(VarianceStructure):
     def from_data_covariance(self, cov, n_components, reg):
         return jnp.broadcast_to(jnp.diagonal(cov) + reg, (n_components, cov.shape[-1]))
 
+    def rescale(self, covariances, v):
+        return covariances * v
+
     def conditional_variances(self, covariances):
         return covariances
 
@@ -596,6 +609,9 @@ class Spherical(VarianceStructure):
 
     def from_data_covariance(self, cov, n_components, reg):
         return jnp.full((n_components,), jnp.mean(jnp.diagonal(cov) + reg), dtype=cov.dtype)
+
+    def rescale(self, covariances, v):
+        return covariances * jnp.exp(jnp.mean(jnp.log(v)))
 
     def conditional_variances(self, covariances):
         return covariances[:, None]

@@ -80,7 +80,8 @@ class GaussianStats(eqx.Module):
 
 def _feature_variance(data) -> Array:
     """``(D,)`` the weighted variance of each column over all rows of ``data`` (a
-    :class:`emjax.data.Data`), in one pass about the mean of its in-memory sample."""
+    :class:`emjax.data.Data`), in one pass about the mean of its in-memory sample;
+    0 where it is below the rounding of the column's values."""
     shift = jnp.mean(data.sample, axis=0)
 
     def moments(shift, x, w):
@@ -92,7 +93,11 @@ def _feature_variance(data) -> Array:
 
     (total, s1, s2), _ = data.map_sum(moments, shift)
     mean = s1 / total
-    return jnp.maximum(s2 / total - mean * mean, 0.0)
+    var = jnp.maximum(s2 / total - mean * mean, 0.0)
+    # A spread below the data's own rounding is none: a constant column whose sums
+    # round differently (another order, under vmap) must still count as constant.
+    resolution = 16 * jnp.finfo(var.dtype).eps * jnp.abs(shift + mean)
+    return jnp.where(var > resolution * resolution, var, 0.0)
 
 
 class Gaussian(Family):
@@ -307,22 +312,37 @@ class Gaussian(Family):
     def unconstrain(self, params: GaussianParams) -> dict:
         """``{"means": (K, D), <covariance key>: ...}``, every entry a free real.
 
-        The means are kept as they are. Full and tied covariances become
-        ``"log_cholesky"``: the lower Cholesky factor ``L`` (``Sigma = L L^T``)
-        with its diagonal replaced by ``log diag(L)``, stored as ``(K, D, D)``
-        (tied: ``(D, D)``) lower-triangular matrices; the upper triangle is zero
-        and :meth:`constrain` ignores it. Diagonal and spherical covariances
-        become ``"log_variances"`` (``(K, D)`` and ``(K,)``).
+        Coordinates are in units of the data's scale ``v`` (``reg_scale``,
+        measured by :meth:`adapt`; 1 before that), so a step of an optimiser
+        means the same on data in any units: the means become ``mu / sqrt(v)``,
+        the covariances ``Sigma / sqrt(v v^T)`` (diag: ``/ v``, spherical:
+        ``/ mean(v)``). Full and tied covariances then become
+        ``"log_cholesky"``: the lower Cholesky factor ``L`` with its diagonal
+        replaced by ``log diag(L)``, stored as ``(K, D, D)`` (tied: ``(D, D)``)
+        lower-triangular matrices; the upper triangle is zero and
+        :meth:`constrain` ignores it. Diagonal and spherical covariances become
+        ``"log_variances"`` (``(K, D)`` and ``(K,)``).
         """
         structure = self.structure
-        return {"means": params.means, structure.unconstrained_key: structure.unconstrain(params.covariances)}
+        v = self._unit(params.means)
+        cov = structure.rescale(params.covariances, 1.0 / v)
+        return {"means": params.means / jnp.sqrt(v), structure.unconstrained_key: structure.unconstrain(cov)}
 
     def constrain(self, u: dict) -> GaussianParams:
         """The inverse of :meth:`unconstrain`. A full or tied covariance is exactly
-        ``L L^T`` with ``L = tril(u, -1) + diag(exp(diag(u)))``, positive definite
-        for every real ``u``; ``reg_covar`` is an M-step device and is not added."""
+        ``sqrt(v v^T) * L L^T`` with ``L = tril(u, -1) + diag(exp(diag(u)))``,
+        positive definite for every real ``u``; ``reg_covar`` is an M-step device
+        and is not added."""
         structure = self.structure
-        return GaussianParams(u["means"], structure.constrain(u[structure.unconstrained_key]))
+        v = self._unit(u["means"])
+        cov = structure.rescale(structure.constrain(u[structure.unconstrained_key]), v)
+        return GaussianParams(u["means"] * jnp.sqrt(v), cov)
+
+    def _unit(self, means: Array) -> Array:
+        """``(D,)`` the data's scale ``v`` in ``means``' dtype (ones before :meth:`adapt`)."""
+        if self.reg_scale is None:
+            return jnp.ones(means.shape[-1:], means.dtype)
+        return jnp.broadcast_to(jnp.asarray(self.reg_scale, means.dtype), means.shape[-1:])
 
     # -- diagnostics and validation ----------------------------------------------------
 
