@@ -46,12 +46,6 @@ def _initial_params(model, keys, sample, init):
 MAX_ITER = 2**31 - 2
 
 
-def _check_key(key):
-    if key is None:
-        raise TypeError("fit needs an explicit PRNG key, e.g. key=jax.random.key(0).")
-    return check_key(key, "key")
-
-
 def _check_tol(tol) -> float:
     if isinstance(tol, (bool, np.bool_)) or not isinstance(tol, (int, float, np.integer, np.floating)):
         raise TypeError(f"tol must be a number; got {tol!r}.")
@@ -166,7 +160,7 @@ def fit(
         >>> result.params.weights, result.status
     """
     model = as_model(model)
-    key = _check_key(key)
+    key = check_key(key, "key")
     algorithm = BatchEM() if algorithm is None else algorithm
     if not isinstance(algorithm, Algorithm):
         raise TypeError(f"algorithm must be an emjax Algorithm; got {type(algorithm).__name__}.")

@@ -175,18 +175,10 @@ class CovarianceStructure(eqx.Module):
         """
 
     @abc.abstractmethod
-    def add_diagonal(self, scatter: Array, amount: Array) -> Array:
-        """``scatter`` plus ``amount_k`` on the diagonal of every component's scatter.
-
-        Args:
-            scatter: ``(K, D, D)`` or ``(K, D)`` (this structure's scatter layout).
-            amount: ``(K, D)`` diagonal entries to add.
-        """
-
-    @abc.abstractmethod
     def symmetrize(self, covariances: Array) -> Array:
         """``covariances`` made exactly symmetric where they are matrices."""
 
+    @abc.abstractmethod
     def penalty_scatter(self, counts: Array, reg: Array) -> Array:
         """``n_k R`` in the scatter layout: the scatter the regularisation adds.
 
@@ -197,12 +189,6 @@ class CovarianceStructure(eqx.Module):
         Returns:
             ``(K, D, D)`` or ``(K, D)``.
         """
-        zero = jnp.zeros(self._scatter_shape(counts.shape[0], reg.shape[0]), reg.dtype)
-        return self.add_diagonal(zero, counts[:, None] * reg[None, :])
-
-    @abc.abstractmethod
-    def _scatter_shape(self, n_components: int, n_features: int) -> tuple[int, ...]:
-        """The shape of a scatter statistic."""
 
     def penalty(self, covariances: Array, reg: Array) -> Array:
         """``tr(R Sigma_k^{-1})`` ``(K,)`` for ``R = diag(reg)``.
@@ -336,8 +322,8 @@ class MatrixStructure(CovarianceStructure):
         z = solve_triangular(chol, jnp.swapaxes(y, 1, 2), lower=True)  # L^-1 S L^-T
         return jnp.trace(z, axis1=1, axis2=2), jnp.broadcast_to(logdet_from_chol(chol), scatter.shape[:1])
 
-    def add_diagonal(self, scatter, amount):
-        return scatter + amount[:, :, None] * jnp.eye(scatter.shape[-1], dtype=scatter.dtype)
+    def penalty_scatter(self, counts, reg):
+        return counts[:, None, None] * jnp.diag(reg)
 
     def rescale(self, covariances, v):
         root = jnp.sqrt(v)
@@ -346,8 +332,6 @@ class MatrixStructure(CovarianceStructure):
     def symmetrize(self, covariances):
         return 0.5 * (covariances + jnp.swapaxes(covariances, -1, -2))
 
-    def _scatter_shape(self, n_components, n_features):
-        return (n_components, n_features, n_features)
 
     def _inverse_wishart(self, covariances, prior):
         """``L^{-1}``, ``log |Sigma|`` and the inverse-Wishart log density, per matrix."""
@@ -403,14 +387,12 @@ class VarianceStructure(CovarianceStructure):
     def trace_logdet(self, scatter, covariances):
         return self.weighted_sum(scatter, covariances), self.log_determinants(covariances, scatter.shape[-1])
 
-    def add_diagonal(self, scatter, amount):
-        return scatter + amount
+    def penalty_scatter(self, counts, reg):
+        return counts[:, None] * reg[None, :]
 
     def symmetrize(self, covariances):
         return covariances
 
-    def _scatter_shape(self, n_components, n_features):
-        return (n_components, n_features)
 
     def unconstrain(self, covariances):
         """``log`` of the variances."""

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import equinox as eqx
 from jax import Array
 
-from .._checks import check_number, check_shape, concrete, float_dtype
+from .._checks import check_number, check_shape, concrete, float_dtype, real_array
 from ._covariance import COVARIANCE_TYPES as COVARIANCE_TYPES  # re-exported
 from ._covariance import (
     CovarianceStructure,
@@ -153,23 +153,21 @@ class Gaussian(Family):
     ):
         # Numbers checked first, by name (a string would meet np.isfinite's ufunc error;
         # a NaN or negative collapse_tol would silently turn the collapse test off).
-        check_number("reg_covar", reg_covar, low=0.0)
-        check_number("collapse_tol", collapse_tol, low=0.0)
+        reg_covar = check_number("reg_covar", reg_covar, low=0.0)
+        collapse_tol = check_number("collapse_tol", collapse_tol, low=0.0)
         covariance_structure(covariance_type)  # a ValueError naming COVARIANCE_TYPES for any other string
-        if not (np.isfinite(reg_covar) and reg_covar >= 0):
-            raise ValueError(f"reg_covar must be a finite number >= 0; got {reg_covar}.")
         if prior is not None and not isinstance(prior, NormalInverseWishart):
             raise TypeError(f"prior must be a NormalInverseWishart or None; got {type(prior).__name__}.")
         self.covariance_type = covariance_type
-        self.reg_covar = float(reg_covar)
+        self.reg_covar = reg_covar
         self.prior = prior
-        self.collapse_tol = float(collapse_tol)
+        self.collapse_tol = collapse_tol
         self.measure_scale = reg_scale is None
         if reg_scale is not None:
-            scale = np.asarray(reg_scale, dtype=np.float64)
-            if scale.ndim > 1 or not (np.all(np.isfinite(scale)) and np.all(scale > 0)):
+            scale = real_array(reg_scale, "reg_scale")
+            if scale.ndim > 1 or not np.all(scale > 0):
                 raise ValueError(f"reg_scale must be None, a positive number or a (D,) array of them; got {reg_scale!r}.")
-            reg_scale = jnp.asarray(reg_scale)
+            reg_scale = jnp.asarray(scale, dtype=float)
         self.reg_scale = reg_scale
 
     def adapt(self, x, weights: Array | None = None) -> "Gaussian":
@@ -353,6 +351,15 @@ class Gaussian(Family):
     def degenerate(self, params: GaussianParams, x: Array) -> Array:
         k = params.means.shape[0]
         return self.structure.degenerate(params.covariances, jnp.var(x, axis=0), self.collapse_tol, k)
+
+    def validate_width(self, n_features: int) -> None:
+        """The prior's dimension (as every family) and a given per-feature ``reg_scale`` against the data's width."""
+        super().validate_width(n_features)
+        if self.reg_scale is not None and not self.measure_scale and jnp.ndim(self.reg_scale) == 1:
+            if jnp.shape(self.reg_scale)[0] != n_features:
+                raise ValueError(
+                    f"reg_scale has {jnp.shape(self.reg_scale)[0]} entries but x has {n_features} features (columns)."
+                )
 
     def validate_params(self, params, n_components: int, n_features: int) -> None:
         if not isinstance(params, GaussianParams):

@@ -185,10 +185,7 @@ class BetaPrior(eqx.Module):
 
     def n_features(self) -> int | None:
         """D if the hyperparameters are per feature, else ``None``."""
-        for v in (self.a, self.b):
-            if v.ndim == 1:
-                return v.shape[0]
-        return None
+        return _per_feature(self.a, self.b)
 
     def broadcast(self, n_features: int, dtype) -> tuple[Array, Array]:
         """``(a, b)`` as ``(D,)`` arrays of ``dtype``."""
@@ -235,16 +232,21 @@ class GammaPrior(eqx.Module):
 
     def n_features(self) -> int | None:
         """D if the hyperparameters are per feature, else ``None``."""
-        for v in (self.shape, self.rate):
-            if v.ndim == 1:
-                return v.shape[0]
-        return None
+        return _per_feature(self.shape, self.rate)
 
     def log_prob(self, rates: Array) -> Array:
         """Elementwise ``log Gamma(rates | a, b)`` (same shape as ``rates``)."""
         a = self.shape.astype(rates.dtype)
         b = self.rate.astype(rates.dtype)
         return xlogy(a, b) - gammaln(a) + xlogy(a - 1, rates) - b * rates
+
+
+def _per_feature(*hyperparameters: Array) -> int | None:
+    """D when some hyperparameter is a ``(D,)`` vector, else ``None`` (all scalars)."""
+    for v in hyperparameters:
+        if v.ndim == 1:
+            return v.shape[0]
+    return None
 
 
 def mean_log_prior_terms(kappa0: Array, quad: Array, logdet: Array, dim: int) -> Array:

@@ -417,9 +417,6 @@ class Mixture(EMModel):
     def _chunk_size(self, x) -> int:
         return default_chunk_size(n_rows(x), self.row_width(x))
 
-    def _checked(self, params: MixtureParams, x):
-        return self.validate_prediction(params, x)
-
     def validate_prediction(self, params: MixtureParams, x):
         """``x`` validated for prediction as ``fit`` validates it (rank, dtype, NaN,
         the family's support), and its width checked against ``params``; ``params``
@@ -463,7 +460,7 @@ class Mixture(EMModel):
             )
 
     def _map(self, fn, params: MixtureParams, x):
-        x = self._checked(params, x)
+        x = self.validate_prediction(params, x)
         return chunked_map(fn, x, self._chunk_size(x))
 
     def log_prob(self, params: MixtureParams, x: Array) -> Array:
