@@ -190,19 +190,15 @@ class CovarianceStructure(eqx.Module):
             ``(K, D, D)`` or ``(K, D)``.
         """
 
-    def penalty(self, covariances: Array, reg: Array) -> Array:
+    def penalty(self, covariances: Array, reg: Array, n_components: int) -> Array:
         """``tr(R Sigma_k^{-1})`` ``(K,)`` for ``R = diag(reg)``.
 
         Half of it is the amount each component's log density is lowered by
         while fitting (see :class:`emjax.Gaussian`'s ``reg_covar``).
         """
-        k = self.n_components_of(covariances, reg.shape[0])
-        trace, _ = self.trace_logdet(self.penalty_scatter(jnp.ones((k,), reg.dtype), reg), covariances)
+        ones = jnp.ones((n_components,), reg.dtype)
+        trace, _ = self.trace_logdet(self.penalty_scatter(ones, reg), covariances)
         return trace
-
-    @abc.abstractmethod
-    def n_components_of(self, covariances: Array, n_features: int) -> int:
-        """K as the covariances' shape tells it (1 for tied)."""
 
     def maximize(self, scatter: Array, counts: Array, reg: Array, prior=None, means=None) -> Array:
         """The M-step for the covariances from the scatter about the new means.
@@ -438,9 +434,6 @@ class Full(MatrixStructure):
         quad = jnp.sum(jnp.square(jnp.einsum("kde,ke->kd", linv, means - prior.m0)), axis=-1)
         return jnp.sum(mean_log_prior_terms(prior.kappa0, quad, logdet, means.shape[-1]) + iw)
 
-    def n_components_of(self, covariances, n_features):
-        return covariances.shape[0]
-
     def from_data_covariance(self, cov, n_components, reg):
         d = cov.shape[-1]
         return jnp.broadcast_to(cov + jnp.diag(reg), (n_components, d, d))
@@ -477,9 +470,6 @@ class Tied(MatrixStructure):
         linv, logdet, iw = self._inverse_wishart(covariances, prior)
         quad = jnp.sum(jnp.square((means - prior.m0) @ linv.T), axis=-1)
         return jnp.sum(mean_log_prior_terms(prior.kappa0, quad, logdet, means.shape[-1])) + iw
-
-    def n_components_of(self, covariances, n_features):
-        return 1
 
     def from_data_covariance(self, cov, n_components, reg):
         return cov + jnp.diag(reg)
@@ -533,9 +523,6 @@ class Diag(VarianceStructure):
         ig = inverse_gamma_log_prob(0.5 * prior.nu0, 0.5 * jnp.diagonal(prior.S0), covariances)
         return jnp.sum(normal + ig)
 
-    def n_components_of(self, covariances, n_features):
-        return covariances.shape[0]
-
     def from_data_covariance(self, cov, n_components, reg):
         return jnp.broadcast_to(jnp.diagonal(cov) + reg, (n_components, cov.shape[-1]))
 
@@ -585,9 +572,6 @@ class Spherical(VarianceStructure):
         normal = mean_log_prior_terms(prior.kappa0, quad, self.log_determinants(covariances, d), d)
         ig = inverse_gamma_log_prob(0.5 * prior.nu0 * d, 0.5 * jnp.trace(prior.S0), covariances)
         return jnp.sum(normal + ig)
-
-    def n_components_of(self, covariances, n_features):
-        return covariances.shape[0]
 
     def from_data_covariance(self, cov, n_components, reg):
         return jnp.full((n_components,), jnp.mean(jnp.diagonal(cov) + reg), dtype=cov.dtype)

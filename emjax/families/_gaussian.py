@@ -201,8 +201,7 @@ class Gaussian(Family):
         """``(D,)`` the diagonal of the regularisation ``R`` in ``dtype`` (see ``reg_covar``)."""
         # Below about D eps a float32 Cholesky factorisation is not reliable.
         rel = 0.0 if self.reg_covar == 0 else max(self.reg_covar, 2 * n_features * float(jnp.finfo(dtype).eps))
-        scale = 1.0 if self.reg_scale is None else jnp.asarray(self.reg_scale, dtype)
-        return jnp.broadcast_to(rel * scale, (n_features,)).astype(dtype)
+        return rel * self._unit(n_features, dtype)
 
     def fit_penalty(self, params: GaussianParams) -> Array:
         """``tr(R Sigma_k^{-1}) / 2`` ``(K,)``: what fitting subtracts from each
@@ -210,8 +209,8 @@ class Gaussian(Family):
         means = params.means
         if self.reg_covar == 0:
             return jnp.zeros(means.shape[:1], means.dtype)
-        trace = self.structure.penalty(params.covariances, self.reg(means.shape[-1], means.dtype))
-        return 0.5 * jnp.broadcast_to(trace, means.shape[:1])
+        k, d = means.shape
+        return 0.5 * self.structure.penalty(params.covariances, self.reg(d, means.dtype), k)
 
     @property
     def structure(self) -> CovarianceStructure:
@@ -313,8 +312,8 @@ class Gaussian(Family):
         Coordinates are in units of the data's scale ``v`` (``reg_scale``,
         measured by :meth:`adapt`; 1 before that), so a step of an optimiser
         means the same on data in any units: the means become ``mu / sqrt(v)``,
-        the covariances ``Sigma / sqrt(v v^T)`` (diag: ``/ v``, spherical:
-        ``/ mean(v)``). Full and tied covariances then become
+        the covariances ``Sigma / sqrt(v v^T)`` (diag: ``/ v``, spherical: by
+        the geometric mean of ``v``). Full and tied covariances then become
         ``"log_cholesky"``: the lower Cholesky factor ``L`` with its diagonal
         replaced by ``log diag(L)``, stored as ``(K, D, D)`` (tied: ``(D, D)``)
         lower-triangular matrices; the upper triangle is zero and
@@ -322,7 +321,7 @@ class Gaussian(Family):
         ``"log_variances"`` (``(K, D)`` and ``(K,)``).
         """
         structure = self.structure
-        v = self._unit(params.means)
+        v = self._unit(params.means.shape[-1], params.means.dtype)
         cov = structure.rescale(params.covariances, 1.0 / v)
         return {"means": params.means / jnp.sqrt(v), structure.unconstrained_key: structure.unconstrain(cov)}
 
@@ -332,15 +331,15 @@ class Gaussian(Family):
         positive definite for every real ``u``; ``reg_covar`` is an M-step device
         and is not added."""
         structure = self.structure
-        v = self._unit(u["means"])
+        v = self._unit(u["means"].shape[-1], u["means"].dtype)
         cov = structure.rescale(structure.constrain(u[structure.unconstrained_key]), v)
         return GaussianParams(u["means"] * jnp.sqrt(v), cov)
 
-    def _unit(self, means: Array) -> Array:
-        """``(D,)`` the data's scale ``v`` in ``means``' dtype (ones before :meth:`adapt`)."""
+    def _unit(self, n_features: int, dtype) -> Array:
+        """``(D,)`` the data's scale ``v`` (``reg_scale``; ones before :meth:`adapt`) in ``dtype``."""
         if self.reg_scale is None:
-            return jnp.ones(means.shape[-1:], means.dtype)
-        return jnp.broadcast_to(jnp.asarray(self.reg_scale, means.dtype), means.shape[-1:])
+            return jnp.ones((n_features,), dtype)
+        return jnp.broadcast_to(jnp.asarray(self.reg_scale, dtype), (n_features,))
 
     # -- diagnostics and validation ----------------------------------------------------
 
