@@ -55,8 +55,9 @@ def test_the_defect_classes_of_the_adversarial_sweep():
     count families with a prior starting on an all-zero feature (kmeans++ and
     random), gradient ascent from k-means on fewer distinct rows than K, float32
     on collinear features and with an outlier, batch EM (float64) on data of tiny
-    scale, large Poisson counts in float32, and the two batches the thorough
-    sweep failed on (a constant column under vmap; gradient ascent at spread 1e-4)."""
+    scale, large Poisson counts in float32, and the three batches the thorough
+    sweep failed on (a constant column under vmap; data at 1e8 in float32; gradient
+    ascent at spread 1e-4)."""
     batches = [
         P.cases(P.Config("poisson", "batch", "kmeans++", "float64", prior=True), 2, 6),
         P.cases(P.Config("binomial", "batch", "random", "float32", prior=True), 2, 6),
@@ -67,6 +68,9 @@ def test_the_defect_classes_of_the_adversarial_sweep():
         # A constant column whose variance rounds to 1e-30 inside the vmapped batch
         # (seed 201377) once gave it no regularisation: batch EM's objective fell by 17.5.
         P.cases(P.Config("tied", "batch", "random", "float64", weighted=True, k=2), 201368, 24),
+        # float32 data at 1e8 are all one value: component means one ulp (8) off gave a
+        # scatter of 64 that R = 1e-6 could not keep positive definite (seed 202539).
+        P.cases(P.Config("full", "batch", "random_resp", "float32", weighted=True, k=4), 202520, 24),
         # Data of spread 1e-4: a fixed Adam step in absolute units made a covariance singular.
         P.cases(P.Config("full", "gradient", "random_resp", "float32", prior=True, weighted=True, k=2), 100216, 24),
     ]

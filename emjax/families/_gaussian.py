@@ -78,10 +78,11 @@ class GaussianStats(eqx.Module):
         return GaussianStats(self.counts * c, self.s1 * c, self.s2 * c, self.shift)
 
 
-def _feature_variance(data) -> Array:
+def _feature_variance(data) -> tuple[Array, Array]:
     """``(D,)`` the weighted variance of each column over all rows of ``data`` (a
-    :class:`emjax.data.Data`), in one pass about the mean of its in-memory sample;
-    0 where it is below the rounding of the column's values."""
+    :class:`emjax.data.Data`), in one pass about the mean of its in-memory sample,
+    0 where it is below the rounding of the column's values; and ``(D,)`` that
+    rounding, the ulp ``eps |mean|`` of each column."""
     shift = jnp.mean(data.sample, axis=0)
 
     def moments(shift, x, w):
@@ -94,10 +95,14 @@ def _feature_variance(data) -> Array:
     (total, s1, s2), _ = data.map_sum(moments, shift)
     mean = s1 / total
     var = jnp.maximum(s2 / total - mean * mean, 0.0)
-    # A spread below the data's own rounding is none: a constant column whose sums
-    # round differently (another order, under vmap) must still count as constant.
-    resolution = 16 * jnp.finfo(var.dtype).eps * jnp.abs(shift + mean)
-    return jnp.where(var > resolution * resolution, var, 0.0)
+    # A constant column's variance is a rounding residue of order eps ulp^2 (its
+    # values minus the shift are a few ulps, squared and summed with relative error
+    # eps; another summation order, as under vmap, gives 1e-30 instead of 0), while
+    # values that differ by one ulp in one row of N give ulp^2 / N: the threshold
+    # sqrt(eps) ulp^2 lies between them.
+    eps = jnp.finfo(var.dtype).eps
+    ulp = eps * jnp.abs(shift + mean)
+    return jnp.where(var > jnp.sqrt(eps) * ulp * ulp, var, 0.0), ulp
 
 
 class Gaussian(Family):
@@ -123,7 +128,8 @@ class Gaussian(Family):
         reg_scale: the scale ``v``: ``None`` (the default) measures each
             feature's variance on the data :func:`emjax.fit` is given
             (:meth:`adapt`; a constant feature takes the largest variance, all
-            constant features 1) and uses 1 until then; a number or a ``(D,)``
+            constant features 1; never so small that ``R`` falls below ``D``
+            squared ulps of the feature's values) and uses 1 until then; a number or a ``(D,)``
             array fixes it (``reg_scale=1.0`` is scikit-learn's absolute
             ``reg_covar``).
         prior: a :class:`NormalInverseWishart` for MAP-EM, or ``None`` for
@@ -192,16 +198,25 @@ class Gaussian(Family):
             from ..data._memory import ArrayData
 
             x = ArrayData(jnp.asarray(x), None if weights is None else jnp.asarray(weights), None)
-        var = _feature_variance(x)
+        var, ulp = _feature_variance(x)
         top = jnp.max(var)
         scale = jnp.where(var > 0, var, jnp.where(top > 0, top, 1.0))
+        if self.reg_covar > 0:
+            # R at least D ulp^2 per feature: below the data's own rounding (float32
+            # values near 1e8 are multiples of 8) a component mean one ulp off gives a
+            # scatter of ulp^2 that a smaller R cannot keep positive definite.
+            d = scale.shape[0]
+            scale = jnp.maximum(scale, d * ulp * ulp / self._relative(d, scale.dtype))
         return eqx.tree_at(lambda f: f.reg_scale, self, scale, is_leaf=lambda a: a is None)
 
     def reg(self, n_features: int, dtype) -> Array:
         """``(D,)`` the diagonal of the regularisation ``R`` in ``dtype`` (see ``reg_covar``)."""
-        # Below about D eps a float32 Cholesky factorisation is not reliable.
-        rel = 0.0 if self.reg_covar == 0 else max(self.reg_covar, 2 * n_features * float(jnp.finfo(dtype).eps))
-        return rel * self._unit(n_features, dtype)
+        return self._relative(n_features, dtype) * self._unit(n_features, dtype)
+
+    def _relative(self, n_features: int, dtype) -> float:
+        """``reg_covar``, at least ``2 D eps`` when positive: below about ``D eps`` a
+        float32 Cholesky factorisation is not reliable."""
+        return 0.0 if self.reg_covar == 0 else max(self.reg_covar, 2 * n_features * float(jnp.finfo(dtype).eps))
 
     def fit_penalty(self, params: GaussianParams) -> Array:
         """``tr(R Sigma_k^{-1}) / 2`` ``(K,)``: what fitting subtracts from each

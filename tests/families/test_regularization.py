@@ -111,6 +111,12 @@ def test_weights_enter_the_scale_as_repetition_counts():
     x[:, 1] = 7.0
     np.testing.assert_allclose(family.adapt(x).reg_scale, [np.var(x[:, 0])] * 2, rtol=1e-12)
     np.testing.assert_array_equal(emjax.Gaussian(reg_scale=2.0).adapt(x).reg_scale, 2.0)
+    # Never below the data's rounding: float32 values near 1e8 are multiples of 8, and
+    # R = reg_covar v is at least D ulp^2 per feature, whatever their measured spread.
+    big = (1e8 + np.random.default_rng(1).normal(size=(50, 2))).astype(np.float32)
+    ulp = np.finfo(np.float32).eps * 1e8
+    scale = np.asarray(family.adapt(big).reg_scale)
+    np.testing.assert_allclose(scale, 2 * ulp**2 / 1e-6, rtol=1e-5)
 
 
 @pytest.mark.parametrize("cov_type", TYPES)
