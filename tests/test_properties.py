@@ -57,7 +57,7 @@ def test_the_defect_classes_of_the_adversarial_sweep():
     on collinear features and with an outlier, batch EM (float64) on data of tiny
     scale, large Poisson counts in float32, and the three batches the thorough
     sweep failed on (a constant column under vmap; data at 1e8 in float32; gradient
-    ascent at spread 1e-4)."""
+    ascent at spread 1e-4; gradient ascent toward a singular covariance in float32)."""
     batches = [
         P.cases(P.Config("poisson", "batch", "kmeans++", "float64", prior=True), 2, 6),
         P.cases(P.Config("binomial", "batch", "random", "float32", prior=True), 2, 6),
@@ -73,6 +73,9 @@ def test_the_defect_classes_of_the_adversarial_sweep():
         P.cases(P.Config("full", "batch", "random_resp", "float32", weighted=True, k=4), 202520, 24),
         # Data of spread 1e-4: a fixed Adam step in absolute units made a covariance singular.
         P.cases(P.Config("full", "gradient", "random_resp", "float32", prior=True, weighted=True, k=2), 100216, 24),
+        # Adam drove a conditional variance to 1e-8 of the marginal one (duplicates, and
+        # float32 data at 1e8): L L^T rounded to an indefinite float32 matrix.
+        P.cases(P.Config("full", "gradient", "random_resp", "float32", weighted=True, k=3), 103960, 4),
     ]
     kinds = {c.kind for b in batches for c in b}
     assert {"zero_feature", "duplicates", "collinear", "outlier", "tiny_scale", "large_counts"} <= kinds

@@ -60,6 +60,16 @@ def logdet_from_chol(chol: Array) -> Array:
     return 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)
 
 
+def cholesky_floor(n_features: int, dtype) -> float:
+    """``2 D eps``: the smallest variance, relative to the matrix's own diagonal,
+    that keeps a ``D x D`` covariance positive definite once rounded to ``dtype``.
+
+    Rounding a product ``L L^T`` and factorising it again err by about ``D eps``
+    relative to the diagonal, so a conditional variance below that is lost (float32
+    ``D = 3``: 7.2e-7; float64: 1.3e-15)."""
+    return 2 * n_features * float(jnp.finfo(dtype).eps)
+
+
 def count_floor(dtype):
     """A few ulps of ``dtype``, added to counts to make them safe divisors for an empty component."""
     return 10 * jnp.finfo(dtype).eps
@@ -348,10 +358,19 @@ class MatrixStructure(CovarianceStructure):
         return jnp.tril(chol, -1) + log_diag[..., None] * eye
 
     def constrain(self, u):
-        """Exactly ``L L^T`` with ``L = tril(u, -1) + diag(exp(diag(u)))``; the upper triangle is ignored."""
-        eye = jnp.eye(u.shape[-1], dtype=u.dtype)
+        """``L L^T + f diag(L L^T)`` with ``L = tril(u, -1) + diag(exp(diag(u)))`` and
+        ``f = 2 D eps`` (:func:`cholesky_floor`); the upper triangle is ignored.
+
+        ``L L^T`` alone is positive definite in exact arithmetic only: an optimiser
+        that drives a conditional variance toward 0 (the likelihood's singularity)
+        leaves a product that float32 rounds to an indefinite matrix. The floor keeps
+        every conditional variance above rounding; it changes the covariance by
+        ``f`` relative (1.3e-15 in float64), so :meth:`unconstrain` ignores it."""
+        d = u.shape[-1]
+        eye = jnp.eye(d, dtype=u.dtype)
         chol = jnp.tril(u, -1) + jnp.exp(jnp.diagonal(u, axis1=-2, axis2=-1))[..., None] * eye
-        return jnp.einsum("...ik,...jk->...ij", chol, chol, precision=_EXACT)
+        cov = jnp.einsum("...ik,...jk->...ij", chol, chol, precision=_EXACT)
+        return cov + cholesky_floor(d, u.dtype) * jnp.diagonal(cov, axis1=-2, axis2=-1)[..., None] * eye
 
     def conditional_variances(self, covariances):
         return jnp.square(jnp.diagonal(cholesky(covariances), axis1=-2, axis2=-1))

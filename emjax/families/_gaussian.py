@@ -21,6 +21,7 @@ from ._covariance import COVARIANCE_TYPES as COVARIANCE_TYPES  # re-exported
 from ._covariance import (
     CovarianceStructure,
     cholesky,
+    cholesky_floor,
     count_floor,
     covariance_structure,
     recenter_scatter,
@@ -216,7 +217,7 @@ class Gaussian(Family):
     def _relative(self, n_features: int, dtype) -> float:
         """``reg_covar``, at least ``2 D eps`` when positive: below about ``D eps`` a
         float32 Cholesky factorisation is not reliable."""
-        return 0.0 if self.reg_covar == 0 else max(self.reg_covar, 2 * n_features * float(jnp.finfo(dtype).eps))
+        return 0.0 if self.reg_covar == 0 else max(self.reg_covar, cholesky_floor(n_features, dtype))
 
     def fit_penalty(self, params: GaussianParams) -> Array:
         """``tr(R Sigma_k^{-1}) / 2`` ``(K,)``: what fitting subtracts from each
@@ -342,9 +343,10 @@ class Gaussian(Family):
 
     def constrain(self, u: dict) -> GaussianParams:
         """The inverse of :meth:`unconstrain`. A full or tied covariance is exactly
-        ``sqrt(v v^T) * L L^T`` with ``L = tril(u, -1) + diag(exp(diag(u)))``,
-        positive definite for every real ``u``; ``reg_covar`` is an M-step device
-        and is not added."""
+        ``sqrt(v v^T) * L L^T`` with ``L = tril(u, -1) + diag(exp(diag(u)))``, plus
+        ``2 D eps`` of its own diagonal so that it stays positive definite once
+        rounded (see ``MatrixStructure.constrain``); ``reg_covar`` is an M-step
+        device and is not added."""
         structure = self.structure
         v = self._unit(u["means"].shape[-1], u["means"].dtype)
         cov = structure.rescale(structure.constrain(u[structure.unconstrained_key]), v)

@@ -77,6 +77,28 @@ def test_gaussian_coordinates_are_documented_shapes():
     np.testing.assert_allclose(np.asarray(cov), np.asarray(p.covariances), rtol=1e-14)
 
 
+@pytest.mark.parametrize("covariance_type", ["full", "tied"])
+def test_float32_covariances_from_any_coordinates_are_positive_definite(covariance_type):
+    """A conditional variance 1e-8 of the marginal one (where an optimiser chasing the
+    singularity goes) rounds away in a float32 ``L L^T``; constrain's ``2 D eps``
+    floor keeps the float32 matrix factorisable, within that floor of the exact product."""
+    d = 3
+    chol = np.eye(d)
+    chol[1:, 0] = 1.0  # rows 1, 2 are row 0 plus a conditional part of 1e-4 (variance 1e-8)
+    chol[1, 1] = chol[2, 2] = 1e-4
+    u = np.tril(chol, -1) + np.diag(np.log(np.diag(chol)))
+    u = u if covariance_type == "tied" else np.stack([u, u])
+    fam = emjax.Gaussian(covariance_type)
+    cov = fam.constrain({"means": jnp.zeros((2, d), jnp.float32), "log_cholesky": jnp.asarray(u, jnp.float32)}).covariances
+    exact = chol @ chol.T
+    for c in np.reshape(np.asarray(cov), (-1, d, d)):
+        assert c.dtype == np.float32
+        np.linalg.cholesky(c)  # raises LinAlgError without the floor
+        np.testing.assert_allclose(c, exact, rtol=3 * 2 * d * np.finfo(np.float32).eps, atol=1e-7)
+    with pytest.raises(np.linalg.LinAlgError):  # what the floor prevents
+        np.linalg.cholesky((chol.astype(np.float32) @ chol.T.astype(np.float32)))
+
+
 def test_family_without_bijection_says_so():
     class NoBijection(emjax.Poisson):
         unconstrain = emjax.families.Family.unconstrain
