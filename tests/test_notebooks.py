@@ -5,7 +5,6 @@ Jupyter machinery is needed.
 """
 
 import json
-import os
 from pathlib import Path
 
 import pytest

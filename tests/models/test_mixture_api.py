@@ -8,7 +8,6 @@ from hypothesis import given, settings, strategies as st
 from scipy.stats import multivariate_normal
 
 import emjax
-from tests.conftest import make_blobs
 
 COV_TYPES = ["full", "diag", "spherical", "tied"]
 
