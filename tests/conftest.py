@@ -83,3 +83,24 @@ def assert_weighted_equals_repeated(weighted, repeated):
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(weighted.trace, repeated.trace, rtol=1e-10)
     np.testing.assert_allclose(weighted.objective, repeated.objective, rtol=1e-12)
+
+
+#: The files that take longest (cold compilation cache, 2-core CPU), in that order:
+#: pytest-xdist's ``--dist loadfile`` hands out whole files in collection order, so
+#: starting the long ones first keeps both workers busy to the end (longest job first).
+#: In the default order they are collected last and one worker finished a minute alone.
+LONG_FILES = (
+    "tests/test_notebooks.py",
+    "tests/data/test_sharded.py",
+    "tests/data/test_stream.py",
+    "tests/test_properties.py",
+    "tests/data/test_sources.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item):
+        path = item.nodeid.split("::", 1)[0]
+        return LONG_FILES.index(path) if path in LONG_FILES else len(LONG_FILES)
+
+    items.sort(key=rank)  # stable: the order within a file and among the others is kept

@@ -242,16 +242,8 @@ class Gaussian(Family):
     # -- statistics and M-step -----------------------------------------------------
 
     def statistics(self, x: Array, resp: Array, params: GaussianParams | None = None) -> GaussianStats:
-        counts = jnp.sum(resp, axis=0)
-        if params is None:
-            # Two passes: the responsibility-weighted means are the expansion point.
-            safe = jnp.where(counts > 0, counts, 1.0)
-            shift = jnp.matmul(resp.T, x, precision=_EXACT) / safe[:, None]
-        else:
-            shift = params.means
-        diff = x[None, :, :] - shift[:, None, :]  # (K, N, D), as in log_prob
-        rdiff = resp.T[:, :, None] * diff
-        return GaussianStats(counts, jnp.sum(rdiff, axis=1), self.structure.scatter(diff, rdiff), shift)
+        s1, s2, shift = self.structure.moments(x, resp, None if params is None else params.means)
+        return GaussianStats(jnp.sum(resp, axis=0), s1, s2, shift)
 
     def expected_log_likelihood(self, stats: GaussianStats, params: GaussianParams) -> Array:
         """``sum_n sum_k r_nk log p(x_n | theta_k)`` from the statistics, up to terms free of ``params``."""

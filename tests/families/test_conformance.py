@@ -68,11 +68,13 @@ def rows(x, sl):
 
 @eqx.filter_jit
 def additive_statistics(family, x, resp, params, cut):
-    """The statistics of all rows, and the sum of those of the rows before and after ``cut``."""
+    """The statistics of all rows, and the sum of those of the rows before and after ``cut``
+    (expressed about the whole's expansion point, where statistics carry one: each part
+    may choose its own, and addition re-expresses the right operand about the left's)."""
     whole = family.statistics(x, resp, params)
     head = family.statistics(rows(x, slice(None, cut)), resp[:cut], params)
     tail = family.statistics(rows(x, slice(cut, None)), resp[cut:], params)
-    return whole, emjax.add_stats(head, tail)
+    return whole, emjax.add_stats(emjax.scale_stats(whole, 0.0), emjax.add_stats(head, tail))
 
 
 def flat(tree):
