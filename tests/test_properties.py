@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from tests import properties as P
 
 settings.register_profile(
-    "ci", max_examples=6, deadline=None, derandomize=True, print_blob=True,
+    "ci", max_examples=4, deadline=None, derandomize=True, print_blob=True,
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.register_profile("thorough", max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
