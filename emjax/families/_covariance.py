@@ -161,7 +161,6 @@ class CovarianceStructure(eqx.Module):
             and the expansion point ``c`` ``(K, D)`` actually used.
         """
 
-
     @abc.abstractmethod
     def trace_logdet(self, scatter: Array, covariances: Array) -> tuple[Array, Array]:
         """``tr(Sigma_k^{-1} S_k)`` and ``log |Sigma_k|``, both ``(K,)``, for a scatter ``S`` about the means."""
@@ -350,7 +349,6 @@ class MatrixStructure(CovarianceStructure):
     def symmetrize(self, covariances):
         return 0.5 * (covariances + jnp.swapaxes(covariances, -1, -2))
 
-
     def _inverse_wishart(self, covariances, prior):
         """``L^{-1}``, ``log |Sigma|`` and the inverse-Wishart log density, per matrix."""
         chol = cholesky(covariances)
@@ -401,10 +399,6 @@ class VarianceStructure(CovarianceStructure):
         """``log |Sigma_k|`` ``(K,)``."""
 
     @abc.abstractmethod
-    def weighted_sum(self, sq: Array, covariances: Array) -> Array:
-        """``sum_d sq_kd / sigma2_kd`` ``(K,)`` for ``sq`` ``(K, D)``."""
-
-    @abc.abstractmethod
     def precisions(self, covariances: Array, n_features: int) -> Array:
         """``1 / sigma2_kd`` ``(K, D)``."""
 
@@ -443,14 +437,14 @@ class VarianceStructure(CovarianceStructure):
         return s1, s2, jnp.broadcast_to(c, s1.shape)
 
     def trace_logdet(self, scatter, covariances):
-        return self.weighted_sum(scatter, covariances), self.log_determinants(covariances, scatter.shape[-1])
+        d = scatter.shape[-1]
+        return jnp.sum(scatter * self.precisions(covariances, d), axis=-1), self.log_determinants(covariances, d)
 
     def penalty_scatter(self, counts, reg):
         return counts[:, None] * reg[None, :]
 
     def symmetrize(self, covariances):
         return covariances
-
 
     def unconstrain(self, covariances):
         """``log`` of the variances."""
@@ -567,9 +561,6 @@ class Diag(VarianceStructure):
     def log_determinants(self, covariances, n_features):
         return jnp.sum(jnp.log(covariances), axis=-1)
 
-    def weighted_sum(self, sq, covariances):
-        return jnp.sum(sq / covariances, axis=-1)
-
     def precisions(self, covariances, n_features):
         return 1.0 / covariances
 
@@ -617,9 +608,6 @@ class Spherical(VarianceStructure):
 
     def log_determinants(self, covariances, n_features):
         return n_features * jnp.log(covariances)
-
-    def weighted_sum(self, sq, covariances):
-        return jnp.sum(sq, axis=-1) / covariances
 
     def precisions(self, covariances, n_features):
         return jnp.broadcast_to((1.0 / covariances)[:, None], (covariances.shape[0], n_features))
