@@ -5,6 +5,8 @@ Run from the repository root:
     python benchmarks/bench_gmm.py                       # N=100000, D=16, K=16, full, float32
     python benchmarks/bench_gmm.py --covariance all      # full, diag, spherical, tied
     python benchmarks/bench_gmm.py --dtype float64 --n 20000 --skip-fit
+    python benchmarks/bench_gmm.py --quick               # the ratio table, all four types, ~2 minutes
+    python benchmarks/bench_gmm.py --covariance all --skip-fit --skip-iter --restarts 1,8,64
 
 What is timed (all wall clock, median and min over ``--repeats``):
 
@@ -216,6 +218,27 @@ def emjax_fit(x_np, params, cov_type, args, dtype):
     return out
 
 
+def emjax_restarts(x_np, cov_type, args, dtype, n_restarts: int) -> float:
+    """Seconds per iteration of a fit with ``n_restarts`` random restarts
+    (``init="random"``): ``[t(max_iter=6) - t(max_iter=1)] / 5``, both compiled first."""
+    import jax
+    import jax.numpy as jnp
+    import emjax
+
+    x = jax.device_put(jnp.asarray(x_np, dtype))
+    model = emjax.Mixture(emjax.Gaussian(cov_type, reg_covar=REG_COVAR), n_components=args.k)
+
+    def fit(max_iter):
+        res = emjax.fit(model, x, key=jax.random.key(0), init="random", n_restarts=n_restarts, max_iter=max_iter,
+                        tol=0.0, chunk_size=args.chunk_size)
+        return jax.block_until_ready(res)
+
+    fit(1), fit(6)
+    t1 = time_calls(lambda: fit(1), args.repeats)
+    t6 = time_calls(lambda: fit(6), args.repeats)
+    return (t6.median - t1.median) / 5
+
+
 # -- scikit-learn ---------------------------------------------------------------------
 
 
@@ -367,7 +390,14 @@ def parse_args(argv=None):
     p.add_argument("--skip-iter", action="store_true", help="only time the full fit")
     p.add_argument("--chunk-size", type=int, default=None, help="emjax E-step chunk rows (default: emjax's choice)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--restarts", default=None,
+                   help="comma-separated R (e.g. 1,8,64): also time one iteration of a fit with R random restarts")
+    p.add_argument("--quick", action="store_true",
+                   help="the ratio table only: all four covariance types, one iteration, 3 repeats (about 2 minutes)")
     args = p.parse_args(argv)
+    if args.quick:
+        args.covariance, args.skip_fit, args.repeats = "all", True, min(args.repeats, 3)
+    args.restarts = [int(r) for r in args.restarts.split(",")] if args.restarts else []
     if args.fit_repeats is None:
         args.fit_repeats = args.repeats
     if args.repeats < 1 or args.fit_repeats < 1 or args.iters < 1:
@@ -417,7 +447,7 @@ def main(argv=None) -> int:
     x = make_data(args.n, args.d, args.k, args.seed)
     print(f"data: {args.n} x {args.d} points from a {args.k}-component mixture ({time.perf_counter() - t0:.1f} s to draw)")
 
-    iter_rows, fit_rows, agree_rows, notes = [], [], [], []
+    iter_rows, fit_rows, agree_rows, restart_rows, notes = [], [], [], [], []
     shape = [str(args.n), str(args.d), str(args.k), args.dtype]
 
     def iteration_row(ct, at, params):
@@ -491,6 +521,15 @@ def main(argv=None) -> int:
             if not args.skip_iter:
                 iteration_row(ct, "fitted", with_precisions(*s["params"], ct))
 
+        if args.restarts:
+            times = {r: emjax_restarts(x, ct, args, dtype, r) for r in args.restarts}
+            restart_rows.append(
+                [ct] + shape + [f"{times[r] * 1e3:.1f} ({times[r] / r * 1e3:.1f})" for r in args.restarts]
+            )
+            print(f"[{ct}] restarts: " + ", ".join(f"R={r} {times[r] * 1e3:.1f} ms" for r in args.restarts), flush=True)
+
+        if args.quick:
+            continue
         others = bench_others(x, init, ct, args, dtype_np)
         for ln in others:
             if ln.endswith("not installed"):
@@ -528,6 +567,10 @@ def main(argv=None) -> int:
                 agree_rows,
             )
         )
+        print()
+    if restart_rows:
+        print(f"Fits with R random restarts (init='random'): ms per iteration, (per restart); median of {args.repeats}")
+        print(format_table(head + [f"R={r}" for r in args.restarts], restart_rows))
         print()
     if notes:
         print("Notes:")

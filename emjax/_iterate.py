@@ -11,10 +11,15 @@ the acceptance of steps, the stopping rule and the status codes are the same.
 Nothing raises inside the loop: a step that produces non-finite values is
 rejected and its restart stops with ``NONFINITE`` (or ``COLLAPSED`` when a
 collapsed component made it so), keeping its last finite state; restarts never
-poison one another. The loop runs over ``vmap``-ped steps (not ``vmap`` of a
-loop per restart, which XLA runs the same way), so decisions about any restart
-stay unbatched: the re-initialisation of collapsed components is a real
+poison one another. The loop runs over steps of all restarts (not ``vmap`` of
+a loop per restart, which XLA runs the same way), so decisions about any
+restart stay unbatched: the re-initialisation of collapsed components is a real
 ``lax.cond``, paid only on steps where some restart needs it.
+
+How the restarts of one step run is :func:`map_restarts`'s choice, by
+``Problem.restart_batch``: all together as one ``vmap`` (the default) or in
+groups of that many, one group after another (bounded memory, and one at a
+time a restart that has finished skips its step).
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ class Problem(eqx.Module):
         tol: the stopping rule's tolerance (traced: another value does not recompile).
         remedy_keys: ``(R,)`` keys for re-initialising collapsed components.
         max_iter, reinit_collapsed, verbose, print_every: as :func:`emjax.fit`'s.
+        restart_batch: restarts run together as one ``vmap`` (see
+            :func:`map_restarts`); ``R`` or more runs them all at once.
     """
 
     model: Any
@@ -53,6 +60,26 @@ class Problem(eqx.Module):
     reinit_collapsed: bool = eqx.field(static=True)
     verbose: bool = eqx.field(static=True)
     print_every: int = eqx.field(static=True)
+    restart_batch: int = eqx.field(static=True, default=1 << 30)
+
+
+def map_restarts(fn, args: tuple, batch: int):
+    """``fn(*args_r)`` for every restart ``r``, stacked: ``args`` are pytrees whose
+    leaves have a leading restart axis ``R``.
+
+    One restart is one unbatched call. ``batch >= R`` is ``jax.vmap(fn)(*args)``;
+    ``batch == 1`` runs the restarts
+    one after another (a ``lax.map``, so ``fn`` is traced unbatched and a
+    ``lax.cond`` in it skips work); in between, groups of ``batch`` restarts
+    are ``vmap``-ped one group after another (``lax.map``'s ``batch_size``).
+    """
+    r = jax.tree.leaves(args)[0].shape[0]
+    if r == 1:  # one restart: traced unbatched, as a plain fit
+        out = fn(*jax.tree.map(lambda a: a[0], args))
+        return jax.tree.map(lambda a: jnp.asarray(a)[None], out)
+    if batch >= r:
+        return jax.vmap(fn)(*args)
+    return jax.lax.map(lambda a: fn(*a), args, batch_size=None if batch == 1 else batch)
 
 
 class LoopState(eqx.Module):
@@ -114,7 +141,7 @@ def start(problem: Problem, params0, keys) -> LoopState:
     """The loop's state at the initial parameters ``params0`` (leading axis ``R``)."""
     model, algorithm, data = problem.model, problem.algorithm, problem.data
     algorithm_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
-    state = jax.vmap(lambda p, k: algorithm.init(model, p, data, k))(params0, algorithm_keys)
+    state = map_restarts(lambda p, k: algorithm.init(model, p, data, k), (params0, algorithm_keys), problem.restart_batch)
     init_ok = jax.vmap(all_finite)(state)
     r = keys.shape[0]
     zeros, false = jnp.zeros((r,), jnp.int32), jnp.zeros((r,), bool)
@@ -142,7 +169,7 @@ def _reinitialized(problem: Problem, state, keys, collapsed):
         fresh = algorithm.init(model, params, data, key)
         return eqx.tree_at(lambda s: s.n_passes, fresh, state.n_passes + fresh.n_passes)
 
-    return jax.vmap(one)(state, keys, collapsed)
+    return map_restarts(one, (state, keys, collapsed), problem.restart_batch)
 
 
 def body(problem: Problem, loop: LoopState) -> LoopState:
@@ -150,14 +177,17 @@ def body(problem: Problem, loop: LoopState) -> LoopState:
     model, algorithm, data = problem.model, problem.algorithm, problem.data
     state = loop.state
     active = ~loop.done & (loop.n_iter < problem.max_iter)
-    new = jax.vmap(lambda s: algorithm.step(model, s, data))(state)
+
+    def step(old):
+        new = algorithm.step(model, old, data)
+        return new, problem.stopping.converged(model, data, old, new, problem.tol) & algorithm.can_stop(new)
+
+    def step_active(old, go):
+        # Run one after another, a finished restart skips its step (under vmap both run).
+        return jax.lax.cond(go, step, lambda s: (s, jnp.zeros((), bool)), old)
+
+    new, step_converged = map_restarts(step_active, (state, active), problem.restart_batch)
     ok = jax.vmap(all_finite)(new)
-
-    def converged(old, new):
-        rule = problem.stopping.converged(model, data, old, new, problem.tol)
-        return rule & algorithm.can_stop(new)
-
-    step_converged = jax.vmap(converged)(state, new)
     n_collapses, collapsed_stop = loop.n_collapses, loop.collapsed_stop
     stop_collapsed = jnp.zeros_like(active)
     collapsed = _detect(problem, new.params)

@@ -16,7 +16,7 @@ import equinox as eqx
 
 from ._adjoint import Adjoint, ForwardAdjoint
 from ._checks import check_bool, check_int, check_key, float_dtype, is_traced
-from ._iterate import Problem, run_compiled, run_host
+from ._iterate import Problem, map_restarts, run_compiled, run_host
 from ._model import EMModel, as_model
 from ._result import RESULTS, FitResult
 from ._stopping import ObjectiveChange, StoppingRule
@@ -31,15 +31,15 @@ def _fit_compiled(problem: Problem, keys, init, params0) -> FitResult:
     problem = eqx.tree_at(lambda p: p.model, problem, problem.model.adapt(problem.data))
     if params0 is None:
         sample = problem.data.sample
-        params0 = jax.vmap(lambda k: problem.model.init(k, sample, init))(keys)
+        params0 = map_restarts(lambda k: problem.model.init(k, sample, init), (keys,), problem.restart_batch)
     return run_compiled(problem, params0, keys)
 
 
 @eqx.filter_jit
-def _initial_params(model, keys, sample, init):
+def _initial_params(model, keys, sample, init, batch: int):
     if isinstance(init, str):
-        return jax.vmap(lambda k: model.init(k, sample, init))(keys)
-    return jax.vmap(lambda k: init(k, sample))(keys)
+        return map_restarts(lambda k: model.init(k, sample, init), (keys,), batch)
+    return map_restarts(lambda k: init(k, sample), (keys,), batch)
 
 
 #: The largest ``max_iter``: the loop counts iterations in int32, and the trace holds ``max_iter + 1`` entries.
@@ -94,6 +94,7 @@ def fit(
     print_every: int = 10,
     reinit_collapsed: bool = False,
     throw: bool = True,
+    restart_batch_size: int | None = None,
 ) -> FitResult:
     """Fit ``model`` to ``x``: one compiled program for all restarts.
 
@@ -115,7 +116,8 @@ def fit(
             Or any :class:`emjax.data.Data`.
         key: PRNG key; split into one key per restart.
         algorithm: an :class:`emjax.algorithms.Algorithm`; batch EM by default.
-        n_restarts: R, random restarts run together as a ``vmap``.
+        n_restarts: R, random restarts, independent fits in one program (see
+            ``restart_batch_size``); the result holds them all and picks the best.
         init: a method name for ``model.init`` (mixtures: ``"kmeans"``,
             ``"kmeans++"``, ``"random"``, ``"random_resp"``), a function
             ``(key, x) -> params``, explicit initial parameters (then
@@ -150,6 +152,12 @@ def fit(
             remedies are a prior (MAP-EM) and a larger ``reg_covar``.
         throw: raise if every restart failed to start (non-finite initial
             objective). Failures inside the loop never raise: see ``status``.
+        restart_batch_size: how many restarts run together as one ``vmap``;
+            groups run one after another. ``None`` (the default) runs all of
+            them as one ``vmap``. Smaller groups bound the memory of a step (a
+            chunk's intermediates times the group size), and with ``1`` each
+            restart's step is traced unbatched and skipped once that restart has
+            finished. The results do not depend on it beyond rounding.
 
     Returns:
         A :class:`FitResult`.
@@ -172,6 +180,8 @@ def fit(
         raise TypeError(f"adjoint must be an emjax Adjoint, e.g. emjax.ForwardAdjoint(); got {adjoint!r}.")
     n_restarts = check_int("n_restarts", n_restarts, 1)
     max_iter = check_int("max_iter", max_iter, 0, MAX_ITER)
+    if restart_batch_size is not None:
+        restart_batch_size = check_int("restart_batch_size", restart_batch_size, 1)
     print_every = check_int("print_every", print_every, 1)
     tol = _check_tol(tol)
     # A string such as "no" would be truthy: flags must be booleans.
@@ -218,6 +228,8 @@ def fit(
     sample_dtype = jax.tree.leaves(data.sample)[0].dtype
     dtype = sample_dtype if jnp.issubdtype(sample_dtype, jnp.floating) else float_dtype()
     keys = jax.random.split(key, n_restarts)
+    if restart_batch_size is None:
+        restart_batch_size = n_restarts
     host = isinstance(data, StreamData)
     if host:
         # Data-measured constants (a Gaussian's regularisation scale): one pass over
@@ -228,11 +240,11 @@ def fit(
     if previous is not None:
         params0 = previous
     elif callable(init) and not isinstance(init, str):
-        params0 = _initial_params(model, keys, data.sample, init)
+        params0 = _initial_params(model, keys, data.sample, init, restart_batch_size)
     elif not isinstance(init, str):
         params0 = jax.tree.map(lambda a: jnp.asarray(a)[None], init)
     elif host:
-        params0 = _initial_params(model, keys, data.sample, init)
+        params0 = _initial_params(model, keys, data.sample, init, restart_batch_size)
     if params0 is not None:
         params0 = _as_params(model, params0, data, n_restarts, dtype)
 
@@ -248,6 +260,7 @@ def fit(
         reinit_collapsed=bool(reinit_collapsed),
         verbose=bool(verbose),
         print_every=print_every,
+        restart_batch=min(restart_batch_size, n_restarts),
     )
     if host:
         result = run_host(problem, params0, keys)

@@ -207,8 +207,30 @@ def test_init_function_parameters_are_cast_and_validated():
         (dict(n_restarts=0), ValueError, "n_restarts"),
         (dict(init="kmedoids"), ValueError, "unknown init method 'kmedoids'"),
         (dict(chunk_size=0), ValueError, "chunk_size"),
+        (dict(restart_batch_size=0), ValueError, "restart_batch_size"),
+        (dict(restart_batch_size=1.5), ValueError, "restart_batch_size must be a positive integer"),
     ],
 )
 def test_bad_arguments_are_refused_before_compiling(kwargs, error, match):
     with pytest.raises(error, match=match):
         emjax.fit(MODEL, X, key=KEY, **kwargs)
+
+
+@pytest.mark.parametrize("stopping", [emjax.ObjectiveChange(), emjax.ResponsibilityChange()])
+def test_restarts_one_at_a_time_equal_restarts_batched(stopping):
+    # The same restarts run as one vmap, in groups of 2 and one after another (where a
+    # finished restart's step is skipped by a cond): the same fits, to rounding. A
+    # loose tol makes the restarts stop at different iterations.
+    fits = {
+        b: emjax.fit(MODEL, X, key=KEY, n_restarts=5, init="random", max_iter=40, tol=1e-3, stopping=stopping,
+                     restart_batch_size=b)
+        for b in (5, 2, 1)
+    }
+    ref = fits[5]
+    assert len(set(np.asarray(ref.n_iter).tolist())) > 1  # the restarts really finish apart
+    for b in (2, 1):
+        np.testing.assert_array_equal(fits[b].n_iter, ref.n_iter)
+        np.testing.assert_array_equal(fits[b].status, ref.status)
+        np.testing.assert_allclose(fits[b].trace, ref.trace, rtol=1e-10)
+        np.testing.assert_allclose(fits[b].restart_params.components.covariances,
+                                   ref.restart_params.components.covariances, rtol=1e-8, atol=1e-12)

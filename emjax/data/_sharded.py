@@ -167,11 +167,19 @@ def sharded_sum(
         total = chunked_sum(lambda xc, wc: fn(ops, xc, wc), x, weights, chunk)
         # Every device gathers every device's sums and folds them in the same
         # order: the result is identical (replicated) everywhere.
-        parts = jax.lax.all_gather(total, row_axes, to="invarying")
+        parts = jax.lax.all_gather(total, row_axes, **({"to": "invarying"} if _INVARIANT_GATHER else {}))
         return sum_stats(parts)
 
     in_specs = (P(), jax.tree.map(lambda _: rows, x), None if weights is None else rows)
-    return jax.shard_map(local, mesh=mesh, in_specs=in_specs, out_specs=P())(dynamic, x, weights)
+    return jax.shard_map(local, mesh=mesh, in_specs=in_specs, out_specs=P(), check_vma=_INVARIANT_GATHER)(
+        dynamic, x, weights
+    )
+
+
+#: jax >= 0.10 gathers into a value ``shard_map`` knows to be the same on every device;
+#: before that the gathered value counts as varying, so the replication check is off
+#: (every device folds the same gathered parts in the same order).
+_INVARIANT_GATHER = tuple(int(p) for p in jax.__version__.split(".")[:2]) >= (0, 10)
 
 
 class ShardedData(ArrayData):

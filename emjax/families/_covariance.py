@@ -13,8 +13,8 @@ rest, so it never branches on the covariance type.
 Shapes: ``K`` components, ``D`` features, ``N`` points. ``covariances`` is
 ``(K, D, D)`` for :class:`Full`, ``(K, D)`` for :class:`Diag`, ``(K,)`` for
 :class:`Spherical` and ``(D, D)`` for :class:`Tied` (scikit-learn's shapes). A
-scatter is ``(K, D, D)`` for the matrix structures (full, tied) and its diagonal
-``(K, D)`` for the variance structures (diag, spherical).
+scatter is ``(K, D, D)`` for full, ``(1, D, D)`` (summed over the components) for
+tied and its diagonal ``(K, D)`` for the variance structures (diag, spherical).
 
 Numerics (see DESIGN.md): Cholesky factors and triangular solves, never an
 explicit inverse of a covariance.
@@ -75,6 +75,26 @@ def count_floor(dtype):
     return 10 * jnp.finfo(dtype).eps
 
 
+def _weighted_means(x: Array, resp: Array) -> Array:
+    """``(K, D)`` each component's responsibility-weighted mean of ``x`` (0 for an empty one)."""
+    counts = jnp.sum(resp, axis=0)
+    safe = jnp.where(counts > 0, counts, 1.0)
+    return jnp.matmul(resp.T, x, precision=_EXACT) / safe[:, None]
+
+
+def _first_moments(x: Array, resp: Array, shift: Array) -> Array:
+    """``(K, D)`` ``sum_n r_nk (x_n - shift_k)``, as ``r^T (x - c) - n_k (shift_k - c)``
+    about the mean ``c`` of the shifts (one matmul; no offset of the data cancels)."""
+    c = jnp.mean(shift, axis=0)
+    counts = jnp.sum(resp, axis=0)
+    return jnp.matmul(resp.T, x - c, precision=_EXACT) - counts[:, None] * (shift - c)
+
+
+def _squares_and_values(xc: Array) -> Array:
+    """``(N, 2D)`` ``[xc^2, xc]``: the features of an axis-aligned Gaussian's log density and statistics."""
+    return jnp.concatenate([xc * xc, xc], axis=1)
+
+
 def recenter_scatter(s2: Array, s1: Array, counts: Array, delta: Array, *, new_minus_old: bool = False) -> Array:
     """A scatter about one point re-expressed about another, exactly.
 
@@ -86,7 +106,8 @@ def recenter_scatter(s2: Array, s1: Array, counts: Array, delta: Array, *, new_m
     unchanged).
 
     Args:
-        s2: ``(K, D, D)`` scatter, or ``(K, D)`` its diagonal.
+        s2: ``(K, D, D)`` scatter, ``(K, D)`` its diagonal, or ``(1, D, D)`` its
+            sum over the components (tied; the sum is moved).
         s1: ``(K, D)`` first moments about the old point ``a``.
         counts: ``(K,)`` total weights ``n``.
         delta: ``(K, D)`` the old point minus the new point ``b`` (or the reverse).
@@ -98,8 +119,10 @@ def recenter_scatter(s2: Array, s1: Array, counts: Array, delta: Array, *, new_m
     step = jnp.subtract if new_minus_old else jnp.add
     if s2.ndim == 3:
         cross = s1[:, :, None] * delta[:, None, :]
-        moved = step(step(s2, cross), jnp.swapaxes(cross, 1, 2))
-        return moved + counts[:, None, None] * delta[:, :, None] * delta[:, None, :]
+        outer = counts[:, None, None] * delta[:, :, None] * delta[:, None, :]
+        if s2.shape[0] != s1.shape[0]:  # one scatter summed over the components (tied)
+            return s2 + jnp.sum(step(step(outer, cross), jnp.swapaxes(cross, 1, 2)), axis=0, keepdims=True)
+        return step(step(s2, cross), jnp.swapaxes(cross, 1, 2)) + outer
     return step(s2, 2 * s1 * delta) + counts[:, None] * delta * delta
 
 
@@ -141,7 +164,7 @@ class CovarianceStructure(eqx.Module):
             covariances: this structure's covariances.
 
         Returns:
-            ``maha`` ``(K, N)``, ``(x_n - mu_k)^T Sigma_k^{-1} (x_n - mu_k)``, and
+            ``maha`` ``(N, K)``, ``(x_n - mu_k)^T Sigma_k^{-1} (x_n - mu_k)``, and
             ``logdet`` ``(K,)``, ``log |Sigma_k|``.
         """
 
@@ -157,13 +180,15 @@ class CovarianceStructure(eqx.Module):
 
         Returns:
             ``s1`` ``(K, D)`` = ``sum_n r_nk (x_n - c_k)``, ``s2`` (the structure's
-            scatter shape) = ``sum_n r_nk (x_n - c_k)(x_n - c_k)^T`` or its diagonal,
-            and the expansion point ``c`` ``(K, D)`` actually used.
+            scatter shape) = ``sum_n r_nk (x_n - c_k)(x_n - c_k)^T`` or its diagonal
+            (tied: its sum over ``k``, ``(1, D, D)``), and the expansion point ``c``
+            ``(K, D)`` actually used.
         """
 
     @abc.abstractmethod
     def trace_logdet(self, scatter: Array, covariances: Array) -> tuple[Array, Array]:
-        """``tr(Sigma_k^{-1} S_k)`` and ``log |Sigma_k|``, both ``(K,)``, for a scatter ``S`` about the means."""
+        """``tr(Sigma_k^{-1} S_k)`` and ``log |Sigma_k|``, both ``(K,)``, for a scatter ``S`` about the means
+        (tied: both ``(1,)``, the trace of the summed scatter and the one log-determinant)."""
 
     # -- M-step ----------------------------------------------------------------------
 
@@ -313,25 +338,20 @@ class MatrixStructure(CovarianceStructure):
 
     unconstrained_key: ClassVar[str] = "log_cholesky"
 
-    def mahalanobis_logdet(self, x, means, covariances):
-        # Component-major layout (K, N, D): the products below are K batched
-        # matmuls with a long row axis, which XLA runs faster than (N, K, D).
-        diff = x[None, :, :] - means[:, None, :]
-        chol = cholesky(covariances)
-        y = jnp.matmul(diff, jnp.swapaxes(tri_inverse(chol), -1, -2), precision=_EXACT)  # L_k^-1 (x - mu_k)
-        logdet = jnp.broadcast_to(logdet_from_chol(chol), (means.shape[0],))
-        return jnp.sum(y * y, axis=-1), logdet
-
     def moments(self, x, resp, shift):
-        # Each component's moments about its own expansion point, exact in float32.
-        if shift is None:  # two passes: the responsibility-weighted means are the expansion point
-            counts = jnp.sum(resp, axis=0)
-            safe = jnp.where(counts > 0, counts, 1.0)
-            shift = jnp.matmul(resp.T, x, precision=_EXACT) / safe[:, None]
-        diff = x[None, :, :] - shift[:, None, :]  # (K, N, D), as in mahalanobis_logdet
-        rdiff = resp.T[:, :, None] * diff
-        scatter = jnp.matmul(jnp.swapaxes(rdiff, 1, 2), diff, precision=_EXACT)
-        return jnp.sum(rdiff, axis=1), scatter, shift
+        # Each component's scatter about its own expansion point, from the differences
+        # x - c_k themselves (exact in float32 wherever the component lies). Weighting
+        # both sides by sqrt(r) makes it one batched x^T x (faster on XLA:CPU than
+        # r-weighting one side). A zero responsibility contributes exactly 0, and
+        # sqrt never sees 0 (its derivative there is infinite).
+        if shift is None:
+            shift = _weighted_means(x, resp)
+        diff = x[None, :, :] - shift[:, None, :]  # (K, N, D)
+        positive = resp > 0
+        root = jnp.where(positive, jnp.sqrt(jnp.where(positive, resp, 1.0)), 0.0).T[:, :, None]
+        z = root * diff
+        scatter = jnp.einsum("knd,kne->kde", z, z, precision=_EXACT)
+        return _first_moments(x, resp, shift), scatter, shift
 
     def trace_logdet(self, scatter, covariances):
         chol = jnp.broadcast_to(cholesky(covariances), scatter.shape)
@@ -403,19 +423,16 @@ class VarianceStructure(CovarianceStructure):
         """``1 / sigma2_kd`` ``(K, D)``."""
 
     def mahalanobis_logdet(self, x, means, covariances):
-        # sum_d p_kd (x_nd - mu_kd)^2 expanded into three matmuls about one centre c,
-        # the mean of the means: ((x-c)^2) p^T - 2 (x-c) (p (mu-c))^T + sum_d p (mu-c)^2.
-        # No (K, N, D) intermediate (XLA:CPU ran that 8x slower under the restart vmap
-        # than alone); the expansion loses eps (|mu_k - c|^2 + |x - c|^2) / sigma^2
-        # relative, which the centre keeps at rounding for data offset far from 0.
+        # sum_d p_kd (x_nd - mu_kd)^2 expanded about one centre c, the mean of the means:
+        # [(x-c)^2, x-c] [p, -2 p (mu-c)]^T + sum_d p (mu-c)^2, one (N, 2D) x (2D, K)
+        # matmul whose left factor the statistics share (moments). No (K, N, D)
+        # intermediate; the expansion loses eps (|mu_k - c|^2 + |x - c|^2) / sigma^2,
+        # which the centre keeps at rounding for data offset far from 0.
         c = jnp.mean(means, axis=0)
-        xc, mc = x - c, means - c
         prec = self.precisions(covariances, x.shape[-1])
-        maha = (
-            jnp.matmul(prec, (xc * xc).T, precision=_EXACT)
-            - 2.0 * jnp.matmul(prec * mc, xc.T, precision=_EXACT)
-            + jnp.sum(prec * mc * mc, axis=1)[:, None]
-        )
+        mc = means - c
+        w = jnp.concatenate([prec, -2.0 * prec * mc], axis=1)
+        maha = jnp.matmul(_squares_and_values(x - c), w.T, precision=_EXACT) + jnp.sum(prec * mc * mc, axis=1)
         return jnp.maximum(maha, 0.0), self.log_determinants(covariances, x.shape[-1])
 
     def maximize(self, scatter, counts, reg, prior=None, means=None):
@@ -425,16 +442,20 @@ class VarianceStructure(CovarianceStructure):
         return super().maximize(jnp.maximum(scatter, 0.0), counts, reg, prior, means)
 
     def moments(self, x, resp, shift):
-        # One common expansion point for every component, the data's responsibility-
-        # weighted mean, so both moments are matmuls (r^T (x-c), r^T (x-c)^2); the
-        # M-step's recentring about each mean cancels as far as that mean lies from c
-        # in units of its spread (float32: 1e-6 relative at 3 spreads).
-        total = jnp.sum(resp, axis=1)
-        c = jnp.matmul(total, x, precision=_EXACT) / jnp.maximum(jnp.sum(total), jnp.finfo(x.dtype).tiny)
-        xc = x - c
-        s1 = jnp.matmul(resp.T, xc, precision=_EXACT)
-        s2 = jnp.matmul(resp.T, xc * xc, precision=_EXACT)
-        return s1, s2, jnp.broadcast_to(c, s1.shape)
+        # One common expansion point for every component, so both moments are one
+        # matmul r^T [(x-c)^2, x-c]: the mean of the current means (the E-step's
+        # centre, so the two share [(x-c)^2, x-c]), or without them the data's
+        # responsibility-weighted mean. The M-step's recentring about each mean
+        # cancels as far as that mean lies from c in units of its spread (float32:
+        # 1e-6 relative at 3 spreads).
+        if shift is None:
+            total = jnp.sum(resp, axis=1)
+            c = jnp.matmul(total, x, precision=_EXACT) / jnp.maximum(jnp.sum(total), jnp.finfo(x.dtype).tiny)
+        else:
+            c = jnp.mean(shift, axis=0)
+        d = x.shape[-1]
+        s = jnp.matmul(resp.T, _squares_and_values(x - c), precision=_EXACT)
+        return s[:, d:], s[:, :d], jnp.broadcast_to(c, (resp.shape[1], d))
 
     def trace_logdet(self, scatter, covariances):
         d = scatter.shape[-1]
@@ -477,6 +498,22 @@ class Full(MatrixStructure):
     def full_matrices(self, covariances, n_components, n_features):
         return covariances
 
+    def mahalanobis_logdet(self, x, means, covariances):
+        # y_nk = L_k^-1 (x_n - c) - L_k^-1 (mu_k - c) for all k at once: one (N, D) x
+        # (D, K D) matmul about the mean of the means c, then squares summed per
+        # component. The subtraction loses eps |x - c| / sigma in y (not its square:
+        # 1e-3 in a distance of 1 at 1e4 spreads from c), and no (K, N, D) difference
+        # is built.
+        k, d = means.shape
+        chol = cholesky(covariances)
+        linv = tri_inverse(chol)  # (K, D, D)
+        c = jnp.mean(means, axis=0)
+        w = jnp.transpose(linv, (2, 0, 1)).reshape(d, k * d)  # w[e, k D + i] = L_k^-1[i, e]
+        b = jnp.einsum("kie,ke->ki", linv, means - c, precision=_EXACT).reshape(k * d)
+        y = jnp.matmul(x - c, w, precision=_EXACT) - b
+        maha = jnp.sum(jnp.square(y).reshape(x.shape[0], k, d), axis=-1)
+        return maha, logdet_from_chol(chol)
+
     def ml_covariances(self, scatter, counts):
         return scatter / counts[:, None, None]
 
@@ -512,6 +549,44 @@ class Tied(MatrixStructure):
 
     def full_matrices(self, covariances, n_components, n_features):
         return jnp.broadcast_to(covariances, (n_components, n_features, n_features))
+
+    def mahalanobis_logdet(self, x, means, covariances):
+        # Whitened once, y = L^-1 (x - c) and m_k = L^-1 (mu_k - c) about the mean of
+        # the means c; the distances |y_n - m_k|^2 from the differences themselves.
+        chol = cholesky(covariances)
+        linv = tri_inverse(chol)
+        c = jnp.mean(means, axis=0)
+        y = jnp.matmul(x - c, linv.T, precision=_EXACT)
+        m = jnp.matmul(means - c, linv.T, precision=_EXACT)
+        maha = jnp.sum(jnp.square(y[:, None, :] - m[None, :, :]), axis=-1)
+        return maha, jnp.broadcast_to(logdet_from_chol(chol), (means.shape[0],))
+
+    def moments(self, x, resp, shift):
+        """The scatter summed over the components, ``(1, D, D)``, in O(N D^2 + N K^2).
+
+        With ``w_n = sum_k r_nk``, ``p = r / w`` and ``m_n = sum_k p_nk c_k``,
+        ``sum_k sum_n r_nk (x_n - c_k)(x_n - c_k)^T`` is
+        ``sum_n w_n (x_n - m_n)(x_n - m_n)^T + 1/2 sum_jk C_jk (c_j - c_k)(c_j - c_k)^T``
+        with ``C = p^T r``: two sums of positive semi-definite terms, built from
+        differences, so nothing cancels however far apart the components are.
+        """
+        if shift is None:
+            shift = _weighted_means(x, resp)
+        w = jnp.sum(resp, axis=1)
+        p = resp / jnp.where(w > 0, w, 1.0)[:, None]
+        e = x - jnp.matmul(p, shift, precision=_EXACT)  # each point less its expected centre
+        within = jnp.matmul((w[:, None] * e).T, e, precision=_EXACT)
+        pairs = jnp.matmul(p.T, resp, precision=_EXACT)  # (K, K)
+        delta = shift[:, None, :] - shift[None, :, :]
+        between = 0.5 * jnp.einsum("jk,jkd,jke->de", pairs, delta, delta, precision=_EXACT)
+        return _first_moments(x, resp, shift), (within + between)[None], shift
+
+    def penalty_scatter(self, counts, reg):
+        return jnp.sum(counts) * jnp.diag(reg)[None]
+
+    def penalty(self, covariances, reg, n_components):
+        trace, _ = self.trace_logdet(jnp.diag(reg)[None], covariances)
+        return jnp.broadcast_to(trace, (n_components,))
 
     def ml_covariances(self, scatter, counts):
         return jnp.sum(scatter, axis=0) / jnp.sum(counts)

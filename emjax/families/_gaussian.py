@@ -59,8 +59,9 @@ class GaussianStats(eqx.Module):
     Attributes:
         counts: ``(K,)`` sum of responsibilities.
         s1: ``(K, D)`` sum of r (x - shift).
-        s2: ``(K, D, D)`` sum of r (x - shift)(x - shift)^T (full, tied) or
-            ``(K, D)`` its diagonal (diag, spherical).
+        s2: ``(K, D, D)`` sum of r (x - shift)(x - shift)^T (full), ``(K, D)``
+            its diagonal (diag, spherical), or ``(1, D, D)`` its sum over the
+            components (tied: all the shared covariance needs).
         shift: ``(K, D)`` expansion point.
     """
 
@@ -237,7 +238,7 @@ class Gaussian(Family):
 
     def log_prob(self, params: GaussianParams, x: Array) -> Array:
         maha, logdet = self.structure.mahalanobis_logdet(x, params.means, params.covariances)
-        return (-0.5 * (x.shape[-1] * _LOG_2PI + logdet[:, None] + maha)).T
+        return -0.5 * (x.shape[-1] * _LOG_2PI + logdet[None, :] + maha)
 
     # -- statistics and M-step -----------------------------------------------------
 
@@ -253,7 +254,7 @@ class Gaussian(Family):
         # The regularisation's penalty -n_k tr(R Sigma_k^{-1}) / 2 is the scatter n_k R.
         scatter = scatter + structure.penalty_scatter(n, self.reg(mu.shape[-1], mu.dtype))
         trace, logdet = structure.trace_logdet(scatter, params.covariances)
-        return -0.5 * jnp.sum(n * (mu.shape[-1] * _LOG_2PI + logdet) + trace)
+        return -0.5 * (jnp.sum(n * (mu.shape[-1] * _LOG_2PI + logdet)) + jnp.sum(trace))
 
     def maximize(self, stats: GaussianStats, params=None, frozen: frozenset = frozenset()) -> GaussianParams:
         n = stats.counts
