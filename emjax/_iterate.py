@@ -46,7 +46,7 @@ class Problem(eqx.Module):
         remedy_keys: ``(R,)`` keys for re-initialising collapsed components.
         max_iter, reinit_collapsed, verbose, print_every: as :func:`emjax.fit`'s.
         restart_batch: restarts run together as one ``vmap`` (see
-            :func:`map_restarts`); ``R`` or more runs them all at once.
+            :func:`map_restarts`); ``R`` runs them all at once.
     """
 
     model: Any
@@ -60,7 +60,7 @@ class Problem(eqx.Module):
     reinit_collapsed: bool = eqx.field(static=True)
     verbose: bool = eqx.field(static=True)
     print_every: int = eqx.field(static=True)
-    restart_batch: int = eqx.field(static=True, default=1 << 30)
+    restart_batch: int = eqx.field(static=True)
 
 
 def map_restarts(fn, args: tuple, batch: int):
@@ -68,10 +68,10 @@ def map_restarts(fn, args: tuple, batch: int):
     leaves have a leading restart axis ``R``.
 
     One restart is one unbatched call. ``batch >= R`` is ``jax.vmap(fn)(*args)``;
-    ``batch == 1`` runs the restarts
-    one after another (a ``lax.map``, so ``fn`` is traced unbatched and a
-    ``lax.cond`` in it skips work); in between, groups of ``batch`` restarts
-    are ``vmap``-ped one group after another (``lax.map``'s ``batch_size``).
+    ``batch == 1`` runs the restarts one after another (a ``lax.map``, so ``fn``
+    is traced unbatched and a ``lax.cond`` in it skips work); in between, groups
+    of ``batch`` restarts are ``vmap``-ped one group after another (``lax.map``'s
+    ``batch_size``).
     """
     r = jax.tree.leaves(args)[0].shape[0]
     if r == 1:  # one restart: traced unbatched, as a plain fit
