@@ -70,6 +70,18 @@ class MixtureStats(eqx.Module):
         return MixtureStats(self.counts * c, scale_stats(self.components, c), scale_stats(self.gating, c))
 
 
+def _log_normalize(lj: Array) -> tuple[Array, Array]:
+    """``(logsumexp_k lj, softmax_k lj)`` of an ``(N, K)`` log joint with one ``exp``
+    per element (logsumexp then ``exp(lj - ll)`` takes two; the exponential is a
+    diagonal or spherical E-step's largest cost on a CPU). Rows that are all
+    ``-inf`` give ``-inf`` and NaN responsibilities, as logsumexp then exp does."""
+    top = jax.lax.stop_gradient(jnp.max(lj, axis=1, keepdims=True))
+    top = jnp.where(jnp.isfinite(top), top, 0.0)
+    e = jnp.exp(lj - top)
+    total = jnp.sum(e, axis=1, keepdims=True)
+    return top[:, 0] + jnp.log(total[:, 0]), e / total
+
+
 class Mixture(EMModel):
     """A finite mixture ``p(x) = sum_k pi_k p(x | theta_k)`` of one component family.
 
@@ -188,10 +200,10 @@ class Mixture(EMModel):
             >>> stats, loglik = model.e_step(params, x, temperature=4.0)
         """
         lj = self.log_joint(params, x) - self.family.fit_penalty(params.components)[None, :]
-        ll = logsumexp(lj, axis=1)
         if _is_one(temperature):
-            resp = jnp.exp(lj - ll[:, None])
+            ll, resp = _log_normalize(lj)
         else:
+            ll = logsumexp(lj, axis=1)
             _check_temperature(temperature)
             tempered = lj / temperature
             resp = jnp.exp(tempered - logsumexp(tempered, axis=1, keepdims=True))

@@ -74,6 +74,39 @@ def test_tied_scatter_does_not_cancel_for_far_apart_components():
     np.testing.assert_allclose(np.asarray(s2, np.float64), expected, rtol=2e-5)
 
 
+@pytest.mark.parametrize(
+    "name, separation, rtol",
+    [
+        # full: one side of exact differences, rounding linear in the distance from
+        # the common centre (measured 1.7e-6 at 100 spreads, 3.2e-4 at 1e4)
+        ("full", 100.0, 1e-5),
+        ("full", 1e4, 2e-3),
+        # diag: both moments about the common centre, rounding quadratic in it
+        # (measured 5.8e-5 at 10 spreads, 7.7e-3 at 100): the documented price of
+        # the matmul statistics; float64 is exact
+        ("diag", 10.0, 5e-4),
+        ("diag", 100.0, 5e-2),
+    ],
+)
+def test_float32_scatter_error_for_far_apart_components(name, separation, rtol):
+    """Unit-spread components ``separation`` spreads apart, hard responsibilities:
+    each component's float32 scatter about its own mean (after the M-step's
+    recentring) against float64 NumPy, within the error the kernel documents."""
+    rng = np.random.default_rng(3)
+    centres = np.array([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, -1.0, 1.0]]) * separation
+    z = rng.integers(0, 3, size=3000)
+    x = centres[z] + rng.normal(size=(3000, 3))
+    resp = np.eye(3)[z]
+    expected = np.stack([(resp[:, k, None] * (x - centres[k])).T @ (x - centres[k]) for k in range(3)])
+    if name == "diag":
+        expected = np.diagonal(expected, axis1=1, axis2=2)
+    c32 = jnp.asarray(centres, jnp.float32)
+    s1, s2, shift = covariance_structure(name).moments(jnp.asarray(x, jnp.float32), jnp.asarray(resp, jnp.float32), c32)
+    scatter = recenter_scatter(s2, s1, jnp.asarray(resp.sum(0), jnp.float32), shift - c32)
+    err = np.max(np.abs(np.asarray(scatter, np.float64) - expected)) / np.max(np.abs(expected))
+    assert err < rtol
+
+
 @pytest.mark.parametrize("name", ["full", "tied", "diag"])
 def test_recentred_scatter_equals_the_scatter_about_the_new_points(name):
     structure = covariance_structure(name)
