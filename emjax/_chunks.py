@@ -39,6 +39,21 @@ def default_chunk_size(n: int, width: int) -> int:
     return int(max(256, min(n, target // max(width, 1))))
 
 
+def default_restart_batch(chunk_rows: int, width: int, n_restarts: int) -> int:
+    """Restarts per ``vmap`` so that a batched chunk's ``(R, chunk, width)``
+    intermediate stays within the same target as one chunk's (:func:`default_chunk_size`).
+
+    On a CPU a chunk of a large data set already fills that target, so restarts
+    run one after another, each at the speed of a single fit (batched, the
+    intermediates outgrow the cache: 64 full-covariance restarts at N=100000
+    cost 1.3x a single fit per restart); on small data many run as one ``vmap``,
+    which amortises the per-operation cost. An accelerator's target is 64 times
+    larger.
+    """
+    target = _TARGET_ELEMENTS.get(jax.default_backend(), _TARGET_ELEMENTS_ACCELERATOR)
+    return int(max(1, min(n_restarts, target // max(1, chunk_rows * width))))
+
+
 def _split(x, weights, chunk_size: int):
     n = n_rows(x)
     n_full = n // chunk_size

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import equinox as eqx
 
 from ._adjoint import Adjoint, ForwardAdjoint
+from ._chunks import default_restart_batch
 from ._checks import check_bool, check_int, check_key, float_dtype, is_traced
 from ._iterate import Problem, map_restarts, run_compiled, run_host
 from ._model import EMModel, as_model
@@ -153,11 +154,13 @@ def fit(
         throw: raise if every restart failed to start (non-finite initial
             objective). Failures inside the loop never raise: see ``status``.
         restart_batch_size: how many restarts run together as one ``vmap``;
-            groups run one after another. ``None`` (the default) runs all of
-            them as one ``vmap``. Smaller groups bound the memory of a step (a
-            chunk's intermediates times the group size), and with ``1`` each
-            restart's step is traced unbatched and skipped once that restart has
-            finished. The results do not depend on it beyond rounding.
+            groups run one after another. ``None`` (the default) chooses as the
+            chunk size is chosen: as many as keep a chunk's intermediates times
+            the group size within about 4 MB on a CPU (256 MB on a GPU), so
+            restarts on large data run one at a time on a CPU and many restarts
+            on small data run as one ``vmap``. With ``1`` each restart's step is
+            traced unbatched and skipped once that restart has finished. The
+            results do not depend on it beyond rounding.
 
     Returns:
         A :class:`FitResult`.
@@ -229,7 +232,8 @@ def fit(
     dtype = sample_dtype if jnp.issubdtype(sample_dtype, jnp.floating) else float_dtype()
     keys = jax.random.split(key, n_restarts)
     if restart_batch_size is None:
-        restart_batch_size = n_restarts
+        rows = getattr(data, "chunk_size", None) or data.n_rows
+        restart_batch_size = default_restart_batch(min(rows, data.n_rows), model.row_width(data.sample), n_restarts)
     host = isinstance(data, StreamData)
     if host:
         # Data-measured constants (a Gaussian's regularisation scale): one pass over
