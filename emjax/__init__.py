@@ -54,5 +54,7 @@ from .families import Multinomial as Multinomial
 from .families import MultinomialParams as MultinomialParams
 from .families import Poisson as Poisson
 from .families import PoissonParams as PoissonParams
+from .families import StudentT as StudentT
+from .families import StudentTParams as StudentTParams
 
 __version__ = "0.1.0"

@@ -148,18 +148,22 @@ def _leaf(components):
     return np.asarray(jax.tree.leaves(components)[0], dtype=np.float64)
 
 
+def _full_matrices(covariance_type, cov, k, d):
+    """K ``(D, D)`` matrices from covariances in ``covariance_type``'s shape."""
+    if covariance_type == "full":
+        return cov
+    if covariance_type == "tied":
+        return [cov] * k
+    if covariance_type == "diag":
+        return [np.diag(c) for c in cov]
+    return [c * np.eye(d) for c in cov]
+
+
 def _gaussian_reference(covariance_type):
     def reference(components, x):
         mu, cov = np.asarray(components.means, np.float64), np.asarray(components.covariances, np.float64)
         k, d = mu.shape
-        if covariance_type == "full":
-            full = cov
-        elif covariance_type == "tied":
-            full = [cov] * k
-        elif covariance_type == "diag":
-            full = [np.diag(c) for c in cov]
-        else:
-            full = [c * np.eye(d) for c in cov]
+        full = _full_matrices(covariance_type, cov, k, d)
         return np.stack([st.multivariate_normal.logpdf(x, mu[j], full[j]) for j in range(k)], axis=1)
 
     return reference
@@ -288,8 +292,39 @@ def _gaussian_case(covariance_type):
     )
 
 
+def student_t_blobs(n, seed, dof=5.0):
+    """Gaussian blobs made heavy-tailed: each point's offset from its component's
+    sample mean divided by ``sqrt(u)``, ``u ~ Gamma(dof/2, rate dof/2)`` (a planted
+    Student-t mixture with ``dof`` degrees of freedom): ``(x, labels)``."""
+    x, z = make_blobs(seed, n=n, d=D_GAUSS, k=3)
+    u = np.random.default_rng(seed + 101).gamma(dof / 2, 2 / dof, size=n)
+    centres = np.stack([x[z == j].mean(0) for j in range(3)])
+    return centres[z] + (x - centres[z]) / np.sqrt(u)[:, None], z
+
+
+def _student_t_reference(covariance_type):
+    def reference(components, x):
+        mu, nu = np.asarray(components.means, np.float64), np.asarray(components.dofs, np.float64)
+        k, d = mu.shape
+        full = _full_matrices(covariance_type, np.asarray(components.covariances, np.float64), k, d)
+        return np.stack([st.multivariate_t.logpdf(x, mu[j], full[j], df=nu[j]) for j in range(k)], axis=1)
+
+    return reference
+
+
+def _student_t_case(covariance_type):
+    return FamilyCase(
+        name=f"student_t_{covariance_type}",
+        family=lambda prior: emjax.StudentT(covariance_type, prior=gaussian_prior() if prior else None),
+        sample=lambda n, seed: student_t_blobs(n, seed),
+        log_density=_student_t_reference(covariance_type),
+        sample_random=lambda n, seed, k, d: make_blobs(seed, n=n, d=d, k=k, sep=2.0)[0],
+    )
+
+
 _CASE_LIST = [
     *(_gaussian_case(ct) for ct in ("full", "diag", "spherical", "tied")),
+    *(_student_t_case(ct) for ct in ("full", "diag")),
     FamilyCase(
         name="bernoulli",
         family=lambda prior: emjax.Bernoulli(prior=emjax.BetaPrior(BERNOULLI_PRIOR_A, 2.0) if prior else None),

@@ -20,3 +20,6 @@ from ._multinomial import MultinomialStats as MultinomialStats
 from ._poisson import Poisson as Poisson
 from ._poisson import PoissonParams as PoissonParams
 from ._poisson import PoissonStats as PoissonStats
+from ._student import StudentT as StudentT
+from ._student import StudentTParams as StudentTParams
+from ._student import StudentTStats as StudentTStats

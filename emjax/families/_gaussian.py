@@ -240,6 +240,11 @@ class Gaussian(Family):
         maha, logdet = self.structure.mahalanobis_logdet(x, params.means, params.covariances)
         return -0.5 * (x.shape[-1] * _LOG_2PI + logdet[None, :] + maha)
 
+    def mahalanobis(self, params: GaussianParams, x: Array) -> Array:
+        """``(N, K)`` squared Mahalanobis distances of every point to every component's mean."""
+        maha, _ = self.structure.mahalanobis_logdet(x, params.means, params.covariances)
+        return maha
+
     # -- statistics and M-step -----------------------------------------------------
 
     def statistics(self, x: Array, resp: Array, params: GaussianParams | None = None) -> GaussianStats:
@@ -257,7 +262,14 @@ class Gaussian(Family):
         return -0.5 * (jnp.sum(n * (mu.shape[-1] * _LOG_2PI + logdet)) + jnp.sum(trace))
 
     def maximize(self, stats: GaussianStats, params=None, frozen: frozenset = frozenset()) -> GaussianParams:
-        n = stats.counts
+        return GaussianParams(*self._maximize_location_scale(stats, stats.counts, params, frozen))
+
+    def _maximize_location_scale(self, stats: GaussianStats, counts: Array, params, frozen: frozenset):
+        """``(means, covariances)`` from (possibly reweighted) Gaussian statistics:
+        the means from ``stats`` alone, the covariances with ``counts`` ``(K,)`` as the
+        power of ``|Sigma_k|`` (``stats.counts`` for a Gaussian; a Student-t's
+        statistics are weighted by ``u`` while its power is the unweighted count)."""
+        m = stats.counts
         dtype = stats.s1.dtype
         eps = count_floor(dtype)
         prior = None if self.prior is None else self.prior.cast(dtype)
@@ -265,17 +277,17 @@ class Gaussian(Family):
         if "means" in frozen:
             mu = params.means
         elif prior is None:
-            mu = stats.shift + stats.s1 / (n + eps)[:, None]
+            mu = stats.shift + stats.s1 / (m + eps)[:, None]
         else:
-            xbar_minus_m0 = (stats.shift - prior.m0) + stats.s1 / (n + eps)[:, None]
-            mu = prior.m0 + (n / (n + prior.kappa0 + eps))[:, None] * xbar_minus_m0
+            xbar_minus_m0 = (stats.shift - prior.m0) + stats.s1 / (m + eps)[:, None]
+            mu = prior.m0 + (m / (m + prior.kappa0 + eps))[:, None] * xbar_minus_m0
 
         if "covariances" in frozen:
             cov = params.covariances
         else:
-            scatter = recenter_scatter(stats.s2, stats.s1, n, mu - stats.shift, new_minus_old=True)  # about mu
-            cov = self.structure.maximize(scatter, n, self.reg(mu.shape[-1], dtype), prior, mu)
-        return GaussianParams(mu, cov)
+            scatter = recenter_scatter(stats.s2, stats.s1, m, mu - stats.shift, new_minus_old=True)  # about mu
+            cov = self.structure.maximize(scatter, counts, self.reg(mu.shape[-1], dtype), prior, mu)
+        return mu, cov
 
     # -- prior -----------------------------------------------------------------------
 
@@ -373,6 +385,10 @@ class Gaussian(Family):
     def validate_params(self, params, n_components: int, n_features: int) -> None:
         if not isinstance(params, GaussianParams):
             raise TypeError(f"Gaussian parameters must be a GaussianParams; got {type(params).__name__}.")
+        self._validate_location_scale(params, n_components, n_features)
+
+    def _validate_location_scale(self, params, n_components: int, n_features: int) -> None:
+        """``params.means`` ``(K, D)`` finite and ``params.covariances`` valid for the structure."""
         k, d = n_components, n_features
         check_shape(params.means, (k, d), "means")
         m = concrete(params.means)

@@ -492,6 +492,35 @@ class Mixture(EMModel):
         """Most probable component of each point: ``(N,)``; ``x`` checked as in :meth:`log_prob`."""
         return self._map(lambda xc: jnp.argmax(self.log_joint(params, xc), axis=1), params, x)
 
+    def outlier_scores(self, params: MixtureParams, x: Array) -> tuple[Array, Array]:
+        """Each point's ``(weight, distance)``, both ``(N,)``: its posterior expected
+        precision weight ``sum_k p(k | x) E[u | x, k]`` (Student-t components, where
+        a small weight marks an outlier; 1 for Gaussian ones) and its squared
+        Mahalanobis distance to its most probable component's location.
+
+        Raises:
+            TypeError: the family has no Mahalanobis distance (not a Gaussian or Student-t).
+
+        Example:
+            >>> weight, distance = model.outlier_scores(result.params, x)
+            >>> outliers = weight < 0.2
+        """
+        family = self.family
+        if not hasattr(family, "mahalanobis"):
+            raise TypeError(f"outlier_scores needs Gaussian or Student-t components; the family is {type(family).__name__}.")
+
+        def scores(xc):
+            lj = self.log_joint(params, xc)
+            maha = family.mahalanobis(params.components, xc)
+            if hasattr(family, "precision_weights"):
+                weight = jnp.sum(jax.nn.softmax(lj, axis=1) * family.precision_weights(params.components, xc), axis=1)
+            else:
+                weight = jnp.ones(lj.shape[:1], lj.dtype)
+            best = jnp.argmax(lj, axis=1)
+            return weight, jnp.take_along_axis(maha, best[:, None], axis=1)[:, 0]
+
+        return self._map(scores, params, x)
+
     def score(self, params: MixtureParams, x: Array, weights: Array | None = None) -> Array:
         """Mean log-likelihood per point (weighted mean with ``weights``).
 

@@ -1,0 +1,202 @@
+"""Student-t components against SciPy, a NumPy EM written here, and planted outliers.
+
+The family-wide checks (log density against ``scipy.stats.multivariate_t``,
+additive statistics, the M-step as the maximiser, monotone EM, weights,
+float32, chunks) run in ``test_conformance.py`` through the registry.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.optimize as opt
+import scipy.stats as st
+from scipy.special import digamma, logsumexp
+
+import emjax
+from emjax.families._student import log_gamma_ratio, log_minus_digamma, solve_dof
+
+from ..registry import student_t_blobs
+
+
+def test_special_functions_against_scipy():
+    from scipy.special import gammaln
+
+    a = np.array([0.05, 0.7, 3.0, 7.9, 8.1, 50.0, 5e3])
+    h = 1.5
+    # the reference's own rounding is eps |lgamma(a)| ~ 4e-12 at a = 5e3
+    np.testing.assert_allclose(log_gamma_ratio(jnp.asarray(a), h), gammaln(a + h) - gammaln(a) - h * np.log(a), rtol=1e-11, atol=2e-11)
+    np.testing.assert_allclose(log_minus_digamma(jnp.asarray(a)), np.log(a) - digamma(a), rtol=1e-10)
+    # float32 at a large dof: the plain lgamma difference has no digit left, the series keeps them
+    big = log_gamma_ratio(jnp.asarray([5e3], jnp.float32), 1.5)
+    np.testing.assert_allclose(np.asarray(big, np.float64), gammaln(5e3 + 1.5) - gammaln(5e3) - 1.5 * np.log(5e3), rtol=1e-4)
+    target = np.log(a / 2) - digamma(a / 2)
+    nu = solve_dof(jnp.asarray(target[1:6]))
+    np.testing.assert_allclose(nu, a[1:6], rtol=1e-9)
+
+
+def numpy_t_em(x, weights, means, scales, dofs, n_iter, learn_dof):
+    """The textbook EM of a full-covariance Student-t mixture (McLachlan & Peel 2000,
+    ch. 7), float64, with the ECM update of the degrees of freedom (brentq)."""
+    n, d = x.shape
+    k = len(weights)
+    w, mu, s, nu = weights.copy(), means.copy(), scales.copy(), dofs.copy()
+    for _ in range(n_iter):
+        lj, maha = np.empty((n, k)), np.empty((n, k))
+        for j in range(k):
+            diff = x - mu[j]
+            maha[:, j] = np.einsum("nd,de,ne->n", diff, np.linalg.inv(s[j]), diff)
+            lj[:, j] = np.log(w[j]) + st.multivariate_t.logpdf(x, mu[j], s[j], df=nu[j])
+        r = np.exp(lj - logsumexp(lj, axis=1, keepdims=True))
+        u = (nu + d) / (nu + maha)
+        nk = r.sum(0)
+        w = nk / n
+        for j in range(k):
+            ru = r[:, j] * u[:, j]
+            mu[j] = ru @ x / ru.sum()
+            diff = x - mu[j]
+            s[j] = (ru[:, None] * diff).T @ diff / nk[j]
+            if learn_dof:
+                elog = digamma((nu[j] + d) / 2) - np.log((nu[j] + maha[:, j]) / 2)
+                c = 1 + r[:, j] @ (elog - u[:, j]) / nk[j]
+                nu[j] = opt.brentq(lambda v: -digamma(v / 2) + np.log(v / 2) + c, 1e-3, 1e6, xtol=1e-14, rtol=1e-15)
+    ll = 0.0
+    lj = np.stack([np.log(w[j]) + st.multivariate_t.logpdf(x, mu[j], s[j], df=nu[j]) for j in range(k)], axis=1)
+    ll = logsumexp(lj, axis=1).sum()
+    return w, mu, s, nu, ll
+
+
+@pytest.mark.parametrize("learn_dof", [False, True])
+def test_em_equals_numpy_reference(learn_dof):
+    """Twelve iterations from the same start, fixed (4) or learned degrees of freedom: the
+    parameters and the log-likelihood of a NumPy EM written out above, to 1e-9."""
+    x, _ = student_t_blobs(300, 2)
+    k, d = 2, x.shape[1]
+    rng = np.random.default_rng(0)
+    w0 = np.array([0.4, 0.6])
+    m0 = x[rng.choice(len(x), k, replace=False)]
+    s0 = np.stack([np.cov(x.T)] * k)
+    nu0 = np.array([4.0, 4.0])
+    family = emjax.StudentT("full", reg_covar=0.0, dof=None if learn_dof else 4.0)
+    model = emjax.Mixture(family, k)
+    init = emjax.MixtureParams(jnp.asarray(w0), emjax.StudentTParams(jnp.asarray(m0), jnp.asarray(s0), jnp.asarray(nu0)))
+    n_iter = 12
+    result = emjax.fit(model, x, key=jax.random.key(0), init=init, max_iter=n_iter, tol=0.0)
+    w, mu, s, nu, ll = numpy_t_em(x, w0, m0, s0, nu0, n_iter, learn_dof)
+    p = result.params
+    np.testing.assert_allclose(p.weights, w, rtol=1e-9)
+    np.testing.assert_allclose(p.components.means, mu, rtol=1e-9, atol=1e-10)
+    np.testing.assert_allclose(p.components.covariances, s, rtol=1e-9, atol=1e-10)
+    np.testing.assert_allclose(p.components.dofs, nu, rtol=1e-9)
+    if not learn_dof:
+        np.testing.assert_array_equal(p.components.dofs, [4.0, 4.0])
+    # the fit's objective is the log-likelihood of the parameters it evaluated last
+    np.testing.assert_allclose(model.score(p, x) * len(x), ll, rtol=1e-10)
+
+
+def test_single_t_matches_scipy_mle_1d():
+    """K=1, one feature: the maximum-likelihood (dof, loc, scale) of scipy's t log
+    density, found by Nelder-Mead from scipy's own t.fit, to 1e-5."""
+    x = st.t.rvs(3.0, loc=1.0, scale=2.0, size=800, random_state=np.random.default_rng(4))
+    nll = lambda th: -st.t.logpdf(x, np.exp(th[0]), th[1], np.exp(th[2])).sum()  # noqa: E731
+    df0, loc0, scale0 = st.t.fit(x)
+    ref = opt.minimize(nll, [np.log(df0), loc0, np.log(scale0)], method="Nelder-Mead",
+                       options={"xatol": 1e-12, "fatol": 1e-13, "maxiter": 20000, "maxfev": 40000})
+    df, loc, scale = np.exp(ref.x[0]), ref.x[1], np.exp(ref.x[2])
+    model = emjax.Mixture(emjax.StudentT("full", reg_covar=0.0), 1)
+    result = emjax.fit(model, x[:, None], key=jax.random.key(0), max_iter=5000, tol=1e-13)
+    c = result.params.components
+    np.testing.assert_allclose(float(c.dofs[0]), df, rtol=1e-5)
+    np.testing.assert_allclose(float(c.means[0, 0]), loc, rtol=1e-5)
+    np.testing.assert_allclose(float(np.sqrt(c.covariances[0, 0, 0])), scale, rtol=1e-5)
+    assert float(result.objective[0]) >= -ref.fun - 1e-7
+
+
+def test_outliers_pull_gaussian_means_but_not_t_means():
+    """Two planted Gaussian clusters plus 5% gross outliers scattered far around them:
+    the Gaussian mixture's means are pulled (or one is spent on the outliers), the t
+    mixture's stay within the sampling error; the outliers get the smallest
+    precision weights."""
+    rng = np.random.default_rng(7)
+    true = np.array([[0.0, 0.0], [6.0, 0.0]])
+    z = rng.integers(0, 2, size=950)
+    clean = true[z] + rng.normal(size=(950, 2))
+    angle = rng.uniform(0, 2 * np.pi, size=50)
+    outliers = [3.0, 0.0] + rng.uniform(30.0, 80.0, size=(50, 1)) * np.stack([np.cos(angle), np.sin(angle)], 1)
+    x = np.concatenate([clean, outliers])
+
+    def fit(family):
+        model = emjax.Mixture(family, 2)
+        # k-means starts put one component on the outliers for both families: random points
+        r = emjax.fit(model, x, key=jax.random.key(1), init="random", n_restarts=8, max_iter=500, tol=1e-9)
+        means = np.asarray(r.params.components.means)
+        return model, r, means[np.argsort(means[:, 0])]
+
+    _, _, gauss_means = fit(emjax.Gaussian("full"))
+    t_model, t_result, t_means = fit(emjax.StudentT("full"))
+    gauss_err = np.max(np.abs(gauss_means - true))
+    t_err = np.max(np.abs(t_means - true))
+    assert gauss_err > 0.5  # pulled (or a component spent on the outliers)
+    assert t_err < 0.15  # about 3 standard errors of a mean of 475 unit-variance points
+    weight, distance = t_model.outlier_scores(t_result.params, x)
+    flagged = np.argsort(np.asarray(weight))[:50]
+    assert set(flagged.tolist()) == set(range(950, 1000))
+    assert np.min(np.asarray(distance)[950:]) > np.max(np.asarray(distance)[:950])
+
+
+def test_fixed_dof_is_kept_and_not_counted():
+    fam_fixed, fam_free = emjax.StudentT("diag", dof=3.0), emjax.StudentT("diag")
+    assert fam_free.n_parameters(2, 3) == fam_fixed.n_parameters(2, 3) + 2
+    assert fam_fixed.n_parameters(2, 3) == emjax.Gaussian("diag").n_parameters(2, 3)
+    x, _ = student_t_blobs(300, 3)
+    r = emjax.fit(emjax.Mixture(fam_fixed, 3), x, key=jax.random.key(0), max_iter=20)
+    np.testing.assert_array_equal(r.params.components.dofs, [3.0, 3.0, 3.0])
+
+
+def test_sampling_moments():
+    """Draws of one component: mean mu and covariance nu / (nu - 2) * scale (nu = 6)."""
+    family = emjax.StudentT("full")
+    scale = np.array([[[2.0, 0.5], [0.5, 1.0]]])
+    params = emjax.StudentTParams(jnp.asarray([[1.0, -2.0]]), jnp.asarray(scale), jnp.asarray([6.0]))
+    draws = np.asarray(family.sample(jax.random.key(0), params, jnp.zeros(200_000, int)))
+    np.testing.assert_allclose(draws.mean(0), [1.0, -2.0], atol=0.02)
+    np.testing.assert_allclose(np.cov(draws.T), 1.5 * scale[0], rtol=0.05)
+    means, covs = family.moments(params)
+    np.testing.assert_allclose(covs[0], 1.5 * scale[0])
+    heavy = emjax.StudentTParams(params.means, params.covariances, jnp.asarray([1.5]))
+    assert np.all(np.isinf(family.moments(heavy)[1]))
+
+
+def test_em_fixed_point_is_stationary_and_gradient_ascent_stays():
+    """At EM's converged fit (degrees of freedom learned by ECM) the log-likelihood's
+    gradient in the unconstrained coordinates (softplus degrees of freedom) vanishes,
+    and the optax baseline started there does not find higher ground."""
+    import optax
+
+    x, _ = student_t_blobs(300, 5)
+    model = emjax.Mixture(emjax.StudentT("full", reg_covar=0.0), 3)
+    em = emjax.fit(model, x, key=jax.random.key(0), max_iter=3000, tol=1e-12)
+    u = model.unconstrain(em.params)
+    grad = jax.grad(lambda u: model.score(model.constrain(u), x))(u)
+    assert max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(grad)) < 1e-5
+    np.testing.assert_allclose(model.family.constrain(model.family.unconstrain(em.params.components)).dofs,
+                               em.params.components.dofs, rtol=1e-10)
+    ga = emjax.fit(model, x, key=jax.random.key(0), algorithm=emjax.GradientAscent(optax.adam(1e-3)),
+                   init=em.params, max_iter=50, tol=0.0)
+    assert float(ga.objective[0]) <= float(em.objective[0]) + 1e-6 * len(x)
+
+
+def test_bad_input_is_refused():
+    with pytest.raises(ValueError, match="dof"):
+        emjax.StudentT("full", dof=0.0)
+    with pytest.raises(ValueError, match="dof_init"):
+        emjax.StudentT("full", dof_init=1e9)
+    model = emjax.Mixture(emjax.StudentT("diag"), 2)
+    bad = emjax.MixtureParams(
+        jnp.asarray([0.5, 0.5]), emjax.StudentTParams(jnp.zeros((2, 3)), jnp.ones((2, 3)), jnp.asarray([3.0, -1.0]))
+    )
+    with pytest.raises(ValueError, match="dofs"):
+        model.validate_params(bad, jnp.zeros((5, 3)))
+    gaussian_params = emjax.MixtureParams(jnp.asarray([0.5, 0.5]), emjax.GaussianParams(jnp.zeros((2, 3)), jnp.ones((2, 3))))
+    with pytest.raises(TypeError, match="StudentTParams"):
+        model.validate_params(gaussian_params, jnp.zeros((5, 3)))
