@@ -58,8 +58,16 @@ def test_expected_log_joint_is_linear_and_exact_up_to_a_constant(name):
         return jnp.sum(resp * model.log_joint(p, x))
 
     offsets = [float(model.expected_log_joint(stats, p) - brute(p)) for p in (p0, p1, p2)]
-    # The constant (terms free of the parameters, e.g. log x!) is the same for all.
-    np.testing.assert_allclose(offsets, offsets[0], atol=1e-8 * abs(float(brute(p1))))
+    tol = 1e-8 * abs(float(brute(p1)))
+    # A family with a latent variable of its own (Student-t's precision weights) has an
+    # expected log joint that is EM's lower bound in that variable: below the
+    # responsibilities' log joint by more away from p0 (Gibbs), equal up to the constant at p0.
+    own_latent = isinstance(model.family, emjax.StudentT)
+    if own_latent:
+        assert offsets[1] <= offsets[0] + tol and offsets[2] <= offsets[0] + tol
+    else:
+        # The constant (terms free of the parameters, e.g. log x!) is the same for all.
+        np.testing.assert_allclose(offsets, offsets[0], atol=tol)
     # Linear in the statistics: two halves add up, whatever their expansion points.
     s_a, _ = model.e_step(p1, x[:120])
     s_b, _ = model.e_step(p2, x[120:])
@@ -67,8 +75,9 @@ def test_expected_log_joint_is_linear_and_exact_up_to_a_constant(name):
     q_sum = model.expected_log_joint(emjax.add_stats(s_a, s_b), p0)
     q_parts = model.expected_log_joint(s_a, p0) + model.expected_log_joint(s_b, p0)
     np.testing.assert_allclose(float(q_sum), float(q_parts), rtol=1e-10)
-    brute_parts = jnp.sum(r_a * model.log_joint(p0, x[:120])) + jnp.sum(r_b * model.log_joint(p0, x[120:]))
-    assert abs(float(q_sum - brute_parts) - offsets[0]) < 1e-8 * abs(float(brute_parts))
+    if not own_latent:  # the halves' weights u come from p1 and p2, so p0's constant does not apply
+        brute_parts = jnp.sum(r_a * model.log_joint(p0, x[:120])) + jnp.sum(r_b * model.log_joint(p0, x[120:]))
+        assert abs(float(q_sum - brute_parts) - offsets[0]) < 1e-8 * abs(float(brute_parts))
 
 
 # -- incremental EM -------------------------------------------------------------------------
