@@ -253,13 +253,20 @@ class Gaussian(Family):
 
     def expected_log_likelihood(self, stats: GaussianStats, params: GaussianParams) -> Array:
         """``sum_n sum_k r_nk log p(x_n | theta_k)`` from the statistics, up to terms free of ``params``."""
-        mu, n = params.means, stats.counts
+        return self._expected_location_scale(stats, stats.counts, params)
+
+    def _expected_location_scale(self, stats: GaussianStats, counts: Array, params) -> Array:
+        """The Gaussian log-likelihood terms of (possibly reweighted) statistics:
+        ``-1/2 sum_k [n_k (D log 2 pi + log|Sigma_k|) + tr(Sigma_k^-1 (S_k + n_k R))]``
+        with the scatter ``S_k`` of ``stats`` about ``params.means`` and ``n = counts``
+        (the power of ``|Sigma_k|``, as in :meth:`_maximize_location_scale`)."""
+        mu = params.means
         structure = self.structure
-        scatter = recenter_scatter(stats.s2, stats.s1, n, stats.shift - mu)  # moments about mu
+        scatter = recenter_scatter(stats.s2, stats.s1, stats.counts, stats.shift - mu)  # moments about mu
         # The regularisation's penalty -n_k tr(R Sigma_k^{-1}) / 2 is the scatter n_k R.
-        scatter = scatter + structure.penalty_scatter(n, self.reg(mu.shape[-1], mu.dtype))
+        scatter = scatter + structure.penalty_scatter(counts, self.reg(mu.shape[-1], mu.dtype))
         trace, logdet = structure.trace_logdet(scatter, params.covariances)
-        return -0.5 * (jnp.sum(n * (mu.shape[-1] * _LOG_2PI + logdet)) + jnp.sum(trace))
+        return -0.5 * (jnp.sum(counts * (mu.shape[-1] * _LOG_2PI + logdet)) + jnp.sum(trace))
 
     def maximize(self, stats: GaussianStats, params=None, frozen: frozenset = frozenset()) -> GaussianParams:
         return GaussianParams(*self._maximize_location_scale(stats, stats.counts, params, frozen))

@@ -24,7 +24,7 @@ from jax import Array
 from jax.scipy.special import digamma, gammaln
 
 from .._checks import check_number, check_shape, concrete
-from ._covariance import cholesky, count_floor, recenter_scatter
+from ._covariance import cholesky, count_floor
 from ._gaussian import Gaussian, GaussianStats, _LOG_2PI
 
 #: Degrees of freedom stay in ``[DOF_MIN, DOF_MAX]``: below 0.1 the tails are so
@@ -228,13 +228,8 @@ class StudentT(Gaussian):
 
     def expected_log_likelihood(self, stats: StudentTStats, params: StudentTParams) -> Array:
         """``sum_n sum_k r_nk E_u[log p(x_n, u | theta_k)]`` from the statistics, up to terms free of ``params``."""
-        mu, n, w = params.means, stats.counts, stats.weighted
-        d = mu.shape[-1]
-        structure = self.structure
-        scatter = recenter_scatter(w.s2, w.s1, w.counts, w.shift - mu)  # sum r u (x - mu)(x - mu)^T
-        scatter = scatter + structure.penalty_scatter(n, self.reg(d, mu.dtype))
-        trace, logdet = structure.trace_logdet(scatter, params.covariances)
-        gaussian = -0.5 * (jnp.sum(n * (d * _LOG_2PI + logdet)) + jnp.sum(trace))
+        n = stats.counts
+        gaussian = self._expected_location_scale(stats.weighted, n, params)  # scatter sum r u (x - mu)(x - mu)^T
         # sum r E[log Gamma(u | a, a)] in a = nu / 2: n (a log a - lgamma a) + a sum r (E log u - E u),
         # written as n (log a - log 2 pi) / 2 - n rho(a) + a dof_stat without the a log a cancellation.
         a = 0.5 * params.dofs
