@@ -37,6 +37,23 @@ class Family(eqx.Module):
     def log_prob(self, params: Params, x: Array) -> Array:
         """Log density of every point under every component: ``(N, K)``."""
 
+    def log_prob_and_cache(self, params: Params, x: Array) -> tuple[Array, Any]:
+        """:meth:`log_prob` and whatever :meth:`cached_statistics` can reuse from it.
+
+        The E-step calls this pair on the same chunk and parameters, so a family
+        whose statistics repeat part of its density's work (centred data,
+        distances) computes it once. The default caches nothing.
+
+        Returns:
+            ``(log_prob (N, K), cache)``, ``cache`` any pytree or ``None``.
+        """
+        return self.log_prob(params, x), None
+
+    def cached_statistics(self, x: Array, resp: Array, params: Params, cache: Any) -> Stats:
+        """:meth:`statistics` at ``params``, given the ``cache`` of
+        :meth:`log_prob_and_cache` on the same ``x`` and ``params``."""
+        return self.statistics(x, resp, params)
+
     @abc.abstractmethod
     def statistics(self, x: Array, resp: Array, params: Params | None = None) -> Stats:
         """Responsibility-weighted sufficient statistics, leading axis ``K``.

@@ -149,14 +149,27 @@ class CovarianceStructure(eqx.Module):
 
     # -- densities -------------------------------------------------------------------
 
+    def centre(self, x: Array, means: Array) -> tuple[Array, ...]:
+        """What the distances and the moments at ``means`` share, computed once per chunk.
+
+        Both expand about ``c``, the mean of the means: returns ``(c, x - c)``
+        (``c`` ``(D,)``; axis-aligned structures add ``(x - c)^2``). Passing it to
+        :meth:`mahalanobis_logdet` and :meth:`moments` lets the E-step's product and
+        the statistics' read one materialised array (XLA does not merge the two
+        copies it would otherwise hoist out of the chunk loop).
+        """
+        c = jnp.mean(means, axis=0)
+        return c, x - c
+
     @abc.abstractmethod
-    def mahalanobis_logdet(self, x: Array, means: Array, covariances: Array) -> tuple[Array, Array]:
+    def mahalanobis_logdet(self, x: Array, means: Array, covariances: Array, centred=None) -> tuple[Array, Array]:
         """Squared Mahalanobis distances and log-determinants.
 
         Args:
             x: ``(N, D)`` points.
             means: ``(K, D)`` centres.
             covariances: this structure's covariances.
+            centred: ``self.centre(x, means)`` if already computed.
 
         Returns:
             ``maha`` ``(N, K)``, ``(x_n - mu_k)^T Sigma_k^{-1} (x_n - mu_k)``, and
@@ -164,7 +177,7 @@ class CovarianceStructure(eqx.Module):
         """
 
     @abc.abstractmethod
-    def moments(self, x: Array, resp: Array, shift: Array | None) -> tuple[Array, Array, Array]:
+    def moments(self, x: Array, resp: Array, shift: Array | None, centred=None) -> tuple[Array, Array, Array]:
         """Responsibility-weighted moments of ``x`` ``(N, D)`` about an expansion point.
 
         Args:
@@ -172,6 +185,7 @@ class CovarianceStructure(eqx.Module):
             resp: ``(N, K)`` responsibilities (weights folded in).
             shift: ``(K, D)`` the suggested expansion point (the current means), or
                 ``None`` (then each component's responsibility-weighted mean).
+            centred: ``self.centre(x, shift)`` if already computed (with ``shift``).
 
         Returns:
             ``s1`` ``(K, D)`` = ``sum_n r_nk (x_n - c_k)``, ``s2`` (the structure's
@@ -333,7 +347,7 @@ class MatrixStructure(CovarianceStructure):
 
     unconstrained_key: ClassVar[str] = "log_cholesky"
 
-    def moments(self, x, resp, shift):
+    def moments(self, x, resp, shift, centred=None):
         # Each component's scatter about its own expansion point s_k from one side of
         # exact differences: with b_nk = r_nk (x_n - s_k) and c the mean of the s_k,
         # sum_n b_nk (x_n - s_k)^T = sum_n b_nk (x_n - c)^T - s1_k (s_k - c)^T, where
@@ -342,13 +356,13 @@ class MatrixStructure(CovarianceStructure):
         # small side); rounding grows as eps (1 + |s_k - c| / sigma_k), linearly in
         # how far a component lies from c, not quadratically as a scatter about c does.
         if shift is None:
-            shift = _weighted_means(x, resp)
+            shift, centred = _weighted_means(x, resp), None
         n, d = x.shape
         k = shift.shape[0]
-        c = jnp.mean(shift, axis=0)
+        c, xc = (self.centre(x, shift) if centred is None else centred)[:2]
         b = resp[:, :, None] * (x[:, None, :] - shift[None, :, :])  # (N, K, D)
         s1 = jnp.sum(b, axis=0)
-        cross = jnp.matmul((x - c).T, b.reshape(n, k * d), precision=_EXACT).reshape(d, k, d)
+        cross = jnp.matmul(xc.T, b.reshape(n, k * d), precision=_EXACT).reshape(d, k, d)
         scatter = jnp.transpose(cross, (1, 2, 0)) - s1[:, :, None] * (shift - c)[:, None, :]
         return s1, self.symmetrize(scatter), shift
 
@@ -421,19 +435,22 @@ class VarianceStructure(CovarianceStructure):
     def precisions(self, covariances: Array, n_features: int) -> Array:
         """``1 / sigma2_kd`` ``(K, D)``."""
 
-    def mahalanobis_logdet(self, x, means, covariances):
+    def centre(self, x, means):
+        c, xc = super().centre(x, means)
+        return c, xc, xc * xc
+
+    def mahalanobis_logdet(self, x, means, covariances, centred=None):
         # sum_d p_kd (x_nd - mu_kd)^2 expanded about one centre c, the mean of the means:
         # (x-c)^2 p^T - 2 (x-c) (p (mu-c))^T + sum_d p (mu-c)^2, two (N, D) x (D, K)
         # matmuls (not one over the concatenated [(x-c)^2, x-c]: XLA:CPU runs that
         # concatenate slower than both products). No (K, N, D) intermediate; the
         # expansion loses eps (|mu_k - c|^2 + |x - c|^2) / sigma^2 (absolute), which
         # the centre keeps at rounding for data offset far from 0.
-        c = jnp.mean(means, axis=0)
+        c, xc, xc2 = self.centre(x, means) if centred is None else centred
         prec = self.precisions(covariances, x.shape[-1])
         mc = means - c
-        xc = x - c
         maha = (
-            jnp.matmul(xc * xc, prec.T, precision=_EXACT)
+            jnp.matmul(xc2, prec.T, precision=_EXACT)
             + jnp.matmul(xc, (-2.0 * prec * mc).T, precision=_EXACT)
             + jnp.sum(prec * mc * mc, axis=1)
         )
@@ -445,7 +462,7 @@ class VarianceStructure(CovarianceStructure):
         # float32) below 0: a sum of squares is not, and R then floors the variance.
         return super().maximize(jnp.maximum(scatter, 0.0), counts, reg, prior, means)
 
-    def moments(self, x, resp, shift):
+    def moments(self, x, resp, shift, centred=None):
         # One common expansion point c for every component, so both moments are
         # matmuls r^T (x-c) and r^T (x-c)^2: c is the mean of the current means (the
         # E-step's centre), or without them the data's responsibility-weighted mean.
@@ -456,11 +473,12 @@ class VarianceStructure(CovarianceStructure):
         if shift is None:
             total = jnp.sum(resp, axis=1)
             c = jnp.matmul(total, x, precision=_EXACT) / jnp.maximum(jnp.sum(total), jnp.finfo(x.dtype).tiny)
+            xc = x - c
+            xc2 = xc * xc
         else:
-            c = jnp.mean(shift, axis=0)
-        xc = x - c
+            c, xc, xc2 = self.centre(x, shift) if centred is None else centred
         s1 = jnp.matmul(resp.T, xc, precision=_EXACT)
-        s2 = jnp.matmul(resp.T, xc * xc, precision=_EXACT)
+        s2 = jnp.matmul(resp.T, xc2, precision=_EXACT)
         return s1, s2, jnp.broadcast_to(c, (resp.shape[1], x.shape[-1]))
 
     def trace_logdet(self, scatter, covariances):
@@ -504,7 +522,7 @@ class Full(MatrixStructure):
     def full_matrices(self, covariances, n_components, n_features):
         return covariances
 
-    def mahalanobis_logdet(self, x, means, covariances):
+    def mahalanobis_logdet(self, x, means, covariances, centred=None):
         # y_nk = L_k^-1 (x_n - c) - L_k^-1 (mu_k - c) for all k at once: one (N, D) x
         # (D, K D) matmul about the mean of the means c, then squares summed per
         # component. The subtraction loses eps |x - c| / sigma in y (not its square:
@@ -513,10 +531,10 @@ class Full(MatrixStructure):
         k, d = means.shape
         chol = cholesky(covariances)
         linv = tri_inverse(chol)  # (K, D, D)
-        c = jnp.mean(means, axis=0)
+        c, xc = (self.centre(x, means) if centred is None else centred)[:2]
         w = jnp.transpose(linv, (2, 0, 1)).reshape(d, k * d)  # w[e, k D + i] = L_k^-1[i, e]
         b = jnp.einsum("kie,ke->ki", linv, means - c, precision=_EXACT).reshape(k * d)
-        y = jnp.matmul(x - c, w, precision=_EXACT) - b
+        y = jnp.matmul(xc, w, precision=_EXACT) - b
         maha = jnp.sum(jnp.square(y).reshape(x.shape[0], k, d), axis=-1)
         return maha, logdet_from_chol(chol)
 
@@ -556,18 +574,18 @@ class Tied(MatrixStructure):
     def full_matrices(self, covariances, n_components, n_features):
         return jnp.broadcast_to(covariances, (n_components, n_features, n_features))
 
-    def mahalanobis_logdet(self, x, means, covariances):
+    def mahalanobis_logdet(self, x, means, covariances, centred=None):
         # Whitened once, y = L^-1 (x - c) and m_k = L^-1 (mu_k - c) about the mean of
         # the means c; the distances |y_n - m_k|^2 from the differences themselves.
         chol = cholesky(covariances)
         linv = tri_inverse(chol)
-        c = jnp.mean(means, axis=0)
-        y = jnp.matmul(x - c, linv.T, precision=_EXACT)
+        c, xc = (self.centre(x, means) if centred is None else centred)[:2]
+        y = jnp.matmul(xc, linv.T, precision=_EXACT)
         m = jnp.matmul(means - c, linv.T, precision=_EXACT)
         maha = jnp.sum(jnp.square(y[:, None, :] - m[None, :, :]), axis=-1)
         return maha, jnp.broadcast_to(logdet_from_chol(chol), (means.shape[0],))
 
-    def moments(self, x, resp, shift):
+    def moments(self, x, resp, shift, centred=None):
         """The scatter summed over the components, ``(1, D, D)``, in O(N D^2 + N K^2).
 
         With ``w_n = sum_k r_nk``, ``p = r / w`` and ``m_n = sum_k p_nk c_k``,

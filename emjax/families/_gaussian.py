@@ -237,8 +237,13 @@ class Gaussian(Family):
     # -- densities -----------------------------------------------------------------
 
     def log_prob(self, params: GaussianParams, x: Array) -> Array:
-        maha, logdet = self.structure.mahalanobis_logdet(x, params.means, params.covariances)
-        return -0.5 * (x.shape[-1] * _LOG_2PI + logdet[None, :] + maha)
+        return self.log_prob_and_cache(params, x)[0]
+
+    def log_prob_and_cache(self, params: GaussianParams, x: Array):
+        # The data centred once for the distances and the moments: (c, x - c[, (x - c)^2]).
+        centred = self.structure.centre(x, params.means)
+        maha, logdet = self.structure.mahalanobis_logdet(x, params.means, params.covariances, centred)
+        return -0.5 * (x.shape[-1] * _LOG_2PI + logdet[None, :] + maha), centred
 
     def mahalanobis(self, params: GaussianParams, x: Array) -> Array:
         """``(N, K)`` squared Mahalanobis distances of every point to every component's mean."""
@@ -249,6 +254,10 @@ class Gaussian(Family):
 
     def statistics(self, x: Array, resp: Array, params: GaussianParams | None = None) -> GaussianStats:
         s1, s2, shift = self.structure.moments(x, resp, None if params is None else params.means)
+        return GaussianStats(jnp.sum(resp, axis=0), s1, s2, shift)
+
+    def cached_statistics(self, x, resp, params, cache):
+        s1, s2, shift = self.structure.moments(x, resp, params.means, cache)
         return GaussianStats(jnp.sum(resp, axis=0), s1, s2, shift)
 
     def expected_log_likelihood(self, stats: GaussianStats, params: GaussianParams) -> Array:

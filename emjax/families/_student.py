@@ -192,11 +192,16 @@ class StudentT(Gaussian):
     # -- densities -----------------------------------------------------------------
 
     def log_prob(self, params: StudentTParams, x: Array) -> Array:
-        maha, logdet = self.structure.mahalanobis_logdet(x, params.means, params.covariances)
+        return self.log_prob_and_cache(params, x)[0]
+
+    def log_prob_and_cache(self, params: StudentTParams, x: Array):
+        # The statistics reuse the centred data and the distances (for the weights u).
+        centred = self.structure.centre(x, params.means)
+        maha, logdet = self.structure.mahalanobis_logdet(x, params.means, params.covariances, centred)
         nu = params.dofs
         d = x.shape[-1]
         const = log_gamma_ratio(0.5 * nu, 0.5 * d) - 0.5 * (d * _LOG_2PI + logdet)  # (K,)
-        return const[None, :] - 0.5 * (nu + d)[None, :] * jnp.log1p(maha / nu[None, :])
+        return const[None, :] - 0.5 * (nu + d)[None, :] * jnp.log1p(maha / nu[None, :]), (centred, maha)
 
     def precision_weights(self, params: StudentTParams, x: Array) -> Array:
         """``(N, K)`` ``E[u | x_n, z = k] = (nu_k + D) / (nu_k + delta_nk)``: how much
@@ -215,16 +220,20 @@ class StudentT(Gaussian):
             weighted = Gaussian.statistics(self, x, resp, None)
             target = log_minus_digamma(jnp.asarray(0.5 * self._initial_dof(), x.dtype))
             return StudentTStats(counts, weighted, -counts * target)
+        return self.cached_statistics(x, resp, params, (None, self.mahalanobis(params, x)))
+
+    def cached_statistics(self, x, resp, params, cache):
+        centred, maha = cache
+        d = x.shape[-1]
         nu = params.dofs[None, :]
-        maha = self.mahalanobis(params, x)
         t = (d - maha) / (nu + maha)  # u - 1, exact where u is near 1
         u = 1.0 + t
         # E[log u] - E[u] + 1 = log u - u + 1 - (log a - digamma(a)), a = (nu + D) / 2
         gap = log1p_minus(t) - log_minus_digamma(0.5 * (nu + d))
         ru = resp * u
-        s1, s2, shift = self.structure.moments(x, ru, params.means)
+        s1, s2, shift = self.structure.moments(x, ru, params.means, centred)
         weighted = GaussianStats(jnp.sum(ru, axis=0), s1, s2, shift)
-        return StudentTStats(counts, weighted, jnp.sum(resp * gap, axis=0))
+        return StudentTStats(jnp.sum(resp, axis=0), weighted, jnp.sum(resp * gap, axis=0))
 
     def expected_log_likelihood(self, stats: StudentTStats, params: StudentTParams) -> Array:
         """``sum_n sum_k r_nk E_u[log p(x_n, u | theta_k)]`` from the statistics, up to terms free of ``params``."""

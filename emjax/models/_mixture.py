@@ -172,10 +172,14 @@ class Mixture(EMModel):
 
     def log_joint(self, params: MixtureParams, x: Array) -> Array:
         """``log pi_k + log p(x_n | theta_k)``: ``(N, K)``."""
+        return self._log_joint_and_cache(params, x)[0]
+
+    def _log_joint_and_cache(self, params: MixtureParams, x: Array):
         log_w = self.gating.log_weights(params.weights, x)
         if log_w.ndim == 1:
             log_w = log_w[None, :]
-        return self.family.log_prob(params.components, x) + log_w
+        lp, cache = self.family.log_prob_and_cache(params.components, x)
+        return lp + log_w, cache
 
     def e_step(self, params: MixtureParams, x: Array, weights: Array | None = None, *, temperature=1.0):
         """Responsibility-weighted statistics and the log-likelihood of ``x``.
@@ -199,7 +203,8 @@ class Mixture(EMModel):
         Example:
             >>> stats, loglik = model.e_step(params, x, temperature=4.0)
         """
-        lj = self.log_joint(params, x) - self.family.fit_penalty(params.components)[None, :]
+        lj, cache = self._log_joint_and_cache(params, x)
+        lj = lj - self.family.fit_penalty(params.components)[None, :]
         if _is_one(temperature):
             ll, resp = _log_normalize(lj)
         else:
@@ -213,8 +218,8 @@ class Mixture(EMModel):
         else:
             total = jnp.sum(ll)
         gating_stats = None if self.gating.counts_suffice else self.gating.statistics(x, resp, params.weights)
-        stats = MixtureStats(jnp.sum(resp, axis=0), self.family.statistics(x, resp, params.components), gating_stats)
-        return stats, total
+        components = self.family.cached_statistics(x, resp, params.components, cache)
+        return MixtureStats(jnp.sum(resp, axis=0), components, gating_stats), total
 
     def _gating_stats(self, stats: MixtureStats):
         # A gating whose statistics are the counts stores none of its own (see Gating.counts_suffice).

@@ -267,7 +267,7 @@ def test_stepwise_over_chunks_nears_batch_em():
 
 # -- a file larger than the working memory -------------------------------------------------
 
-ROWS, COLS, BLOCK = 20_000_000, 8, 1_000_000
+ROWS, COLS, BLOCK = 8_000_000, 8, 1_000_000
 
 CHILD = textwrap.dedent(
     """
