@@ -331,7 +331,9 @@ def _check_finite_entries(x, name: str, allow_nan: bool) -> None:
         find_first(infinite if allow_nan else not_finite, x),
         name,
         "NaN or infinite value(s)",
-        hint="Remove or impute them before fitting or predicting.",
+        hint=("Remove or impute them before fitting or predicting; or, for NaN as missing values, build "
+              "the model with emjax.Mixture(family, K, missing=True)." if not allow_nan else
+              "Remove or impute them before fitting or predicting."),
     )
 
 

@@ -74,6 +74,30 @@ class EMModel(eqx.Module):
             The new parameters.
         """
 
+    @property
+    def refine_passes(self) -> int:
+        """How many passes over the data :meth:`refine` makes (0: it does nothing)."""
+        return 0
+
+    def refine(self, params: Params, new: Params, data) -> Params:
+        """Conditional maximisations that need the data, after :meth:`m_step` (ECME).
+
+        A conditional maximisation of the observed-data likelihood (Liu & Rubin's
+        ECME) cannot be computed from the E-step's statistics: batch EM calls this
+        after every M-step with the :class:`emjax.data.Data` to pass over
+        (``data.map_sum``), ``refine_passes`` times at most. The default returns
+        ``new``.
+
+        Args:
+            params: the parameters of the E-step behind the M-step.
+            new: the M-step's parameters.
+            data: the data.
+
+        Returns:
+            Parameters whose objective is at least ``new``'s.
+        """
+        return new
+
     def log_prior(self, params: Params) -> Array:
         """Log prior density of ``params``: 0 (maximum likelihood) by default."""
         return jnp.zeros(())
@@ -294,6 +318,13 @@ class UserModel(EMModel):
 
     def log_prior(self, params: Params) -> Array:
         return self.model.log_prior(params) if self._has("log_prior") else super().log_prior(params)
+
+    @property
+    def refine_passes(self) -> int:
+        return int(getattr(self.model, "refine_passes", 0)) if self._has("refine") else 0
+
+    def refine(self, params: Params, new: Params, data) -> Params:
+        return self.model.refine(params, new, data) if self._has("refine") else new
 
     def objective(self, stats: Stats, params: Params, loglik: Array) -> Array:
         if self._has("objective"):

@@ -27,6 +27,16 @@ class AlgorithmState(eqx.Module):
     n_passes: Array
 
 
+def check_no_refine(algorithm, model) -> None:
+    """Refuse a model whose M-step needs passes over all the data (ECME) in an
+    algorithm that sees the data a block at a time."""
+    if model.refine_passes:
+        raise ValueError(
+            f"{type(algorithm).__name__} updates the parameters from blocks of the data, but this model's "
+            "M-step makes passes over all of it (StudentT(dof_update='ecme')): use BatchEM, or dof_update='ecm'."
+        )
+
+
 class Algorithm(eqx.Module):
     """An EM-family algorithm: ``init(model, params, data, key) -> state`` and
     ``step(model, state, data) -> state``, both pure and jit-able.

@@ -33,5 +33,7 @@ class BatchEM(Algorithm):
 
     def step(self, model, state: BatchEMState, data) -> BatchEMState:
         params = model.m_step(state.stats, state.params)
+        params = model.refine(state.params, params, data)  # ECME's passes, if the model has any
         stats, loglik = data.e_step(model, params)
-        return BatchEMState(params, model.objective(stats, params, loglik), state.n_passes + 1, stats)
+        passes = state.n_passes + 1 + model.refine_passes
+        return BatchEMState(params, model.objective(stats, params, loglik), passes, stats)

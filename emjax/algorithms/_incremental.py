@@ -11,7 +11,7 @@ from jax import Array
 
 from .._checks import check_int
 from .._model import sum_stats
-from ._base import Algorithm, AlgorithmState
+from ._base import Algorithm, AlgorithmState, check_no_refine
 
 
 class IncrementalEMState(AlgorithmState):
@@ -72,6 +72,7 @@ class IncrementalEM(Algorithm):
             check_int("blocks_per_step", self.blocks_per_step)
 
     def validate(self, model, data) -> None:
+        check_no_refine(self, model)
         if self.n_blocks > data.n_rows:
             raise ValueError(f"n_blocks ({self.n_blocks}) exceeds the number of rows ({data.n_rows}).")
         if data.n_rows % self.n_blocks and not model.accepts_weights:

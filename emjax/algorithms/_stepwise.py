@@ -11,7 +11,7 @@ from jax import Array
 
 from .._checks import check_bool, check_int, check_number
 from .._model import add_stats, scale_stats
-from ._base import Algorithm, AlgorithmState
+from ._base import Algorithm, AlgorithmState, check_no_refine
 from ._shuffle import minibatch
 
 
@@ -108,6 +108,7 @@ class StepwiseEM(Algorithm):
         check_bool("shuffle", self.shuffle)
 
     def validate(self, model, data) -> None:
+        check_no_refine(self, model)
         check_batches(self, data)
 
     def init(self, model, params, data, key) -> StepwiseEMState:

@@ -24,6 +24,26 @@ def old_faithful() -> tuple[np.ndarray, list[str]]:
     return _load_csv("old_faithful.csv")
 
 
+def bankruptcy() -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Altman's bankruptcy data: 66 US firms, 33 that went bankrupt and 33 solvent.
+
+    Two financial ratios in percent: retained earnings over total assets (RE)
+    and earnings before interest and taxes over total assets (EBIT). A few
+    bankrupt firms lie very far out (ratios down to -309 and -280), the classic
+    case for Student-t rather than Gaussian mixtures (McLachlan & Peel 2000;
+    Murphy's PMTK ``mixStudentBankruptcyDemo``).
+
+    Returns:
+        ``(x (66, 2), labels (66,) int, ["RE", "EBIT"])``; ``labels`` is 0 for a
+        bankrupt firm, 1 for a solvent one.
+
+    Example:
+        >>> x, y, names = bankruptcy()
+    """
+    data, header = _load_csv("bankruptcy.csv")
+    return data[:, 1:], data[:, 0].astype(np.int64), header[1:]
+
+
 def gaussian_mixture_sample(seed: int, n: int, d: int, k: int, separation: float) -> tuple[np.ndarray, np.ndarray]:
     """A synthetic sample from a K-component Gaussian mixture with random full covariances.
 

@@ -37,6 +37,53 @@ class Family(eqx.Module):
     def log_prob(self, params: Params, x: Array) -> Array:
         """Log density of every point under every component: ``(N, K)``."""
 
+    #: Whether the family fits data with missing entries (``Mixture(..., missing=True)``):
+    #: it then implements :meth:`log_prob_observed`, :meth:`statistics_observed`,
+    #: :meth:`impute` and :meth:`sample_missing`.
+    supports_missing: ClassVar[bool] = False
+
+    def feature_log_prob(self, params: Params, x: Array) -> Array:
+        """``(N, K, D)`` each feature's log density, for families whose features are
+        independent given the component (their missing entries marginalise by
+        leaving the terms out)."""
+        raise NotImplementedError(f"{type(self).__name__} does not support missing entries.")
+
+    def log_prob_observed(self, params: Params, x0: Array, observed: Array) -> tuple[Array, Any]:
+        """The log density of each point's observed entries (the missing ones
+        marginalised), ``(N, K)``, and a cache for :meth:`statistics_observed`.
+
+        By default the sum of :meth:`feature_log_prob` over the observed features.
+
+        Args:
+            params: the components' parameters.
+            x0: ``(N, D)`` data, 0 at the missing entries.
+            observed: ``(N, D)`` booleans, ``True`` where observed.
+        """
+        terms = self.feature_log_prob(params, x0)
+        return jnp.sum(jnp.where(observed[:, None, :], terms, 0.0), axis=-1), None
+
+    def statistics_observed(self, x0: Array, observed: Array, resp: Array, params: Params, cache: Any) -> Stats:
+        """The expected complete-data statistics given the observed entries (the
+        missing ones replaced by their conditional moments per component)."""
+        raise NotImplementedError(f"{type(self).__name__} does not support missing entries.")
+
+    def impute(self, params: Params, x0: Array, observed: Array) -> Array:
+        """``(N, K, D)`` each component's conditional mean of every entry given the
+        observed ones (the observed entries themselves where observed)."""
+        raise NotImplementedError(f"{type(self).__name__} does not support missing entries.")
+
+    def impute_mixture(self, params: Params, x0: Array, observed: Array, posterior: Array) -> Array:
+        """``(N, D)`` the observed entries, and the missing ones replaced by their
+        conditional mean under the mixture, ``sum_k posterior_nk impute_nk``."""
+        xhat = self.impute(params, x0, observed)
+        return jnp.where(observed, x0, jnp.einsum("nk,nkd->nd", posterior, xhat))
+
+    def sample_missing(self, key, params: Params, x0: Array, observed: Array, components: Array) -> Array:
+        """``(N, D)`` the observed entries, and the missing ones drawn from their
+        conditional law given the observed ones under component ``components`` ``(N,)``:
+        by default a fresh draw of the component (independent features)."""
+        return jnp.where(observed, x0, self.sample(key, params, components).astype(x0.dtype))
+
     def log_prob_and_cache(self, params: Params, x: Array) -> tuple[Array, Any]:
         """:meth:`log_prob` and whatever :meth:`cached_statistics` can reuse from it.
 

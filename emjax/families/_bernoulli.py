@@ -175,6 +175,22 @@ class Bernoulli(Family):
         lo = prob_floor(mu.dtype, self.eps)
         return jnp.log(jnp.maximum(mu, lo)), jnp.log(jnp.maximum(1 - mu, lo))
 
+    # -- missing entries: the missing features left out, imputed at their means in the statistics
+
+    supports_missing: ClassVar[bool] = True
+
+    def feature_log_prob(self, params: BernoulliParams, x: Array) -> Array:
+        log1, log0 = self._logs(params.means)
+        return jnp.where(x[:, None, :] > 0, log1[None], log0[None])
+
+    def statistics_observed(self, x0, observed, resp, params: BernoulliParams, cache) -> BernoulliStats:
+        miss = jnp.matmul(resp.T, (~observed).astype(resp.dtype), precision=_EXACT)  # (K, D)
+        s1 = jnp.matmul(resp.T, x0.astype(resp.dtype), precision=_EXACT) + params.means * miss
+        return BernoulliStats(jnp.sum(resp, axis=0), s1)
+
+    def impute(self, params: BernoulliParams, x0, observed):
+        return jnp.where(observed[:, None, :], x0[:, None, :], params.means[None])
+
     def log_prob(self, params: BernoulliParams, x: Array) -> Array:
         log1, log0 = self._logs(params.means)  # (K, D)
         dtype = jnp.result_type(x, log1)

@@ -127,6 +127,33 @@ class Binomial(Family):
         s, t = x
         return s, (t[:, None] if t.ndim == 1 else t)
 
+    # -- missing entries (fixed n_trials): left out, imputed at n p in the statistics
+
+    @property
+    def supports_missing(self) -> bool:
+        return self.n_trials is not None
+
+    def feature_log_prob(self, params: BinomialParams, x) -> Array:
+        n = self.n_trials
+        p = _clip_prob(params.probs)[None]
+        xx = x[:, None, :]
+        log_binom = gammaln(jnp.asarray(n + 1, x.dtype)) - gammaln(xx + 1) - gammaln(n - xx + 1)
+        return xx * jnp.log(p) + (n - xx) * jnp.log1p(-p) + log_binom
+
+    def statistics_observed(self, x0, observed, resp, params: BinomialParams, cache) -> BinomialStats:
+        n = self.n_trials
+        m = observed.astype(resp.dtype)
+        miss = jnp.matmul(resp.T, 1.0 - m, precision=_EXACT)
+        p = params.probs
+        return BinomialStats(
+            jnp.sum(resp, axis=0),
+            jnp.matmul(resp.T, x0, precision=_EXACT) + n * p * miss,
+            jnp.matmul(resp.T, m * (n - x0), precision=_EXACT) + n * (1 - p) * miss,
+        )
+
+    def impute(self, params: BinomialParams, x0, observed):
+        return jnp.where(observed[:, None, :], x0[:, None, :], self.n_trials * params.probs[None])
+
     def log_prob(self, params: BinomialParams, x) -> Array:
         x, n = self._split(x)
         p = _clip_prob(params.probs)

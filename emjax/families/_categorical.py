@@ -149,6 +149,33 @@ class Categorical(Family):
 
     # -- densities -------------------------------------------------------------------
 
+    # -- missing entries: left out, imputed by their category probabilities in the statistics
+
+    supports_missing: ClassVar[bool] = True
+
+    def feature_log_prob(self, params: CategoricalParams, x: Array) -> Array:
+        logp = self._log(params.probs)  # (K, D, S)
+        codes = jnp.broadcast_to(x.astype(jnp.int32)[:, None, :, None], (x.shape[0], logp.shape[0], x.shape[1], 1))
+        return jnp.take_along_axis(jnp.broadcast_to(logp[None], codes.shape[:3] + logp.shape[-1:]), codes, axis=-1)[..., 0]
+
+    def statistics_observed(self, x0, observed, resp, params: CategoricalParams, cache) -> CategoricalStats:
+        k, d, s = params.probs.shape
+        m = observed.astype(resp.dtype)
+        onehot = self._one_hot(x0, resp.dtype) * jnp.repeat(m, s, axis=1)
+        counts = jnp.matmul(resp.T, onehot, precision=_EXACT).reshape(k, d, s)
+        miss = jnp.matmul(resp.T, 1.0 - m, precision=_EXACT)  # (K, D)
+        return CategoricalStats(counts + params.probs * miss[:, :, None])
+
+    def impute(self, params: CategoricalParams, x0, observed):
+        """Each component's most probable category where a code is missing."""
+        mode = jnp.argmax(params.probs, axis=-1).astype(x0.dtype)  # (K, D)
+        return jnp.where(observed[:, None, :], x0[:, None, :], mode[None])
+
+    def impute_mixture(self, params: CategoricalParams, x0, observed, posterior):
+        # The posterior predictive's most probable category, not a mean of codes.
+        predictive = jnp.einsum("nk,kds->nds", posterior, params.probs)
+        return jnp.where(observed, x0, jnp.argmax(predictive, axis=-1).astype(x0.dtype))
+
     def log_prob(self, params: CategoricalParams, x: Array) -> Array:
         k, d, s = params.probs.shape
         logt = self._log(params.probs).reshape(k, d * s)

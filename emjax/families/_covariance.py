@@ -195,6 +195,34 @@ class CovarianceStructure(eqx.Module):
         """
 
     @abc.abstractmethod
+    def conditional(self, x0: Array, observed: Array, means: Array, covariances: Array):
+        """Each point's observed-entry density terms and the conditional law of its
+        missing entries, per component (missing data; static shapes, no loop over
+        missingness patterns).
+
+        Args:
+            x0: ``(N, D)`` points, 0 at the missing entries.
+            observed: ``(N, D)`` booleans, ``True`` where an entry is observed.
+            means: ``(K, D)``; covariances: this structure's.
+
+        Returns:
+            ``maha`` ``(N, K)`` the squared Mahalanobis distance of the observed
+            entries under their marginal, ``logdet`` ``(N, K)`` ``log |Sigma_oo|``,
+            ``xhat`` ``(N, K, D)`` the observed entries and the conditional means
+            ``E[x_m | x_o]`` of the missing ones, and ``cond`` the conditional
+            covariances ``Cov[x_m | x_o]`` embedded with zeros in the observed rows
+            and columns: ``(N, K, D, D)``, or ``(N, K, D)`` diagonals for
+            axis-aligned structures.
+        """
+
+    @abc.abstractmethod
+    def missing_scatter(self, resp_u: Array, resp: Array, xc: Array, cond: Array) -> Array:
+        """The expected scatter ``sum_n r_nk u_nk xc xc^T + r_nk cond`` in this
+        structure's scatter shape (``xc`` ``(N, K, D)`` about the expansion point;
+        ``resp_u`` the responsibilities times the precision weights, ``resp`` for
+        the conditional covariances, which ``u`` cancels in)."""
+
+    @abc.abstractmethod
     def trace_logdet(self, scatter: Array, covariances: Array) -> tuple[Array, Array]:
         """``tr(Sigma_k^{-1} S_k)`` and ``log |Sigma_k|``, both ``(K,)``, for a scatter ``S`` about the means
         (tied: both ``(1,)``, the trace of the summed scatter and the one log-determinant)."""
@@ -366,6 +394,32 @@ class MatrixStructure(CovarianceStructure):
         scatter = jnp.transpose(cross, (1, 2, 0)) - s1[:, :, None] * (shift - c)[:, None, :]
         return s1, self.symmetrize(scatter), shift
 
+    def conditional(self, x0, observed, means, covariances):
+        # M_nk = Sigma_k on the observed block, I on the missing one (no coupling):
+        # its Cholesky factor gives log |Sigma_oo| and Sigma_oo^-1 r_o with a zero
+        # missing part, so E[x_m | x_o] = mu_m + (Sigma_k M^-1 r)_m and
+        # Cov[x_m | x_o] = (Sigma - W^T W)_mm with W = L^-1 diag(m) Sigma.
+        k, d = means.shape
+        cov = self.full_matrices(covariances, k, d)[None]  # (1, K, D, D)
+        m = observed.astype(means.dtype)[:, None, :]  # (N, 1, D)
+        miss = 1.0 - m
+        big = cov * m[..., :, None] * m[..., None, :] + jnp.eye(d, dtype=means.dtype) * miss[..., :, None]
+        chol = jnp.linalg.cholesky(big)  # (N, K, D, D)
+        r = m * (x0[:, None, :] - means[None])
+        y = jax.lax.linalg.triangular_solve(chol, r[..., None], left_side=True, lower=True)[..., 0]
+        z = jax.lax.linalg.triangular_solve(chol, y[..., None], left_side=True, lower=True, transpose_a=True)[..., 0]
+        maha = jnp.sum(y * y, axis=-1)
+        logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)
+        xhat = jnp.where(m > 0, x0[:, None, :], means[None] + jnp.einsum("nkde,nke->nkd", cov, z, precision=_EXACT))
+        w = jax.lax.linalg.triangular_solve(chol, m[..., :, None] * cov, left_side=True, lower=True)
+        cond = cov - jnp.einsum("nkij,nkil->nkjl", w, w, precision=_EXACT)
+        cond = 0.5 * (cond + jnp.swapaxes(cond, -1, -2)) * miss[..., :, None] * miss[..., None, :]
+        return maha, logdet, xhat, cond
+
+    def missing_scatter(self, resp_u, resp, xc, cond):
+        return (jnp.einsum("nk,nkd,nke->kde", resp_u, xc, xc, precision=_EXACT)
+                + jnp.einsum("nk,nkde->kde", resp, cond, precision=_EXACT))
+
     def trace_logdet(self, scatter, covariances):
         chol = jnp.broadcast_to(cholesky(covariances), scatter.shape)
         y = solve_triangular(chol, scatter, lower=True)  # L^-1 S
@@ -481,6 +535,22 @@ class VarianceStructure(CovarianceStructure):
         s2 = jnp.matmul(resp.T, xc2, precision=_EXACT)
         return s1, s2, jnp.broadcast_to(c, (resp.shape[1], x.shape[-1]))
 
+    def conditional(self, x0, observed, means, covariances):
+        # Independent features: the observed ones' terms, the missing ones at the mean
+        # with their own variance.
+        d = means.shape[1]
+        prec = self.precisions(covariances, d)[None]  # (1, K, D)
+        m = observed.astype(means.dtype)[:, None, :]
+        diff = m * (x0[:, None, :] - means[None])
+        maha = jnp.sum(diff * diff * prec, axis=-1)
+        logdet = -jnp.sum(m * jnp.log(prec), axis=-1)
+        xhat = jnp.where(m > 0, x0[:, None, :], means[None])
+        return maha, logdet, xhat, (1.0 - m) / prec
+
+    def missing_scatter(self, resp_u, resp, xc, cond):
+        return (jnp.einsum("nk,nkd->kd", resp_u, xc * xc, precision=_EXACT)
+                + jnp.einsum("nk,nkd->kd", resp, cond, precision=_EXACT))
+
     def trace_logdet(self, scatter, covariances):
         d = scatter.shape[-1]
         return jnp.sum(scatter * self.precisions(covariances, d), axis=-1), self.log_determinants(covariances, d)
@@ -584,6 +654,9 @@ class Tied(MatrixStructure):
         m = jnp.matmul(means - c, linv.T, precision=_EXACT)
         maha = jnp.sum(jnp.square(y[:, None, :] - m[None, :, :]), axis=-1)
         return maha, jnp.broadcast_to(logdet_from_chol(chol), (means.shape[0],))
+
+    def missing_scatter(self, resp_u, resp, xc, cond):
+        return jnp.sum(super().missing_scatter(resp_u, resp, xc, cond), axis=0, keepdims=True)
 
     def moments(self, x, resp, shift, centred=None):
         """The scatter summed over the components, ``(1, D, D)``, in O(N D^2 + N K^2).

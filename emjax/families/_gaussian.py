@@ -85,16 +85,22 @@ def _feature_variance(data) -> tuple[Array, Array]:
     :class:`emjax.data.Data`), in one pass about the mean of its in-memory sample,
     0 where it is below the rounding of the column's values; and ``(D,)`` that
     rounding, the ulp ``eps |mean|`` of each column."""
-    shift = jnp.mean(data.sample, axis=0)
+    # Missing entries (NaN, under Mixture(missing=True)) are left out of each column's moments.
+    sample = data.sample
+    seen = ~jnp.isnan(sample)
+    shift = jnp.sum(jnp.where(seen, sample, 0.0), axis=0) / jnp.maximum(jnp.sum(seen, axis=0), 1)
 
     def moments(shift, x, w):
-        d = x - shift
+        seen = ~jnp.isnan(x)
+        d = jnp.where(seen, x - shift, 0.0)
+        n = seen.astype(x.dtype)
         if w is None:
-            return (jnp.asarray(x.shape[0], x.dtype), jnp.sum(d, axis=0), jnp.sum(d * d, axis=0)), jnp.zeros((), x.dtype)
+            return (jnp.sum(n, axis=0), jnp.sum(d, axis=0), jnp.sum(d * d, axis=0)), jnp.zeros((), x.dtype)
         w = w.astype(x.dtype)
-        return (jnp.sum(w), w @ d, w @ (d * d)), jnp.zeros((), x.dtype)
+        return (w @ n, w @ d, w @ (d * d)), jnp.zeros((), x.dtype)
 
     (total, s1, s2), _ = data.map_sum(moments, shift)
+    total = jnp.maximum(total, jnp.finfo(s1.dtype).tiny)  # a column with nothing observed
     mean = s1 / total
     var = jnp.maximum(s2 / total - mean * mean, 0.0)
     # A constant column's variance is a rounding residue of order eps ulp^2 (its
@@ -244,6 +250,32 @@ class Gaussian(Family):
         centred = self.structure.centre(x, params.means)
         maha, logdet = self.structure.mahalanobis_logdet(x, params.means, params.covariances, centred)
         return -0.5 * (x.shape[-1] * _LOG_2PI + logdet[None, :] + maha), centred
+
+    # -- missing entries ---------------------------------------------------------------
+
+    supports_missing: ClassVar[bool] = True
+
+    def log_prob_observed(self, params: GaussianParams, x0: Array, observed: Array):
+        maha, logdet, xhat, cond = self.structure.conditional(x0, observed, params.means, params.covariances)
+        d_obs = jnp.sum(observed, axis=1).astype(maha.dtype)[:, None]
+        return -0.5 * (d_obs * _LOG_2PI + logdet + maha), (xhat, cond)
+
+    def statistics_observed(self, x0, observed, resp, params: GaussianParams, cache) -> GaussianStats:
+        # E[x_m | x_o] and Cov[x_m | x_o] per component in the moments about the
+        # current means (the lecture's missing-data EM: the conditional covariance
+        # adds to the scatter of the conditional means).
+        xhat, cond = cache
+        xc = xhat - params.means[None]
+        s1 = jnp.einsum("nk,nkd->kd", resp, xc, precision=_EXACT)
+        s2 = self.structure.missing_scatter(resp, resp, xc, cond)
+        return GaussianStats(jnp.sum(resp, axis=0), s1, s2, params.means)
+
+    def impute(self, params: GaussianParams, x0, observed):
+        return self.structure.conditional(x0, observed, params.means, params.covariances)[2]
+
+    def sample_missing(self, key, params: GaussianParams, x0, observed, components):
+        _, _, xhat, cond = self.structure.conditional(x0, observed, params.means, params.covariances)
+        return _draw_conditional(key, xhat, cond, observed, components, None)
 
     def mahalanobis(self, params: GaussianParams, x: Array) -> Array:
         """``(N, K)`` squared Mahalanobis distances of every point to every component's mean."""
@@ -411,3 +443,26 @@ class Gaussian(Family):
         if m is not None and not np.all(np.isfinite(m)):
             raise ValueError("means contain NaN or infinite values.")
         self.structure.validate(params.covariances, k, d)
+
+
+def _draw_conditional(key, xhat, cond, observed, components, scale):
+    """``(N, D)``: the observed entries, the missing ones drawn from
+    ``N(xhat, cond * scale)`` of each point's component ``components`` ``(N,)``
+    (``scale`` ``(N,)`` or ``None``: a Student-t's ``1 / u``)."""
+    n = xhat.shape[0]
+    rows = jnp.arange(n)
+    mean, c = xhat[rows, components], cond[rows, components]
+    z = jax.random.normal(key, mean.shape, mean.dtype)
+    miss = ~observed
+    if c.ndim == 3:
+        # The observed rows and columns of cond are 0: the identity there keeps
+        # the factor defined; a relative jitter absorbs rounding below 0.
+        tiny = jnp.finfo(c.dtype).eps * jnp.maximum(jnp.max(jnp.abs(c), axis=(1, 2)), 1.0)
+        eye = jnp.eye(c.shape[-1], dtype=c.dtype)
+        chol = jnp.linalg.cholesky(c + eye * (observed.astype(c.dtype) + tiny[:, None])[:, :, None])
+        noise = jnp.einsum("nde,ne->nd", chol, jnp.where(miss, z, 0.0), precision=_EXACT)
+    else:
+        noise = jnp.sqrt(jnp.maximum(c, 0.0)) * z
+    if scale is not None:
+        noise = noise * jnp.sqrt(scale)[:, None]
+    return jnp.where(miss, mean + noise, mean)

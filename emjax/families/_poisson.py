@@ -97,6 +97,11 @@ class Poisson(Family):
         return a, b
 
     def log_prob(self, params: PoissonParams, x: Array) -> Array:
+        return -jnp.sum(self._deviance(params, x), axis=-1) - jnp.sum(stirling_remainder(x), axis=-1)[:, None]
+
+    def _deviance(self, params: PoissonParams, x: Array) -> Array:
+        """``(N, K, D)`` ``lambda - x - x log(lambda / x)``: minus the log density less
+        the Stirling remainder of ``log x!`` (no cancellation for large counts)."""
         rates = jnp.maximum(params.rates, jnp.finfo(params.rates.dtype).tiny)[None, :, :]  # (1, K, D)
         xx = x[:, None, :]  # (N, 1, D)
         positive = xx > 0
@@ -105,8 +110,21 @@ class Poisson(Family):
         # log(lambda / x): log1p near 1 (no cancellation), a plain difference far
         # below it (where log1p(-1 + tiny) would round to -inf). Both branches finite.
         log_ratio = jnp.where(t > -0.5, jnp.log1p(jnp.maximum(t, -0.5)), jnp.log(rates) - jnp.log(safe_x))
-        dev = jnp.where(positive, xx * (t - log_ratio), rates)  # lambda - x - x log(lambda / x) >= 0
-        return -jnp.sum(dev, axis=-1) - jnp.sum(stirling_remainder(x), axis=-1)[:, None]
+        return jnp.where(positive, xx * (t - log_ratio), rates)  # lambda - x - x log(lambda / x) >= 0
+
+    # -- missing entries: the missing features left out, imputed at their means in the statistics
+
+    supports_missing: ClassVar[bool] = True
+
+    def feature_log_prob(self, params: PoissonParams, x: Array) -> Array:
+        return -self._deviance(params, x) - stirling_remainder(x)[:, None, :]
+
+    def statistics_observed(self, x0, observed, resp, params: PoissonParams, cache) -> PoissonStats:
+        miss = jnp.matmul(resp.T, (~observed).astype(resp.dtype), precision=_EXACT)
+        return PoissonStats(jnp.sum(resp, axis=0), jnp.matmul(resp.T, x0, precision=_EXACT) + params.rates * miss)
+
+    def impute(self, params: PoissonParams, x0, observed):
+        return jnp.where(observed[:, None, :], x0[:, None, :], params.rates[None])
 
     def statistics(self, x: Array, resp: Array, params: PoissonParams | None = None) -> PoissonStats:
         return PoissonStats(jnp.sum(resp, axis=0), jnp.matmul(resp.T, x, precision=_EXACT))

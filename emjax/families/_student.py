@@ -25,7 +25,7 @@ from jax.scipy.special import digamma, gammaln
 
 from .._checks import check_number, check_shape, concrete
 from ._covariance import cholesky, count_floor
-from ._gaussian import Gaussian, GaussianStats, _LOG_2PI
+from ._gaussian import _EXACT, Gaussian, GaussianStats, _LOG_2PI, _draw_conditional
 
 #: Degrees of freedom stay in ``[DOF_MIN, DOF_MAX]``: below 0.1 the tails are so
 #: heavy that a point's weight is indistinguishable from 0; above 1e4 the t is a
@@ -36,6 +36,12 @@ DOF_MAX = 1e4
 #: moderately heavy tail); ``StudentT(dof_init=...)`` changes it.
 DOF_INIT = 10.0
 _BISECTIONS = 64
+#: ECME's search for the degrees of freedom: passes over the data, each
+#: evaluating the objective and its derivative on a grid of this many points in
+#: log nu per component, then narrowing to the bracket of the best sign change
+#: (a factor 1/23 per pass: 4e-5 in log nu after 4 passes, then a secant step).
+ECME_PASSES = 4
+ECME_GRID = 24
 
 
 class StudentTParams(eqx.Module):
@@ -117,6 +123,31 @@ def log_minus_digamma(x: Array) -> Array:
     return jnp.where(big, series, jnp.log(xs) - digamma(xs))
 
 
+def dof_objective(nu: Array, delta: Array, d: int) -> tuple[Array, Array]:
+    """The terms of ``log t(x | mu, Sigma, nu)`` that depend on ``nu``, and their derivative.
+
+    ``lgamma((nu+D)/2) - lgamma(nu/2) - D/2 log nu - (nu+D)/2 log(1 + delta/nu)``
+    (plus terms free of ``nu``), written through :func:`log_gamma_ratio`, and
+    ``d/dnu`` of it,
+    ``1/2 [log1p(D/nu) - D/nu + rho(nu/2) - rho((nu+D)/2) - (log1p(s) - s) - s^2/(1+s) + (D/nu) s/(1+s)]``
+    with ``s = delta / nu`` and ``rho(a) = log a - digamma(a)``: every bracket is
+    O(1/nu^2) for large ``nu`` and none is a difference of O(1) terms.
+
+    Args:
+        nu: degrees of freedom, broadcastable against ``delta``.
+        delta: squared Mahalanobis distances.
+        d: the dimension ``D``.
+    """
+    s = delta / nu
+    q = s / (1.0 + s)
+    value = log_gamma_ratio(0.5 * nu, 0.5 * d) - 0.5 * (nu + d) * jnp.log1p(s)
+    grad = 0.5 * (
+        log1p_minus(d / nu) + log_minus_digamma(0.5 * nu) - log_minus_digamma(0.5 * (nu + d))
+        - log1p_minus(s) - s * q + (d / nu) * q
+    )
+    return value, grad
+
+
 def solve_dof(target: Array, low: float = DOF_MIN, high: float = DOF_MAX) -> Array:
     """``nu`` with ``log(nu / 2) - digamma(nu / 2) = target`` (``(K,)``, ``target >= 0``),
     by bisection on ``log nu`` (the left side decreases in ``nu``), clipped to
@@ -147,6 +178,8 @@ class StudentT(Gaussian):
         dof: a positive number fixes every component's degrees of freedom;
             ``None`` (the default) learns one per component.
         dof_init: where learned degrees of freedom start (10).
+        dof_update: how learned degrees of freedom are updated: ``"ecm"`` (the
+            default) or ``"ecme"`` (see below).
         reg_covar, prior, collapse_tol, reg_scale: as for :class:`emjax.Gaussian`;
             the prior is ``N(m0, Sigma / kappa0)`` on the location and the
             inverse-Wishart on the scale, both given the precision weights.
@@ -156,6 +189,17 @@ class StudentT(Gaussian):
     weights of the E-step, ``log(nu/2) - digamma(nu/2) = -mean_r(E log u - E u + 1)``,
     solved by bisection in ``[0.1, 1e4]``. ``K = 1`` is the single multivariate t.
 
+    ``dof_update="ecme"`` (Liu & Rubin 1994; McLachlan & Peel 2000, 7.5) instead
+    maximises, after the location and scale update, each component's
+    responsibility-weighted t log-likelihood ``sum_n r_nk log t(x_n | mu_k, Sigma_k, nu)``
+    over ``nu`` with the new location and scale (the precision weights integrated
+    out, not fixed at the E-step's): the observed-data likelihood's conditional
+    maximum, which converges in far fewer iterations when a degree of freedom is
+    large. It needs the data: batch EM runs ``ECME_PASSES`` (4) extra passes per
+    iteration (grid searches with a final secant step, root to about 1e-9 in
+    ``log nu``). The incremental and stepwise algorithms, which see the data a
+    block at a time, refuse it.
+
     Example:
         >>> model = emjax.Mixture(emjax.StudentT("full"), n_components=2)
         >>> result = emjax.fit(model, x, key=jax.random.key(0))
@@ -164,6 +208,7 @@ class StudentT(Gaussian):
 
     dof: float | None = eqx.field(static=True)
     dof_init: float = eqx.field(static=True)
+    dof_update: str = eqx.field(static=True)
 
     param_groups: ClassVar[tuple[str, ...]] = ("means", "covariances", "dofs")
 
@@ -173,6 +218,7 @@ class StudentT(Gaussian):
         *,
         dof: float | None = None,
         dof_init: float = DOF_INIT,
+        dof_update: str = "ecm",
         reg_covar: float = 1e-6,
         prior=None,
         collapse_tol=1e-5,
@@ -185,9 +231,12 @@ class StudentT(Gaussian):
         dof_init = check_number("dof_init", dof_init, low=0.0)
         if not DOF_MIN <= dof_init <= DOF_MAX:
             raise ValueError(f"dof_init must lie in [{DOF_MIN}, {DOF_MAX}]; got {dof_init!r}.")
+        if dof_update not in ("ecm", "ecme"):
+            raise ValueError(f"dof_update must be 'ecm' or 'ecme'; got {dof_update!r}.")
         super().__init__(covariance_type, reg_covar=reg_covar, prior=prior, collapse_tol=collapse_tol, reg_scale=reg_scale)
         self.dof = dof
         self.dof_init = dof_init
+        self.dof_update = dof_update
 
     # -- densities -----------------------------------------------------------------
 
@@ -202,6 +251,40 @@ class StudentT(Gaussian):
         d = x.shape[-1]
         const = log_gamma_ratio(0.5 * nu, 0.5 * d) - 0.5 * (d * _LOG_2PI + logdet)  # (K,)
         return const[None, :] - 0.5 * (nu + d)[None, :] * jnp.log1p(maha / nu[None, :]), (centred, maha)
+
+    # -- missing entries ---------------------------------------------------------------
+
+    def log_prob_observed(self, params: StudentTParams, x0, observed):
+        # The observed entries' marginal is a t of dimension d_n with the same nu.
+        maha, logdet, xhat, cond = self.structure.conditional(x0, observed, params.means, params.covariances)
+        d = jnp.sum(observed, axis=1).astype(maha.dtype)[:, None]
+        nu = params.dofs[None, :]
+        const = log_gamma_ratio(0.5 * nu, 0.5 * d) - 0.5 * (d * _LOG_2PI + logdet)
+        return const - 0.5 * (nu + d) * jnp.log1p(maha / nu), (xhat, cond, maha, d)
+
+    def statistics_observed(self, x0, observed, resp, params: StudentTParams, cache) -> StudentTStats:
+        # Given x_o and u, x_m is normal with covariance cond / u: E[u (x - s)(x - s)^T]
+        # is u (xhat - s)(xhat - s)^T + cond, the conditional covariance unweighted.
+        xhat, cond, maha, d = cache
+        nu = params.dofs[None, :]
+        t = (d - maha) / (nu + maha)
+        gap = log1p_minus(t) - log_minus_digamma(0.5 * (nu + d))
+        ru = resp * (1.0 + t)
+        xc = xhat - params.means[None]
+        s1 = jnp.einsum("nk,nkd->kd", ru, xc, precision=_EXACT)
+        s2 = self.structure.missing_scatter(ru, resp, xc, cond)
+        weighted = GaussianStats(jnp.sum(ru, axis=0), s1, s2, params.means)
+        return StudentTStats(jnp.sum(resp, axis=0), weighted, jnp.sum(resp * gap, axis=0))
+
+    def sample_missing(self, key, params: StudentTParams, x0, observed, components):
+        # x_m | x_o, u ~ N(xhat, cond / u), u | x_o ~ Gamma((nu + d) / 2, rate (nu + delta) / 2).
+        maha, _, xhat, cond = self.structure.conditional(x0, observed, params.means, params.covariances)
+        k_u, k_x = jax.random.split(key)
+        rows = jnp.arange(x0.shape[0])
+        d = jnp.sum(observed, axis=1).astype(maha.dtype)
+        nu = params.dofs[components]
+        u = jax.random.gamma(k_u, 0.5 * (nu + d), dtype=maha.dtype) / (0.5 * (nu + maha[rows, components]))
+        return _draw_conditional(k_x, xhat, cond, observed, components, 1.0 / u)
 
     def precision_weights(self, params: StudentTParams, x: Array) -> Array:
         """``(N, K)`` ``E[u | x_n, z = k] = (nu_k + D) / (nu_k + delta_nk)``: how much
@@ -262,6 +345,50 @@ class StudentT(Gaussian):
             if params is not None:  # an empty component keeps its degrees of freedom
                 dofs = jnp.where(n > count_floor(dtype), dofs, params.dofs)
         return StudentTParams(mu, cov, dofs)
+
+    # -- ECME: the degrees of freedom from the data ------------------------------------
+
+    @property
+    def refine_passes(self) -> int:
+        return ECME_PASSES if self.dof is None and self.dof_update == "ecme" else 0
+
+    def refine(self, mixture, params, new, data, frozen: frozenset = frozenset()):
+        """ECME's conditional maximisation of the degrees of freedom (see the class).
+
+        Each pass sums, over the data, ``r_nk`` (the E-step's responsibilities at
+        ``params``) times :func:`dof_objective` at the new location and scale, on a
+        grid of ``ECME_GRID`` values of ``log nu`` per component; the next pass
+        searches the grid interval where the derivative changes sign from + to -
+        (the sign change with the highest objective; an end of ``[0.1, 1e4]`` where
+        the derivative keeps its sign there), the last ends with a secant step.
+
+        Args:
+            mixture: the :class:`emjax.Mixture` (for its responsibilities).
+            params: the parameters of the E-step behind the M-step.
+            new: the M-step's components.
+            data: an :class:`emjax.data.Data`.
+            frozen: the frozen parameter groups.
+
+        Returns:
+            ``new`` with the ECME degrees of freedom.
+        """
+        if "dofs" in frozen or not self.refine_passes:
+            return new
+        dtype = new.means.dtype
+        k = new.dofs.shape[0]
+        lo = jnp.full((k,), np.log(DOF_MIN), dtype)
+        hi = jnp.full((k,), np.log(DOF_MAX), dtype)
+        steps = jnp.linspace(0.0, 1.0, ECME_GRID, dtype=dtype)
+        for _ in range(ECME_PASSES):
+            grid = lo[:, None] + (hi - lo)[:, None] * steps  # (K, G) log nu
+            (counts, value, grad), _ = data.map_sum(_ecme_pass, (mixture, params, new, jnp.exp(grid)))
+            lo, hi, g_lo, g_hi = _narrow(grid, value, grad)
+        # The secant root of the derivative in the last bracket (log nu).
+        span = g_lo - g_hi
+        t = jnp.where(span > 0, g_lo / jnp.where(span > 0, span, 1.0), 0.5)
+        dofs = jnp.exp(lo + jnp.clip(t, 0.0, 1.0) * (hi - lo))
+        dofs = jnp.where(counts > count_floor(dtype), dofs, new.dofs)  # an empty component keeps its own
+        return StudentTParams(new.means, new.covariances, dofs)
 
     # -- initialisation, sampling, moments -------------------------------------------
 
@@ -326,3 +453,50 @@ class StudentT(Gaussian):
         v = concrete(params.dofs)
         if v is not None and not np.all(np.isfinite(v) & (v > 0)):
             raise ValueError(f"dofs must be finite and positive; got {np.asarray(v)}.")
+
+
+def _ecme_pass(operands, x, weights):
+    """One chunk's ``sum_n r_nk`` and ``sum_n r_nk (f, f')(nu_kg)`` for ECME."""
+    mixture, params, new, nu = operands  # nu (K, G)
+    resp = mixture.responsibilities(params, x)
+    if weights is not None:
+        resp = resp * weights[:, None]
+    family = mixture.family
+    if mixture.missing:  # the observed entries' distances, of dimension d_n
+        observed = ~jnp.isnan(x)
+        delta = family.structure.conditional(jnp.where(observed, x, 0.0), observed, new.means, new.covariances)[0]
+        d = jnp.sum(observed, axis=1).astype(delta.dtype)[:, None, None]
+    else:
+        delta = family.mahalanobis(new, x)  # (N, K) at the new location and scale
+        d = x.shape[-1]
+    value, grad = dof_objective(nu[None], delta[:, :, None], d)
+    r = resp[:, :, None]
+    return (jnp.sum(resp, axis=0), jnp.sum(r * value, axis=0), jnp.sum(r * grad, axis=0)), jnp.zeros((), x.dtype)
+
+
+def _narrow(grid: Array, value: Array, grad: Array):
+    """The next bracket ``(lo, hi)`` in ``log nu`` ``(K,)`` and the derivative at its ends.
+
+    Candidates: every interval ``[g_j, g_j+1]`` where the derivative falls from
+    positive to non-positive (a maximum inside), scored by the larger objective at
+    its ends; the lower end of the grid if the derivative is non-positive there, the
+    upper if positive there (maxima at the bounds, degenerate brackets).
+    """
+    sign_change = (grad[:, :-1] > 0) & (grad[:, 1:] <= 0)  # (K, G-1)
+    score = jnp.where(sign_change, jnp.maximum(value[:, :-1], value[:, 1:]), -jnp.inf)
+    at_low = jnp.where(grad[:, 0] <= 0, value[:, 0], -jnp.inf)
+    at_high = jnp.where(grad[:, -1] > 0, value[:, -1], -jnp.inf)
+    j = jnp.argmax(score, axis=1)
+    best = jnp.take_along_axis(score, j[:, None], axis=1)[:, 0]
+    take = lambda a, i: jnp.take_along_axis(a, i[:, None], axis=1)[:, 0]  # noqa: E731
+    lo, hi = take(grid, j), take(grid, j + 1)
+    g_lo, g_hi = take(grad, j), take(grad, j + 1)
+    low_wins = at_low >= jnp.maximum(best, at_high)
+    high_wins = ~low_wins & (at_high > best)
+    last = grid.shape[1] - 1
+    lo = jnp.where(low_wins, grid[:, 0], jnp.where(high_wins, grid[:, last], lo))
+    hi = jnp.where(low_wins, grid[:, 0], jnp.where(high_wins, grid[:, last], hi))
+    zero = jnp.zeros_like(g_lo)
+    g_lo = jnp.where(low_wins | high_wins, zero, g_lo)
+    g_hi = jnp.where(low_wins | high_wins, zero, g_hi)
+    return lo, hi, g_lo, g_hi

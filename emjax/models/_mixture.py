@@ -14,6 +14,7 @@ from jax.scipy.special import logsumexp
 from . import _seeding as _init
 from ._gating import ConstantGating, Gating
 from .._checks import (
+    as_data_matrix,
     as_sample_weights,
     check_dense,
     check_key,
@@ -28,6 +29,7 @@ from .._chunks import chunked_map, chunked_sum, default_chunk_size, n_features, 
 from .._model import EMModel, add_stats, scale_stats
 from ..families._priors import Dirichlet
 from ..families._base import Family
+from ..families._covariance import MatrixStructure
 
 INIT_METHODS = ("kmeans", "kmeans++", "random", "random_resp")
 
@@ -107,6 +109,16 @@ class Mixture(EMModel):
             ``fit(..., reinit_collapsed=True)``), like one whose variance falls
             below the family's ``collapse_tol``; 0 (the default) turns the count
             test off.
+        missing: treat NaN entries as missing at random (Gaussian, Student-t,
+            Bernoulli, Categorical, Poisson, Binomial components). The likelihood
+            is that of each point's observed entries; the E-step adds each
+            component's conditional expectations of the missing entries (and, for
+            Gaussian and Student-t, their conditional covariances) to the
+            statistics, so the M-step is the complete-data one (the lecture's
+            missing-data EM). Rows with every entry missing are refused. The
+            initialisations run on the data with each missing entry replaced by
+            its column's observed mean. Without it, NaN is refused. Costs: an
+            ``(N, K, D, D)`` Cholesky per chunk for full and tied covariances.
 
     Example:
         >>> model = Mixture(Gaussian("full"), n_components=2)
@@ -119,6 +131,7 @@ class Mixture(EMModel):
     gating: Gating
     frozen: frozenset = eqx.field(static=True)
     collapse_count: float = eqx.field(static=True)
+    missing: bool = eqx.field(static=True)
 
     init_methods: ClassVar[tuple[str, ...]] = INIT_METHODS
 
@@ -131,6 +144,7 @@ class Mixture(EMModel):
         weights_prior: Dirichlet | None = None,
         frozen=(),
         collapse_count: float = 0.0,
+        missing: bool = False,
     ):
         if not isinstance(family, Family):
             raise TypeError(f"family must be an emjax Family, e.g. Gaussian('full'); got {type(family).__name__}.")
@@ -162,6 +176,14 @@ class Mixture(EMModel):
         self.gating = gating
         self.frozen = frozenset(frozen)
         self.collapse_count = check_number("collapse_count", collapse_count, low=0.0)
+        if not isinstance(missing, (bool, np.bool_)):
+            raise TypeError(f"missing must be True or False; got {missing!r}.")
+        if missing and not family.supports_missing:
+            raise ValueError(
+                f"{type(family).__name__} components do not support missing entries (missing=True): "
+                "Gaussian, StudentT, Bernoulli, Categorical, Poisson and Binomial(n_trials) do."
+            )
+        self.missing = bool(missing)
 
     @property
     def weights_prior(self) -> Dirichlet | None:
@@ -175,11 +197,24 @@ class Mixture(EMModel):
         return self._log_joint_and_cache(params, x)[0]
 
     def _log_joint_and_cache(self, params: MixtureParams, x: Array):
+        if self.missing:
+            observed = ~jnp.isnan(x)
+            x0 = jnp.where(observed, x, 0.0)
+            lp, cache = self.family.log_prob_observed(params.components, x0, observed)
+            cache = (x0, observed, cache)
+            x = x0  # a covariate-dependent gating sees 0 at the missing entries
+        else:
+            lp, cache = self.family.log_prob_and_cache(params.components, x)
         log_w = self.gating.log_weights(params.weights, x)
         if log_w.ndim == 1:
             log_w = log_w[None, :]
-        lp, cache = self.family.log_prob_and_cache(params.components, x)
         return lp + log_w, cache
+
+    def _statistics(self, x, resp, components, cache):
+        if self.missing:
+            x0, observed, cache = cache
+            return self.family.statistics_observed(x0, observed, resp, components, cache)
+        return self.family.cached_statistics(x, resp, components, cache)
 
     def e_step(self, params: MixtureParams, x: Array, weights: Array | None = None, *, temperature=1.0):
         """Responsibility-weighted statistics and the log-likelihood of ``x``.
@@ -217,8 +252,9 @@ class Mixture(EMModel):
             total = jnp.sum(weights * ll)
         else:
             total = jnp.sum(ll)
-        gating_stats = None if self.gating.counts_suffice else self.gating.statistics(x, resp, params.weights)
-        components = self.family.cached_statistics(x, resp, params.components, cache)
+        xg = cache[0] if self.missing else x
+        gating_stats = None if self.gating.counts_suffice else self.gating.statistics(xg, resp, params.weights)
+        components = self._statistics(x, resp, params.components, cache)
         return MixtureStats(jnp.sum(resp, axis=0), components, gating_stats), total
 
     def _gating_stats(self, stats: MixtureStats):
@@ -233,6 +269,23 @@ class Mixture(EMModel):
         comps = self.family.maximize(stats.components, None if params is None else params.components, family_frozen)
         new = MixtureParams(weights, comps)
         return new if params is None else self.hold_frozen(new, params)
+
+    @property
+    def refine_passes(self) -> int:
+        """The family's passes over the data after each M-step (a Student-t's ECME; else 0)."""
+        return getattr(self.family, "refine_passes", 0)
+
+    def refine(self, params: MixtureParams, new: MixtureParams, data) -> MixtureParams:
+        """The family's conditional maximisations over the data (:meth:`emjax.StudentT.refine`)."""
+        if not self.refine_passes:
+            return new
+        comps = self.family.refine(self, params, new.components, data, self.frozen - {"weights"})
+        return MixtureParams(new.weights, comps)
+
+    def responsibilities(self, params: MixtureParams, x: Array) -> Array:
+        """``(N, K)`` the E-step's responsibilities (of the fitting density; see :meth:`e_step`)."""
+        lj = self.log_joint(params, x) - self.family.fit_penalty(params.components)[None, :]
+        return _log_normalize(lj)[1]
 
     def hold_frozen(self, params: MixtureParams, reference: MixtureParams) -> MixtureParams:
         """``params`` with the frozen groups (``frozen``: the weights, the family's
@@ -305,7 +358,7 @@ class Mixture(EMModel):
                 spread) or ``"random_resp"`` (one M-step from random responsibilities).
         """
         # NumPy data would meet traced indices inside the seeding loops.
-        x = jax.tree.map(jnp.asarray, x)
+        x = self._filled(jax.tree.map(jnp.asarray, x))
         k = self.n_components
         seeds = self.family.seed_points(x)
         if method == "kmeans":
@@ -335,7 +388,7 @@ class Mixture(EMModel):
                 or with a row of zeros (checked on concrete values; under tracing
                 only the shapes).
         """
-        x = self._concrete_rows(x)
+        x = self._filled(self._concrete_rows(x))
         check_responsibilities(resp, n_rows(x), self.n_components)
         return self._m_step_from_resp(x, resp)
 
@@ -371,7 +424,7 @@ class Mixture(EMModel):
                 outside ``0..K-1`` (a label ``>= K`` would otherwise leave its point
                 out and give NaN weights); checked on concrete labels.
         """
-        x = self._concrete_rows(x)
+        x = self._filled(self._concrete_rows(x))
         check_labels(labels, n_rows(x), self.n_components)
         return self._m_step_from_resp(x, jax.nn.one_hot(labels, self.n_components))
 
@@ -392,7 +445,7 @@ class Mixture(EMModel):
         :meth:`validate_data` but without the whole-data checks (``N >= K``: a
         stream's last chunk may be short, one point can be predicted)."""
         check_dense(x)
-        x = self.family.validate_data(x)
+        x = self._validate_with_missing(x) if self.missing else self.family.validate_data(x)
         # A per-feature prior of another width would fail only while tracing.
         self.family.validate_width(n_features(x))
         return x
@@ -407,6 +460,7 @@ class Mixture(EMModel):
         """``(K,)`` booleans: components at a likelihood singularity (the family's
         test, e.g. a variance below ``collapse_tol`` times the data's) or with an
         effective count ``pi_k N`` below ``collapse_count``."""
+        x = self._filled(x)
         weights = self.gating.weights(params.weights, x)
         expected = weights * n_rows(x) if weights.ndim == 1 else jnp.sum(weights, axis=0)
         return self.family.degenerate(params.components, x) | (expected < self.collapse_count)
@@ -419,6 +473,7 @@ class Mixture(EMModel):
         Example:
             >>> params = model.reinitialize(key, params, x, model.collapsed(params, x))
         """
+        x = self._filled(x)
         centers = _init.random_points(key, self.family.seed_points(x), self.n_components)
         fresh = self.family.init_from_centers(x, centers)
         comps = self.family.replace_components(mask, fresh, params.components)
@@ -428,8 +483,91 @@ class Mixture(EMModel):
     # -- the fitted mixture ----------------------------------------------------------
 
     def row_width(self, x) -> int:
-        """``K x D``: the E-step's ``(N, K)`` log joint is built from ``D``-wide rows per component."""
-        return self.n_components * n_features(x)
+        """``K x D``: the E-step's ``(N, K)`` log joint is built from ``D``-wide rows per
+        component (``K x D x D`` with missing entries and covariance matrices: a
+        ``(D, D)`` conditional covariance per point and component)."""
+        d = n_features(x)
+        if self.missing and isinstance(getattr(self.family, "structure", None), MatrixStructure):
+            return self.n_components * d * d
+        return self.n_components * d
+
+    # -- missing entries -------------------------------------------------------------
+
+    def _filled(self, x):
+        """``x`` with each missing entry (NaN) replaced by its column's observed mean
+        (0 for a column with none): what the initialisations and the collapse test
+        see under ``missing=True``; ``x`` itself otherwise."""
+        if not self.missing:
+            return x
+        observed = ~jnp.isnan(x)
+        count = jnp.sum(observed, axis=0)
+        mean = jnp.sum(jnp.where(observed, x, 0.0), axis=0) / jnp.maximum(count, 1)
+        return jnp.where(observed, x, mean)
+
+    def _validate_with_missing(self, x):
+        """The family's checks on the observed entries; NaN kept as the missing mark;
+        infinities and rows with nothing observed refused."""
+        if any(is_traced(a) for a in jax.tree.leaves(x)):
+            return as_data_matrix(x, allow_nan=True)
+        if not (hasattr(x, "dtype") and hasattr(x, "ndim")):
+            x = np.asarray(x)
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            return self.family.validate_data(x)  # integer or boolean data: nothing is missing
+        xm = as_data_matrix(x, allow_nan=True)  # rank, emptiness, infinities
+        xp = np if isinstance(xm, np.ndarray) else jnp
+        nan = xp.isnan(xm)
+        empty = xp.all(nan, axis=1)
+        if bool(xp.any(empty)):
+            row = int(xp.argmax(empty))
+            raise ValueError(
+                f"x row {row} has every entry missing (NaN){' (and more rows)' if int(xp.sum(empty)) > 1 else ''}: "
+                "a row with no observed entry carries no information about the mixture; drop it."
+            )
+        checked = self.family.validate_data(xp.where(nan, xp.zeros((), xm.dtype), xm))
+        return jnp.where(jnp.asarray(nan), jnp.nan, checked) if xp is jnp else np.where(nan, np.nan, np.asarray(checked)).astype(checked.dtype)
+
+    def _require_missing(self, name: str) -> None:
+        if not self.missing:
+            raise ValueError(f"{name} needs a mixture built with missing=True (NaN entries as missing values).")
+
+    def impute(self, params: MixtureParams, x: Array) -> Array:
+        """Missing entries (NaN) replaced by their conditional means given each row's
+        observed entries: ``sum_k p(k | x_o) E[x_m | x_o, k]``, ``(N, D)``.
+
+        For Categorical components the posterior predictive's most probable
+        category replaces a missing code.
+
+        Raises:
+            ValueError: the mixture was not built with ``missing=True``, or ``x`` is
+                not valid data (see :meth:`log_prob`).
+
+        Example:
+            >>> model = emjax.Mixture(emjax.Gaussian("full"), 3, missing=True)
+            >>> filled = model.impute(result.params, x_with_nan)
+        """
+        self._require_missing("impute")
+
+        def fill(xc):
+            lj, (x0, observed, _) = self._log_joint_and_cache(params, xc)
+            post = jax.nn.softmax(lj, axis=1)
+            return self.family.impute_mixture(params.components, x0, observed, post)
+
+        return self._map(fill, params, x)
+
+    def sample_missing(self, key, params: MixtureParams, x: Array) -> Array:
+        """One draw of the missing entries from their posterior given each row's
+        observed entries: a component from ``p(k | x_o)``, then the missing entries
+        from that component's conditional law. ``(N, D)``; observed entries kept.
+
+        Example:
+            >>> completed = model.sample_missing(jax.random.key(1), result.params, x_with_nan)
+        """
+        self._require_missing("sample_missing")
+        x = self.validate_prediction(params, x)
+        k_z, k_x = jax.random.split(key)
+        lj, (x0, observed, _) = self._log_joint_and_cache(params, x)
+        components = jax.random.categorical(k_z, lj, axis=1)
+        return self.family.sample_missing(k_x, params.components, x0, observed, components)
 
     def _chunk_size(self, x) -> int:
         return default_chunk_size(n_rows(x), self.row_width(x))
