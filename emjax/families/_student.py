@@ -286,11 +286,13 @@ class StudentT(Gaussian):
         u = jax.random.gamma(k_u, 0.5 * (nu + d), dtype=maha.dtype) / (0.5 * (nu + maha[rows, components]))
         return _draw_conditional(k_x, xhat, cond, observed, components, 1.0 / u)
 
-    def precision_weights(self, params: StudentTParams, x: Array) -> Array:
-        """``(N, K)`` ``E[u | x_n, z = k] = (nu_k + D) / (nu_k + delta_nk)``: how much
-        each point counts in component ``k``'s location and scale (small: an outlier)."""
+    def precision_weights(self, params: StudentTParams, maha: Array, d) -> Array:
+        """``(N, K)`` ``E[u | x_n, z = k] = (nu_k + d) / (nu_k + delta_nk)`` from the squared
+        distances ``maha`` ``(N, K)`` in ``d`` dimensions (``D``, or ``(N, 1)`` observed
+        counts): how much each point counts in component ``k``'s location and scale
+        (small: an outlier)."""
         nu = params.dofs[None, :]
-        return (nu + x.shape[-1]) / (nu + self.mahalanobis(params, x))
+        return (nu + d) / (nu + maha)
 
     # -- statistics and M-step -----------------------------------------------------
 

@@ -639,7 +639,8 @@ class Mixture(EMModel):
         """Each point's ``(weight, distance)``, both ``(N,)``: its posterior expected
         precision weight ``sum_k p(k | x) E[u | x, k]`` (Student-t components, where
         a small weight marks an outlier; 1 for Gaussian ones) and its squared
-        Mahalanobis distance to its most probable component's location.
+        Mahalanobis distance to its most probable component's location (with
+        ``missing=True``, of the observed entries under their marginal).
 
         Raises:
             TypeError: the family has no Mahalanobis distance (not a Gaussian or Student-t).
@@ -654,9 +655,17 @@ class Mixture(EMModel):
 
         def scores(xc):
             lj = self.log_joint(params, xc)
-            maha = family.mahalanobis(params.components, xc)
+            comps = params.components
+            if self.missing:  # the observed entries' distances, of dimension d_n
+                observed = ~jnp.isnan(xc)
+                x0 = jnp.where(observed, xc, 0.0)
+                maha = family.structure.conditional(x0, observed, comps.means, comps.covariances)[0]
+                d = jnp.sum(observed, axis=1).astype(maha.dtype)[:, None]
+            else:
+                maha, d = family.mahalanobis(comps, xc), xc.shape[-1]
             if hasattr(family, "precision_weights"):
-                weight = jnp.sum(jax.nn.softmax(lj, axis=1) * family.precision_weights(params.components, xc), axis=1)
+                u = family.precision_weights(comps, maha, d)
+                weight = jnp.sum(jax.nn.softmax(lj, axis=1) * u, axis=1)
             else:
                 weight = jnp.ones(lj.shape[:1], lj.dtype)
             best = jnp.argmax(lj, axis=1)

@@ -94,23 +94,27 @@ SCRIPT = textwrap.dedent(
     rates = np.array([[1.0, 6.0, 2.0, 9.0], [7.0, 1.5, 5.0, 0.5]])
     counts = rng.poisson(rates[rng.integers(0, 2, size=800)]).astype(np.float64)
     z = rng.integers(0, 2, size=800)
-    binary = (rng.uniform(size=(800, 5)) < np.array([[0.2, 0.8, 0.3, 0.7, 0.5], [0.9, 0.1, 0.6, 0.2, 0.5]])[z]).astype(np.float64)
     codes = np.stack([rng.choice(3, size=800, p=p) for p in ([0.6, 0.3, 0.1], [0.2, 0.2, 0.6], [0.1, 0.5, 0.4], [0.3, 0.3, 0.4])], axis=1)
     codes = np.where(z[:, None] == 1, 2 - codes, codes)  # integer codes (N, 4) in 0..2
+    holes = x.copy()  # 25% of the entries missing (never a whole row)
+    gone = rng.uniform(size=x.shape) < 0.25
+    gone[:, 0] &= ~gone[:, 1:].all(axis=1)
+    holes[gone] = np.nan
     trials = rng.integers(1, 20, size=800)  # integer trials, one per point
     successes = rng.binomial(trials[:, None], np.array([[0.2, 0.7, 0.4], [0.8, 0.3, 0.5]])[z]).astype(np.float64)
 
-    # (name, model, data, weights): every covariance type and every discrete
-    # family (Binomial with per-point trials: a (successes, trials) pair), with
-    # and without weights. chunk_size 30 on 100 local rows: three full chunks and
+    # (name, model, data, weights): the covariance types, missing entries (the
+    # masked-Cholesky E-step on each device), the discrete families (Binomial
+    # with per-point trials: a (successes, trials) pair), with and without
+    # weights. Spherical and Bernoulli, whose statistics are diag's and
+    # categorical's kind, are left out for CI's time. chunk_size 30 on 100 local rows: three full chunks and
     # a ragged one of 10 on every device.
     cases = [
         ("full", emjax.Mixture(emjax.Gaussian("full"), 3), x, None),
         ("diag+w", emjax.Mixture(emjax.Gaussian("diag"), 3), x, w),
-        ("spherical", emjax.Mixture(emjax.Gaussian("spherical"), 3), x, None),
+        ("missing-full", emjax.Mixture(emjax.Gaussian("full"), 3, missing=True), holes, None),
         ("tied+w", emjax.Mixture(emjax.Gaussian("tied"), 3), x, w),
         ("poisson+w", emjax.Mixture(emjax.Poisson(), 2), counts, w),
-        ("bernoulli", emjax.Mixture(emjax.Bernoulli(), 2), binary, None),
         ("categorical+w", emjax.Mixture(emjax.Categorical(3), 2), codes, w),
         ("binomial-pair", emjax.Mixture(emjax.Binomial(None), 2), (successes, trials), None),
     ]
@@ -263,7 +267,7 @@ def sharded_run(tmp_path_factory):
     return out
 
 
-CASES = ["full", "diag+w", "spherical", "tied+w", "poisson+w", "bernoulli", "categorical+w", "binomial-pair"]
+CASES = ["full", "diag+w", "missing-full", "tied+w", "poisson+w", "categorical+w", "binomial-pair"]
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -9,6 +9,7 @@ the observed one complete the expected sufficient statistics.
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from scipy.special import logsumexp
 from scipy.stats import multivariate_normal
@@ -233,7 +234,7 @@ def test_sample_missing_follows_the_conditional_law():
     assert abs(draws.var() - var) < 5 * var * np.sqrt(2 / draws.size)
 
 
-def test_float32_agrees_with_float64_and_student_t_is_monotone():
+def test_float32_agrees_with_float64_and_student_t_is_monotone_with_outlier_scores():
     xm = mcar(planted(600, seed=3), 0.3, seed=4)
     out = {}
     for dtype in (np.float32, np.float64):
@@ -247,11 +248,19 @@ def test_float32_agrees_with_float64_and_student_t_is_monotone():
         trace = np.asarray(res.trace[0])
         assert np.all(np.diff(trace) >= -1e-10 * np.abs(trace[1:])), update
         assert np.all(np.isfinite(np.asarray(res.params.components.dofs)))
+    # outlier scores from the observed entries: on complete rows those of the plain model
+    weight, dist = model.outlier_scores(res.params, xm[:200])
+    complete = ~np.isnan(xm[:200]).any(axis=1)
+    w_plain, d_plain = emjax.Mixture(emjax.StudentT("full"), 2).outlier_scores(res.params, xm[:200][complete])
+    np.testing.assert_allclose(np.asarray(weight)[complete], w_plain, rtol=1e-10)
+    np.testing.assert_allclose(np.asarray(dist)[complete], d_plain, rtol=1e-10)
+    assert np.all(np.isfinite(np.asarray(weight))) and np.all(np.isfinite(np.asarray(dist))) and not complete.all()
 
 
 def test_every_algorithm_over_chunks_streams_and_weights():
     """Batch EM over a stream (chunks of 64) equals the in-memory fit; doubled weights
-    equal repeated rows; incremental EM's objective never falls; stepwise EM runs."""
+    equal repeated rows; incremental EM's objective never falls; stepwise EM and
+    gradient ascent run."""
     xm = mcar(planted(300, seed=5), 0.3, seed=6)
     model = emjax.Mixture(emjax.Gaussian("diag"), 2, missing=True)
     p0 = model.init(jax.random.key(1), jnp.asarray(xm), "kmeans")
@@ -267,6 +276,9 @@ def test_every_algorithm_over_chunks_streams_and_weights():
     assert np.all(np.diff(trace) >= -1e-10 * np.abs(trace[1:]))
     step = emjax.fit(model, xm, algorithm=emjax.StepwiseEM(batch_size=50), **kw)
     assert np.all(np.isfinite(np.asarray(step.objective)))
+    # gradient ascent on the same observed-data objective climbs from the same start
+    grad = emjax.fit(model, xm, algorithm=emjax.GradientAscent(optax.adam(0.05)), **kw)
+    assert float(grad.objective[0]) > float(grad.trace[0, 0]) and np.isfinite(float(grad.objective[0]))
 
 
 def test_bad_input_is_refused_with_the_option_named():
