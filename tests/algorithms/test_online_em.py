@@ -237,7 +237,7 @@ def large_fits():
     # Overlapping enough that batch EM needs ~40 iterations. On harder data (more
     # overlap) stepwise EM with kappa = 0.7 can lose to batch EM at the 1e-2
     # level: benchmarks/RESULTS.md records such a case.
-    x = make_blobs(12, n=200_000, d=5, k=5, sep=2.5)[0]
+    x = make_blobs(12, n=100_000, d=5, k=5, sep=2.5)[0]
     model = emjax.Mixture(emjax.Gaussian("full"), 5)
     p0 = fixed_init(model, x, 5)
     key = jax.random.key(0)

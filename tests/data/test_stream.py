@@ -274,7 +274,7 @@ def test_stepwise_over_chunks_nears_batch_em():
 
 # -- a file larger than the working memory -------------------------------------------------
 
-ROWS, COLS, BLOCK = 8_000_000, 8, 1_000_000
+ROWS, COLS, BLOCK = 4_000_000, 8, 1_000_000
 
 CHILD = textwrap.dedent(
     """
@@ -291,7 +291,7 @@ CHILD = textwrap.dedent(
     base = peak_mb()
     t = time.perf_counter()
     # tol above float32's rounding of a sum over 2e7 points (about 1e-7 per point).
-    result = emjax.fit_chunks(model, path, key=jax.random.key(0), max_iter=3, tol=1e-5, chunk_size=250_000)
+    result = emjax.fit_chunks(model, path, key=jax.random.key(0), max_iter=3, tol=1e-5, chunk_size=125_000)
     weights = np.sort(np.asarray(result.params.weights))
     print(json.dumps(dict(base_mb=base, peak_mb=peak_mb(), fit_s=time.perf_counter() - t,
                           weights=weights.tolist(), status=int(result.status[0]),

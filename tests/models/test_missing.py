@@ -28,7 +28,7 @@ def mcar(x, rate, seed):
     return out
 
 
-def numpy_missing_em(x, w, mu, cov, n_iter, diag=False):
+def numpy_missing_em(x, w, mu, cov, n_iter, cov_type="full"):
     """Gaussian-mixture EM on data with NaN entries, float64, one missingness pattern
     at a time (the observed block's marginal, the missing block's conditional law)."""
     n, d = x.shape
@@ -57,12 +57,19 @@ def numpy_missing_em(x, w, mu, cov, n_iter, diag=False):
         r = np.exp(lj - logsumexp(lj, axis=1, keepdims=True))
         nk = r.sum(0)
         w = nk / n
+        scatter = np.empty((k, d, d))
         for j in range(k):
             mu[j] = r[:, j] @ xhat[:, j] / nk[j]
             diff = xhat[:, j] - mu[j]
-            cov[j] = (np.einsum("n,nd,ne->de", r[:, j], diff, diff) + np.einsum("n,nde->de", r[:, j], cond[:, j])) / nk[j]
-            if diag:
-                cov[j] = np.diag(np.diag(cov[j]))
+            scatter[j] = np.einsum("n,nd,ne->de", r[:, j], diff, diff) + np.einsum("n,nde->de", r[:, j], cond[:, j])
+        if cov_type == "tied":
+            cov[:] = scatter.sum(0) / n
+        else:
+            cov[:] = scatter / nk[:, None, None]
+        if cov_type == "diag":
+            cov[:] = [np.diag(np.diag(c)) for c in cov]
+        if cov_type == "spherical":
+            cov[:] = [np.trace(c) / d * np.eye(d) for c in cov]
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +78,7 @@ def data():
     return mcar(x, 0.3, seed=0), z
 
 
-@pytest.mark.parametrize("k,cov_type", [(1, "full"), (3, "full"), (3, "diag")])
+@pytest.mark.parametrize("k,cov_type", [(1, "full"), (3, "full"), (3, "diag"), (3, "tied"), (3, "spherical")])
 def test_em_equals_numpy_missing_data_em(data, k, cov_type):
     """Eight iterations from the same start: weights, means, covariances and the
     observed-data log-likelihood of the NumPy EM, to 1e-10."""
@@ -79,15 +86,15 @@ def test_em_equals_numpy_missing_data_em(data, k, cov_type):
     rng = np.random.default_rng(1)
     filled = np.where(np.isnan(x), np.nanmean(x, axis=0), x)
     mu0 = filled[rng.choice(len(x), k, replace=False)]
-    cov0 = np.stack([np.cov(filled.T)] * k)
-    if cov_type == "diag":
-        cov0 = np.stack([np.diag(np.diag(c)) for c in cov0])
+    full0 = np.cov(filled.T)
+    given = {"full": np.stack([full0] * k), "tied": full0, "diag": np.stack([np.diag(full0)] * k),
+             "spherical": np.full(k, np.trace(full0) / 3)}[cov_type]
     w0 = np.full(k, 1.0 / k)
     model = emjax.Mixture(emjax.Gaussian(cov_type, reg_covar=0.0), k, missing=True)
-    p0 = emjax.MixtureParams(jnp.asarray(w0), emjax.GaussianParams(
-        jnp.asarray(mu0), jnp.asarray(cov0 if cov_type == "full" else np.diagonal(cov0, axis1=1, axis2=2))))
+    p0 = emjax.MixtureParams(jnp.asarray(w0), emjax.GaussianParams(jnp.asarray(mu0), jnp.asarray(given)))
+    cov0 = np.asarray(model.family.full_covariances(p0.components))
     res = emjax.fit(model, x, key=jax.random.key(0), init=p0, max_iter=8, tol=0.0)
-    w, mu, cov, ll = numpy_missing_em(x, w0, mu0, cov0, 8, diag=cov_type == "diag")
+    w, mu, cov, ll = numpy_missing_em(x, w0, mu0, cov0, 8, cov_type)
     p = res.params
     got_cov = np.asarray(model.family.full_covariances(p.components))
     np.testing.assert_allclose(p.weights, w, rtol=1e-10)
@@ -156,16 +163,16 @@ def test_discrete_families_marginalise_missing_features(name):
 @pytest.mark.parametrize("family", [emjax.Gaussian("tied"), emjax.StudentT("full"), emjax.Categorical(3)],
                          ids=["tied", "student_t_full", "categorical"])
 def test_without_missing_entries_the_fit_is_the_complete_data_fit(family):
-    """missing=True on data with no NaN: the same trace and parameters (1e-10)."""
+    """missing=True on data with no NaN: the same traces and parameters of two restarts (1e-10)."""
     if isinstance(family, emjax.Categorical):
         x = discrete_case("categorical", n=200)[1]
     else:
         x = emjax.datasets.gaussian_mixture_sample(2, n=200, d=3, k=2, separation=3.0)[0]
-    kw = dict(key=jax.random.key(0), max_iter=6, tol=0.0)
+    kw = dict(key=jax.random.key(0), n_restarts=2, max_iter=6, tol=0.0)
     a = emjax.fit(emjax.Mixture(family, 2), x, **kw)
     b = emjax.fit(emjax.Mixture(family, 2, missing=True), x, **kw)
     np.testing.assert_allclose(a.trace, b.trace, rtol=1e-10)
-    for u, v in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+    for u, v in zip(jax.tree.leaves(a.restart_params), jax.tree.leaves(b.restart_params)):
         np.testing.assert_allclose(u, v, rtol=1e-9, atol=1e-12)
 
 
