@@ -137,8 +137,7 @@ class Binomial(Family):
         n = self.n_trials
         p = _clip_prob(params.probs)[None]
         xx = x[:, None, :]
-        log_binom = gammaln(jnp.asarray(n + 1, x.dtype)) - gammaln(xx + 1) - gammaln(n - xx + 1)
-        return xx * jnp.log(p) + (n - xx) * jnp.log1p(-p) + log_binom
+        return xx * jnp.log(p) + (n - xx) * jnp.log1p(-p) + _log_binom(x, n)[:, None, :]
 
     def statistics_observed(self, x0, observed, resp, params: BinomialParams, cache) -> BinomialStats:
         n = self.n_trials
@@ -158,8 +157,7 @@ class Binomial(Family):
         x, n = self._split(x)
         p = _clip_prob(params.probs)
         lp = jnp.matmul(x, jnp.log(p).T, precision=_EXACT) + jnp.matmul(n - x, jnp.log1p(-p).T, precision=_EXACT)
-        log_binom = gammaln(jnp.asarray(n + 1, x.dtype)) - gammaln(x + 1) - gammaln(n - x + 1)
-        return lp + jnp.sum(jnp.broadcast_to(log_binom, x.shape), axis=1)[:, None]
+        return lp + jnp.sum(jnp.broadcast_to(_log_binom(x, n), x.shape), axis=1)[:, None]
 
     def statistics(self, x, resp: Array, params: BinomialParams | None = None) -> BinomialStats:
         x, n = self._split(x)
@@ -355,3 +353,8 @@ def _checked_trials(t, s: Array) -> Array:
 def _exceeds(xp, successes, trials):
     return successes > trials
 
+
+
+def _log_binom(x: Array, n) -> Array:
+    """``log C(n, x)`` elementwise (``n`` an int or broadcastable array)."""
+    return gammaln(jnp.asarray(n + 1, x.dtype)) - gammaln(x + 1) - gammaln(n - x + 1)

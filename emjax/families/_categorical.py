@@ -155,8 +155,8 @@ class Categorical(Family):
 
     def feature_log_prob(self, params: CategoricalParams, x: Array) -> Array:
         logp = self._log(params.probs)  # (K, D, S)
-        codes = jnp.broadcast_to(x.astype(jnp.int32)[:, None, :, None], (x.shape[0], logp.shape[0], x.shape[1], 1))
-        return jnp.take_along_axis(jnp.broadcast_to(logp[None], codes.shape[:3] + logp.shape[-1:]), codes, axis=-1)[..., 0]
+        picked = logp[:, jnp.arange(x.shape[1])[None, :], x.astype(jnp.int32)]  # (K, N, D)
+        return jnp.swapaxes(picked, 0, 1)
 
     def statistics_observed(self, x0, observed, resp, params: CategoricalParams, cache) -> CategoricalStats:
         k, d, s = params.probs.shape

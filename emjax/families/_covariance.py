@@ -404,14 +404,14 @@ class MatrixStructure(CovarianceStructure):
         m = observed.astype(means.dtype)[:, None, :]  # (N, 1, D)
         miss = 1.0 - m
         big = cov * m[..., :, None] * m[..., None, :] + jnp.eye(d, dtype=means.dtype) * miss[..., :, None]
-        chol = jnp.linalg.cholesky(big)  # (N, K, D, D)
+        chol = cholesky(big)  # (N, K, D, D)
         r = m * (x0[:, None, :] - means[None])
-        y = jax.lax.linalg.triangular_solve(chol, r[..., None], left_side=True, lower=True)[..., 0]
-        z = jax.lax.linalg.triangular_solve(chol, y[..., None], left_side=True, lower=True, transpose_a=True)[..., 0]
+        y = solve_triangular(chol, r[..., None], lower=True)[..., 0]
+        z = solve_triangular(chol, y[..., None], lower=True, trans=1)[..., 0]
         maha = jnp.sum(y * y, axis=-1)
-        logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)
+        logdet = logdet_from_chol(chol)
         xhat = jnp.where(m > 0, x0[:, None, :], means[None] + jnp.einsum("nkde,nke->nkd", cov, z, precision=_EXACT))
-        w = jax.lax.linalg.triangular_solve(chol, m[..., :, None] * cov, left_side=True, lower=True)
+        w = solve_triangular(chol, m[..., :, None] * cov, lower=True)
         cond = cov - jnp.einsum("nkij,nkil->nkjl", w, w, precision=_EXACT)
         cond = 0.5 * (cond + jnp.swapaxes(cond, -1, -2)) * miss[..., :, None] * miss[..., None, :]
         return maha, logdet, xhat, cond

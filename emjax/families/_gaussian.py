@@ -282,6 +282,16 @@ class Gaussian(Family):
         maha, _ = self.structure.mahalanobis_logdet(x, params.means, params.covariances)
         return maha
 
+    def distances(self, params: GaussianParams, x: Array, missing: bool):
+        """``(maha (N, K), d)``: the squared Mahalanobis distances and the number of
+        dimensions they are taken in, the int ``D``; with ``missing``, those of each
+        point's observed (non-NaN) entries under their marginal, ``d`` ``(N, 1)``."""
+        if not missing:
+            return self.mahalanobis(params, x), x.shape[-1]
+        observed = ~jnp.isnan(x)
+        maha = self.structure.conditional(jnp.where(observed, x, 0.0), observed, params.means, params.covariances)[0]
+        return maha, jnp.sum(observed, axis=1).astype(maha.dtype)[:, None]
+
     # -- statistics and M-step -----------------------------------------------------
 
     def statistics(self, x: Array, resp: Array, params: GaussianParams | None = None) -> GaussianStats:
@@ -459,7 +469,7 @@ def _draw_conditional(key, xhat, cond, observed, components, scale):
         # the factor defined; a relative jitter absorbs rounding below 0.
         tiny = jnp.finfo(c.dtype).eps * jnp.maximum(jnp.max(jnp.abs(c), axis=(1, 2)), 1.0)
         eye = jnp.eye(c.shape[-1], dtype=c.dtype)
-        chol = jnp.linalg.cholesky(c + eye * (observed.astype(c.dtype) + tiny[:, None])[:, :, None])
+        chol = cholesky(c + eye * (observed.astype(c.dtype) + tiny[:, None])[:, :, None])
         noise = jnp.einsum("nde,ne->nd", chol, jnp.where(miss, z, 0.0), precision=_EXACT)
     else:
         noise = jnp.sqrt(jnp.maximum(c, 0.0)) * z

@@ -247,10 +247,7 @@ class StudentT(Gaussian):
         # The statistics reuse the centred data and the distances (for the weights u).
         centred = self.structure.centre(x, params.means)
         maha, logdet = self.structure.mahalanobis_logdet(x, params.means, params.covariances, centred)
-        nu = params.dofs
-        d = x.shape[-1]
-        const = log_gamma_ratio(0.5 * nu, 0.5 * d) - 0.5 * (d * _LOG_2PI + logdet)  # (K,)
-        return const[None, :] - 0.5 * (nu + d)[None, :] * jnp.log1p(maha / nu[None, :]), (centred, maha)
+        return _t_log_density(params.dofs[None, :], x.shape[-1], logdet[None, :], maha), (centred, maha)
 
     # -- missing entries ---------------------------------------------------------------
 
@@ -258,17 +255,13 @@ class StudentT(Gaussian):
         # The observed entries' marginal is a t of dimension d_n with the same nu.
         maha, logdet, xhat, cond = self.structure.conditional(x0, observed, params.means, params.covariances)
         d = jnp.sum(observed, axis=1).astype(maha.dtype)[:, None]
-        nu = params.dofs[None, :]
-        const = log_gamma_ratio(0.5 * nu, 0.5 * d) - 0.5 * (d * _LOG_2PI + logdet)
-        return const - 0.5 * (nu + d) * jnp.log1p(maha / nu), (xhat, cond, maha, d)
+        return _t_log_density(params.dofs[None, :], d, logdet, maha), (xhat, cond, maha, d)
 
     def statistics_observed(self, x0, observed, resp, params: StudentTParams, cache) -> StudentTStats:
         # Given x_o and u, x_m is normal with covariance cond / u: E[u (x - s)(x - s)^T]
         # is u (xhat - s)(xhat - s)^T + cond, the conditional covariance unweighted.
         xhat, cond, maha, d = cache
-        nu = params.dofs[None, :]
-        t = (d - maha) / (nu + maha)
-        gap = log1p_minus(t) - log_minus_digamma(0.5 * (nu + d))
+        t, gap = _weight_terms(params.dofs[None, :], d, maha)
         ru = resp * (1.0 + t)
         xc = xhat - params.means[None]
         s1 = jnp.einsum("nk,nkd->kd", ru, xc, precision=_EXACT)
@@ -291,14 +284,12 @@ class StudentT(Gaussian):
         distances ``maha`` ``(N, K)`` in ``d`` dimensions (``D``, or ``(N, 1)`` observed
         counts): how much each point counts in component ``k``'s location and scale
         (small: an outlier)."""
-        nu = params.dofs[None, :]
-        return (nu + d) / (nu + maha)
+        return 1.0 + _weight_terms(params.dofs[None, :], d, maha)[0]
 
     # -- statistics and M-step -----------------------------------------------------
 
     def statistics(self, x: Array, resp: Array, params: StudentTParams | None = None) -> StudentTStats:
         counts = jnp.sum(resp, axis=0)
-        d = x.shape[-1]
         if params is None:
             # No parameters to weigh by: the Gaussian's statistics (u = 1), and the
             # degrees-of-freedom statistic whose M-step returns dof_init.
@@ -309,13 +300,8 @@ class StudentT(Gaussian):
 
     def cached_statistics(self, x, resp, params, cache):
         centred, maha = cache
-        d = x.shape[-1]
-        nu = params.dofs[None, :]
-        t = (d - maha) / (nu + maha)  # u - 1, exact where u is near 1
-        u = 1.0 + t
-        # E[log u] - E[u] + 1 = log u - u + 1 - (log a - digamma(a)), a = (nu + D) / 2
-        gap = log1p_minus(t) - log_minus_digamma(0.5 * (nu + d))
-        ru = resp * u
+        t, gap = _weight_terms(params.dofs[None, :], x.shape[-1], maha)
+        ru = resp * (1.0 + t)
         s1, s2, shift = self.structure.moments(x, ru, params.means, centred)
         weighted = GaussianStats(jnp.sum(ru, axis=0), s1, s2, shift)
         return StudentTStats(jnp.sum(resp, axis=0), weighted, jnp.sum(resp * gap, axis=0))
@@ -457,21 +443,29 @@ class StudentT(Gaussian):
             raise ValueError(f"dofs must be finite and positive; got {np.asarray(v)}.")
 
 
+def _t_log_density(nu: Array, d, logdet: Array, maha: Array) -> Array:
+    """``log t(x | mu, Sigma, nu)`` in ``d`` dimensions from ``log |Sigma|`` and the
+    squared distance ``maha`` (all broadcast against each other)."""
+    const = log_gamma_ratio(0.5 * nu, 0.5 * d) - 0.5 * (d * _LOG_2PI + logdet)
+    return const - 0.5 * (nu + d) * jnp.log1p(maha / nu)
+
+
+def _weight_terms(nu: Array, d, maha: Array) -> tuple[Array, Array]:
+    """``u - 1`` for the expected precision weight ``u = (nu + d) / (nu + maha)``
+    (as ``(d - maha) / (nu + maha)``, exact where ``u`` is near 1), and
+    ``E[log u] - E[u] + 1 = log u - u + 1 - (log a - digamma(a))``, ``a = (nu + d) / 2``."""
+    t = (d - maha) / (nu + maha)
+    return t, log1p_minus(t) - log_minus_digamma(0.5 * (nu + d))
+
+
 def _ecme_pass(operands, x, weights):
     """One chunk's ``sum_n r_nk`` and ``sum_n r_nk (f, f')(nu_kg)`` for ECME."""
     mixture, params, new, nu = operands  # nu (K, G)
     resp = mixture.responsibilities(params, x)
     if weights is not None:
         resp = resp * weights[:, None]
-    family = mixture.family
-    if mixture.missing:  # the observed entries' distances, of dimension d_n
-        observed = ~jnp.isnan(x)
-        delta = family.structure.conditional(jnp.where(observed, x, 0.0), observed, new.means, new.covariances)[0]
-        d = jnp.sum(observed, axis=1).astype(delta.dtype)[:, None, None]
-    else:
-        delta = family.mahalanobis(new, x)  # (N, K) at the new location and scale
-        d = x.shape[-1]
-    value, grad = dof_objective(nu[None], delta[:, :, None], d)
+    delta, d = mixture.family.distances(new, x, mixture.missing)  # at the new location and scale
+    value, grad = dof_objective(nu[None], delta[:, :, None], jnp.asarray(d, delta.dtype)[..., None])
     r = resp[:, :, None]
     return (jnp.sum(resp, axis=0), jnp.sum(r * value, axis=0), jnp.sum(r * grad, axis=0)), jnp.zeros((), x.dtype)
 

@@ -210,6 +210,11 @@ class Mixture(EMModel):
             log_w = log_w[None, :]
         return lp + log_w, cache
 
+    def _fitting_log_joint(self, params: MixtureParams, x: Array):
+        """The log joint of the fitting density (less the family's ``fit_penalty``) and the cache."""
+        lj, cache = self._log_joint_and_cache(params, x)
+        return lj - self.family.fit_penalty(params.components)[None, :], cache
+
     def _statistics(self, x, resp, components, cache):
         if self.missing:
             x0, observed, cache = cache
@@ -238,8 +243,7 @@ class Mixture(EMModel):
         Example:
             >>> stats, loglik = model.e_step(params, x, temperature=4.0)
         """
-        lj, cache = self._log_joint_and_cache(params, x)
-        lj = lj - self.family.fit_penalty(params.components)[None, :]
+        lj, cache = self._fitting_log_joint(params, x)
         if _is_one(temperature):
             ll, resp = _log_normalize(lj)
         else:
@@ -284,8 +288,7 @@ class Mixture(EMModel):
 
     def responsibilities(self, params: MixtureParams, x: Array) -> Array:
         """``(N, K)`` the E-step's responsibilities (of the fitting density; see :meth:`e_step`)."""
-        lj = self.log_joint(params, x) - self.family.fit_penalty(params.components)[None, :]
-        return _log_normalize(lj)[1]
+        return _log_normalize(self._fitting_log_joint(params, x)[0])[1]
 
     def hold_frozen(self, params: MixtureParams, reference: MixtureParams) -> MixtureParams:
         """``params`` with the frozen groups (``frozen``: the weights, the family's
@@ -655,16 +658,9 @@ class Mixture(EMModel):
 
         def scores(xc):
             lj = self.log_joint(params, xc)
-            comps = params.components
-            if self.missing:  # the observed entries' distances, of dimension d_n
-                observed = ~jnp.isnan(xc)
-                x0 = jnp.where(observed, xc, 0.0)
-                maha = family.structure.conditional(x0, observed, comps.means, comps.covariances)[0]
-                d = jnp.sum(observed, axis=1).astype(maha.dtype)[:, None]
-            else:
-                maha, d = family.mahalanobis(comps, xc), xc.shape[-1]
+            maha, d = family.distances(params.components, xc, self.missing)
             if hasattr(family, "precision_weights"):
-                u = family.precision_weights(comps, maha, d)
+                u = family.precision_weights(params.components, maha, d)
                 weight = jnp.sum(jax.nn.softmax(lj, axis=1) * u, axis=1)
             else:
                 weight = jnp.ones(lj.shape[:1], lj.dtype)
