@@ -50,6 +50,7 @@ from _common import (  # noqa: E402
     format_pairs,
     format_table,
     machine_description,
+    Timing,
     time_calls,
     timed_once,
 )
@@ -164,7 +165,8 @@ def _emjax_setup(x_np, params, cov_type, args, dtype):
 
 
 def emjax_iteration(x_np, params, cov_type, args, dtype):
-    """One EM iteration from ``params``: in a fit ((t11 - t1) / 10) and as a jitted step."""
+    """Compiled callables for one EM iteration from ``params``: ``fit(1)``, ``fit(11)``
+    and a jitted ``BatchEM`` step (``None`` if the internals changed under us)."""
     import jax
     import emjax
 
@@ -172,11 +174,8 @@ def emjax_iteration(x_np, params, cov_type, args, dtype):
     x, model, p0, fit = _emjax_setup(x_np, params, cov_type, args, dtype)
     fit(1)  # compile both programs first
     fit(11)
-    t1 = time_calls(lambda: fit(1), args.repeats)
-    t11 = time_calls(lambda: fit(11), args.repeats)
-    out["fit_median"] = (t11.median - t1.median) / 10
-    out["fit_min"] = (t11.min - t1.min) / 10
-
+    out["fit1"], out["fit11"] = (lambda: fit(1)), (lambda: fit(11))
+    out["step"] = None
     try:  # a directly jitted BatchEM step; the internals may change under us: report, don't die
         from emjax._chunks import default_chunk_size
         from emjax.data import ArrayData as Data
@@ -189,11 +188,30 @@ def emjax_iteration(x_np, params, cov_type, args, dtype):
         step_fn = jax.jit(lambda st, data: alg.step(model, st, data))
         st0 = jax.block_until_ready(init_fn(p0, data))
         jax.block_until_ready(step_fn(st0, data))
-        out["step"] = time_calls(lambda: jax.block_until_ready(step_fn(st0, data)), args.repeats)
+        out["step"] = lambda: jax.block_until_ready(step_fn(st0, data))
         out["chunk_size"] = chunk
     except Exception as e:
         out["step_error"] = f"{type(e).__name__}: {e}"
     return out
+
+
+def interleaved_iteration(emjax_calls, sklearn_calls, repeats: int) -> dict:
+    """One EM iteration of both libraries, timed in turn within each repeat.
+
+    Each repeat times emjax's ``fit(1)`` and ``fit(11)`` (their difference over 10 is
+    that repeat's per-iteration sample), its jitted step, then scikit-learn's
+    iteration, so a slow spell of the machine lands on both sides of the ratio
+    rather than on whichever library happened to be running.
+    """
+    fit, step, sk = [], [], []
+    for _ in range(repeats):
+        t1 = time_calls(emjax_calls["fit1"], 1).median
+        t11 = time_calls(emjax_calls["fit11"], 1).median
+        fit.append((t11 - t1) / 10)
+        if emjax_calls["step"] is not None:
+            step.append(time_calls(emjax_calls["step"], 1).median)
+        sk.append(time_calls(sklearn_calls["one_iteration"], 1, setup=sklearn_calls["reset"]).median)
+    return {"fit": Timing(fit), "step": Timing(step) if step else None, "sklearn": Timing(sk)}
 
 
 def emjax_fit(x_np, params, cov_type, args, dtype):
@@ -261,7 +279,8 @@ def _sklearn_model(params, cov_type, args, dtype_np, max_iter):
 
 
 def sklearn_iteration(x_np, params, cov_type, args, dtype_np):
-    """One EM iteration from ``params``: ``_e_step`` + ``_m_step``, parameters reset before each."""
+    """One EM iteration from ``params``: ``_e_step`` + ``_m_step`` as ``one_iteration``,
+    with ``reset`` (untimed) restoring the parameters before each."""
     out = {}
     X = np.ascontiguousarray(x_np, dtype=dtype_np)
     gm = _sklearn_model(params, cov_type, args, dtype_np, 1)
@@ -282,7 +301,7 @@ def sklearn_iteration(x_np, params, cov_type, args, dtype_np):
 
     reset()
     one_iteration()  # warm-up
-    out["time"] = time_calls(one_iteration, args.repeats, setup=reset)
+    out["reset"], out["one_iteration"] = reset, one_iteration
     reset()
     _, log_resp = gm._e_step(X)
     out["dtype"] = f"{X.dtype}/{log_resp.dtype}"
@@ -384,7 +403,7 @@ def parse_args(argv=None):
     p.add_argument("--covariance", default="full", choices=COV_TYPES + ("all",), help="covariance type, or all")
     p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     p.add_argument("--iters", type=int, default=100, help="EM iterations of the full fit (tol=0; default 100)")
-    p.add_argument("--repeats", type=int, default=5, help="timed repeats per measurement (default 5)")
+    p.add_argument("--repeats", type=int, default=None, help="timed repeats per measurement (default 5; 7 with --quick)")
     p.add_argument("--fit-repeats", type=int, default=None, help="timed repeats of the full fit (default: --repeats)")
     p.add_argument("--skip-fit", action="store_true", help="only time one EM iteration")
     p.add_argument("--skip-iter", action="store_true", help="only time the full fit")
@@ -393,10 +412,12 @@ def parse_args(argv=None):
     p.add_argument("--restarts", default=None,
                    help="comma-separated R (e.g. 1,8,64): also time one iteration of a fit with R random restarts")
     p.add_argument("--quick", action="store_true",
-                   help="the ratio table only: all four covariance types, one iteration, 3 repeats (about 2 minutes)")
+                   help="the ratio table only: all four covariance types, one iteration, 7 repeats (about 2 minutes)")
     args = p.parse_args(argv)
     if args.quick:
-        args.covariance, args.skip_fit, args.repeats = "all", True, min(args.repeats, 3)
+        args.covariance, args.skip_fit = "all", True
+    if args.repeats is None:
+        args.repeats = 7 if args.quick else 5
     args.restarts = [int(r) for r in args.restarts.split(",")] if args.restarts else []
     if args.fit_repeats is None:
         args.fit_repeats = args.repeats
@@ -409,12 +430,14 @@ def parse_args(argv=None):
 
 METHOD = """\
 Method: same data, same initial parameters, reg_covar=1e-6, tol=0.
-  emjax (fit)  = [t(emjax.fit, max_iter=11) - t(emjax.fit, max_iter=1)] / 10, both compiled beforehand:
-                 one M-step + one E-step inside the compiled while_loop of a real fit. Its 'min' is
-                 [min t11 - min t1] / 10.
+  emjax (fit)  = [t(emjax.fit, max_iter=11) - t(emjax.fit, max_iter=1)] / 10, both compiled beforehand
+                 and timed back to back: one M-step + one E-step inside the compiled while_loop of a
+                 real fit.
   emjax (step) = one call of jax.jit(lambda s, data: BatchEM().step(model, s, data)) (M-step + E-step).
   sklearn      = gm._e_step(X) then gm._m_step(X, log_resp): the body of GaussianMixture.fit's loop,
                  the parameters reset (untimed) before each repeat.
+  The three are timed in turn within each repeat (interleaved), so the machine's slow spells fall on
+  both sides of the speed-up.
   'at' = the parameters the iteration starts from: 'init' = the shared initial parameters; 'fitted'
   = scikit-learn's parameters after the full fit (given to both), i.e. an iteration late in a fit.
   Full fit = wall time of fit() with max_iter=iters, tol=0 (both run exactly iters iterations, and both
@@ -453,21 +476,22 @@ def main(argv=None) -> int:
     def iteration_row(ct, at, params):
         e = emjax_iteration(x, params, ct, args, dtype)
         s = sklearn_iteration(x, params, ct, args, dtype_np)
+        t = interleaved_iteration(e, s, args.repeats)
         if "step_error" in e:
             notes.append(f"[{ct}] emjax jitted step not timed: {e['step_error']}")
-        step, sk = e.get("step"), s["time"]
+        fit, step, sk = t["fit"], t["step"], t["sklearn"]
         iter_rows.append(
             [ct] + shape + [
                 at,
-                f"{e['fit_median'] * 1e3:.1f} ({e['fit_min'] * 1e3:.1f})",
+                fit.ms(),
                 step.ms() if step else "n/a",
                 sk.ms(),
-                f"{sk.median / e['fit_median']:.2f}x",
+                f"{sk.median / fit.median:.2f}x",
                 f"{sk.median / step.median:.2f}x" if step else "n/a",
             ]
         )
         print(
-            f"[{ct}] one iteration at {at}: emjax {e['fit_median'] * 1e3:.1f} ms (fit), "
+            f"[{ct}] one iteration at {at}: emjax {fit.median * 1e3:.1f} ms (fit), "
             f"{step.median * 1e3 if step else float('nan'):.1f} ms (step); sklearn {sk.median * 1e3:.1f} ms",
             flush=True,
         )

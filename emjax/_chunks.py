@@ -55,19 +55,26 @@ def default_restart_batch(chunk_rows: int, width: int, n_restarts: int) -> int:
 
 
 def _split(x, weights, chunk_size: int):
+    """``(n_full, take, rest)``: ``take(i)`` is full chunk ``i`` of ``(x, weights)``,
+    ``rest`` the rows after the last full chunk (``None`` if there are none).
+
+    Chunks are dynamic slices of the arrays themselves: reshaping ``a[:cut]`` into
+    ``(n_full, chunk, ...)`` makes XLA copy the whole data set once per pass
+    (0.6 ms of a 10 ms diagonal iteration at N=1e5, D=16).
+    """
     n = n_rows(x)
     n_full = n // chunk_size
     cut = n_full * chunk_size
 
-    def body(a):
-        return a[:cut].reshape((n_full, chunk_size) + a.shape[1:])
+    def take(i):
+        start = i * chunk_size
+        piece = lambda a: jax.lax.dynamic_slice_in_dim(a, start, chunk_size)  # noqa: E731
+        return jax.tree.map(piece, x), None if weights is None else piece(weights)
 
-    def rest(a):
-        return a[cut:]
-
-    w_body = None if weights is None else body(weights)
-    w_rest = None if weights is None else rest(weights)
-    return n_full, jax.tree.map(body, x), w_body, cut < n, jax.tree.map(rest, x), w_rest
+    rest = None
+    if cut < n:
+        rest = (jax.tree.map(lambda a: a[cut:], x), None if weights is None else weights[cut:])
+    return n_full, take, rest
 
 
 def chunked_sum(fn: Callable, x, weights, chunk_size: int | None):
@@ -78,23 +85,19 @@ def chunked_sum(fn: Callable, x, weights, chunk_size: int | None):
     n = n_rows(x)
     if chunk_size is None or chunk_size >= n:
         return fn(x, weights)
-    n_full, xb, wb, has_rest, xr, wr = _split(x, weights, chunk_size)
+    n_full, take, rest = _split(x, weights, chunk_size)
 
-    def chunk(i):
-        xi = jax.tree.map(lambda a: a[i], xb)
-        return fn(xi, None if wb is None else wb[i])
-
-    total = chunk(0)
+    total = fn(*take(0))
     if n_full > 1:
 
         def body(carry, i):
             stats, ll = carry
-            s, l = chunk(i)
+            s, l = fn(*take(i))
             return (add_stats(stats, s), ll + l), None
 
         total, _ = jax.lax.scan(body, total, jnp.arange(1, n_full))
-    if has_rest:
-        s, l = fn(xr, wr)
+    if rest is not None:
+        s, l = fn(*rest)
         total = (add_stats(total[0], s), total[1] + l)
     return total
 
@@ -104,9 +107,9 @@ def chunked_map(fn: Callable, x, chunk_size: int | None):
     n = n_rows(x)
     if chunk_size is None or chunk_size >= n:
         return fn(x)
-    n_full, xb, _, has_rest, xr, _ = _split(x, None, chunk_size)
-    out = jax.lax.map(fn, xb)
+    n_full, take, rest = _split(x, None, chunk_size)
+    out = jax.lax.map(lambda i: fn(take(i)[0]), jnp.arange(n_full))
     out = jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:]), out)
-    if has_rest:
-        out = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), out, fn(xr))
+    if rest is not None:
+        out = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), out, fn(rest[0]))
     return out

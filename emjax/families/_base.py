@@ -20,6 +20,17 @@ from jax import Array
 
 from .._checks import as_data_matrix, check_prior_features
 
+
+def rows_times(x: Array, w: Array) -> Array:
+    """``x @ w.T`` for data rows ``x`` ``(N, D)`` and per-component rows ``w``
+    ``(K, D)``: the ``(N, K)`` products a family's log density is made of.
+
+    Computed as ``(w @ x.T).T`` at full precision: XLA:CPU runs the skinny product
+    with the long axis last about 1.3x faster (N=1e5, D=K=16; the transposes fold
+    into the operands' layouts), and on a GPU the two orientations cost the same.
+    """
+    return jnp.matmul(w, x.T, precision=jax.lax.Precision.HIGHEST).T
+
 Params = Any
 Stats = Any
 
@@ -83,6 +94,16 @@ class Family(eqx.Module):
         conditional law given the observed ones under component ``components`` ``(N,)``:
         by default a fresh draw of the component (independent features)."""
         return jnp.where(observed, x0, self.sample(key, params, components).astype(x0.dtype))
+
+    def row_width(self, n_components: int, n_features: int) -> int:
+        """Elements per data row of the E-step's intermediates, which size its chunks.
+
+        ``K x D`` by default (an ``(N, K, D)`` array per chunk); a family whose
+        log density is a matrix product of ``D``-wide rows keeps only ``(N, K)`` and
+        ``(N, D)`` arrays and says so, so that its chunks grow and the chunk
+        loop's fixed cost per chunk falls.
+        """
+        return n_components * n_features
 
     def log_prob_and_cache(self, params: Params, x: Array) -> tuple[Array, Any]:
         """:meth:`log_prob` and whatever :meth:`cached_statistics` can reuse from it.

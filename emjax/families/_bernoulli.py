@@ -35,7 +35,7 @@ from .._checks import (
     raise_first,
 )
 from ._priors import BetaPrior
-from ._base import Family
+from ._base import Family, rows_times
 
 _EXACT = jax.lax.Precision.HIGHEST
 _GOLDEN = 0.6180339887498949  # frac((1 + sqrt 5) / 2)
@@ -195,7 +195,7 @@ class Bernoulli(Family):
         log1, log0 = self._logs(params.means)  # (K, D)
         dtype = jnp.result_type(x, log1)
         # sum_d x_d log mu_kd + (1 - x_d) log(1 - mu_kd) as one (N, D) x (D, K) product.
-        return jnp.matmul(x.astype(dtype), (log1 - log0).T, precision=_EXACT) + jnp.sum(log0, axis=1)[None, :]
+        return rows_times(x.astype(dtype), log1 - log0) + jnp.sum(log0, axis=1)[None, :]
 
     # -- statistics and M-step -------------------------------------------------------
 

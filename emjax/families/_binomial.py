@@ -31,7 +31,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from .._checks import check_probabilities, count_matrix, find_first, is_sharded, is_traced, not_count, outside, raise_first
 from ._priors import BetaPrior
-from ._base import Family
+from ._base import Family, rows_times
 from ._bernoulli import prob_floor
 
 _EXACT = jax.lax.Precision.HIGHEST
@@ -156,7 +156,7 @@ class Binomial(Family):
     def log_prob(self, params: BinomialParams, x) -> Array:
         x, n = self._split(x)
         p = _clip_prob(params.probs)
-        lp = jnp.matmul(x, jnp.log(p).T, precision=_EXACT) + jnp.matmul(n - x, jnp.log1p(-p).T, precision=_EXACT)
+        lp = rows_times(x, jnp.log(p)) + rows_times(n - x, jnp.log1p(-p))
         return lp + jnp.sum(jnp.broadcast_to(_log_binom(x, n), x.shape), axis=1)[:, None]
 
     def statistics(self, x, resp: Array, params: BinomialParams | None = None) -> BinomialStats:

@@ -34,7 +34,7 @@ from .._checks import (
     raise_first,
 )
 from ._priors import Dirichlet
-from ._base import Family
+from ._base import Family, rows_times
 from ._bernoulli import _SMOOTH, _SPREAD, _check_distinct, _smoothing, distinct_pattern, identifiability_problem, prob_floor
 
 _EXACT = jax.lax.Precision.HIGHEST
@@ -180,7 +180,7 @@ class Categorical(Family):
         k, d, s = params.probs.shape
         logt = self._log(params.probs).reshape(k, d * s)
         dtype = jnp.result_type(logt.dtype, x.dtype) if jnp.issubdtype(x.dtype, jnp.floating) else logt.dtype
-        return jnp.matmul(self._one_hot(x, dtype), logt.T.astype(dtype), precision=_EXACT)
+        return rows_times(self._one_hot(x, dtype), logt.astype(dtype))
 
     # -- statistics and M-step -------------------------------------------------------
 

@@ -245,6 +245,9 @@ class Gaussian(Family):
     def log_prob(self, params: GaussianParams, x: Array) -> Array:
         return self.log_prob_and_cache(params, x)[0]
 
+    def row_width(self, n_components, n_features):
+        return self.structure.row_width(n_components, n_features)
+
     def log_prob_and_cache(self, params: GaussianParams, x: Array):
         # The data centred once for the distances and the moments: (c, x - c[, (x - c)^2]).
         centred = self.structure.centre(x, params.means)

@@ -24,7 +24,7 @@ from jax import Array
 from jax.scipy.special import gammaln
 
 from ._priors import Dirichlet
-from ._base import Family
+from ._base import Family, rows_times
 from ._bernoulli import prob_floor
 from .._checks import check_probabilities, count_matrix, safe_log
 
@@ -80,7 +80,7 @@ class Multinomial(Family):
         self.n_draws = int(n_draws)
 
     def log_prob(self, params: MultinomialParams, x: Array) -> Array:
-        lp = jnp.matmul(x, safe_log(params.probs).T, precision=_EXACT)
+        lp = rows_times(x, safe_log(params.probs))
         log_coef = gammaln(jnp.sum(x, axis=1) + 1) - jnp.sum(gammaln(x + 1), axis=1)
         return lp + log_coef[:, None]
 

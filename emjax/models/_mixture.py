@@ -486,13 +486,15 @@ class Mixture(EMModel):
     # -- the fitted mixture ----------------------------------------------------------
 
     def row_width(self, x) -> int:
-        """``K x D``: the E-step's ``(N, K)`` log joint is built from ``D``-wide rows per
-        component (``K x D x D`` with missing entries and covariance matrices: a
+        """The family's :meth:`~emjax.Family.row_width` (``K x D`` unless its density
+        is a product of ``D``-wide rows); with missing entries ``K x D`` (a conditional
+        mean per point and component), ``K x D x D`` for covariance matrices (a
         ``(D, D)`` conditional covariance per point and component)."""
         d = n_features(x)
-        if self.missing and isinstance(getattr(self.family, "structure", None), MatrixStructure):
-            return self.n_components * d * d
-        return self.n_components * d
+        if self.missing:
+            matrices = isinstance(getattr(self.family, "structure", None), MatrixStructure)
+            return self.n_components * d * (d if matrices else 1)
+        return int(self.family.row_width(self.n_components, d))
 
     # -- missing entries -------------------------------------------------------------
 
