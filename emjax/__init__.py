@@ -38,7 +38,15 @@ from ._stopping import StoppingRule as StoppingRule
 from .data import Stream as Stream
 from .data import predict_chunks as predict_chunks
 from .data import score_chunks as score_chunks
+from .algorithms import AnnealedEM as AnnealedEM
 from .algorithms import BatchEM as BatchEM
+from .algorithms import ECM as ECM
+from .algorithms import GeneralizedEM as GeneralizedEM
+from .algorithms import HardEM as HardEM
+from .algorithms import MonteCarloEM as MonteCarloEM
+from .algorithms import OverRelaxedEM as OverRelaxedEM
+from .algorithms import SAEM as SAEM
+from .algorithms import StochasticEM as StochasticEM
 from .algorithms import GradientAscent as GradientAscent
 from .algorithms import IncrementalEM as IncrementalEM
 from .algorithms import StepwiseEM as StepwiseEM

@@ -77,27 +77,33 @@ def _split(x, weights, chunk_size: int):
     return n_full, take, rest
 
 
-def chunked_sum(fn: Callable, x, weights, chunk_size: int | None):
+def chunked_sum(fn: Callable, x, weights, chunk_size: int | None, key=None):
     """``fn(x, weights) -> (stats, scalar)`` summed over chunks of ``x``.
 
     Equals ``fn(x, weights)`` up to rounding, with memory bounded by one chunk.
+    With a ``key``, ``fn(x, weights, key)`` gets ``fold_in(key, i)`` for chunk
+    ``i`` (0 for the only chunk): independent draws in every chunk.
     """
+    if key is None:
+        call = lambda i, xc, wc: fn(xc, wc)  # noqa: E731
+    else:
+        call = lambda i, xc, wc: fn(xc, wc, jax.random.fold_in(key, i))  # noqa: E731
     n = n_rows(x)
     if chunk_size is None or chunk_size >= n:
-        return fn(x, weights)
+        return call(0, x, weights)
     n_full, take, rest = _split(x, weights, chunk_size)
 
-    total = fn(*take(0))
+    total = call(0, *take(0))
     if n_full > 1:
 
         def body(carry, i):
             stats, ll = carry
-            s, l = fn(*take(i))
+            s, l = call(i, *take(i))
             return (add_stats(stats, s), ll + l), None
 
         total, _ = jax.lax.scan(body, total, jnp.arange(1, n_full))
     if rest is not None:
-        s, l = fn(*rest)
+        s, l = call(n_full, *rest)
         total = (add_stats(total[0], s), total[1] + l)
     return total
 

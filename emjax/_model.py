@@ -44,6 +44,16 @@ class EMModel(eqx.Module):
 
     #: Names ``init`` accepts as its ``method`` (``fit(..., init="kmeans")``); none by default.
     init_methods: ClassVar[tuple[str, ...]] = ()
+    #: The keyword options ``e_step`` accepts (algorithms check before compiling):
+    #: ``"temperature"`` (a tempered posterior: annealed EM) and ``"assignment"``
+    #: with ``"key"`` and ``"n_samples"`` (see :attr:`assignments`); none by default.
+    e_step_options: ClassVar[tuple[str, ...]] = ()
+    #: The ``assignment=`` values ``e_step`` understands: ``"soft"`` (posterior
+    #: probabilities, the default) always; ``"hard"`` (the most probable latent
+    #: value: classification EM) and ``"sample"`` (drawn from the posterior with
+    #: ``key=`` and ``n_samples=``: stochastic and Monte-Carlo EM, SAEM) where the
+    #: model declares them.
+    assignments: ClassVar[tuple[str, ...]] = ("soft",)
 
     @abc.abstractmethod
     def e_step(self, params: Params, x: Any, weights: Array | None = None, **options) -> tuple[Stats, Array]:
@@ -73,6 +83,23 @@ class EMModel(eqx.Module):
         Returns:
             The new parameters.
         """
+
+    @property
+    def param_groups(self) -> tuple[str, ...]:
+        """The parameter groups :meth:`conditional_m_step` maximises one at a time
+        (ECM's conditional maximisations); none by default."""
+        return ()
+
+    def conditional_m_step(self, stats: Stats, params: Params, groups: tuple[str, ...]) -> Params:
+        """The M-step over ``groups`` only, the other groups held at ``params``' values
+        (one conditional maximisation of ECM, Meng & Rubin 1993).
+
+        Raises:
+            NotImplementedError: by default.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} does not implement conditional_m_step(stats, params, groups), which ECM needs."
+        )
 
     @property
     def refine_passes(self) -> int:
@@ -287,6 +314,26 @@ class UserModel(EMModel):
     def init_methods(self) -> tuple[str, ...]:
         """The wrapped object's ``init_methods``, ``()`` when it has none."""
         return tuple(getattr(self.model, "init_methods", ()))
+
+    @property
+    def e_step_options(self) -> tuple[str, ...]:
+        """The wrapped object's ``e_step_options``, ``()`` when it declares none."""
+        return tuple(getattr(self.model, "e_step_options", ()))
+
+    @property
+    def assignments(self) -> tuple[str, ...]:
+        """The wrapped object's ``assignments``, ``("soft",)`` when it declares none."""
+        return tuple(getattr(self.model, "assignments", ("soft",)))
+
+    @property
+    def param_groups(self) -> tuple[str, ...]:
+        """The wrapped object's ``param_groups``, ``()`` when it has none."""
+        return tuple(getattr(self.model, "param_groups", ()))
+
+    def conditional_m_step(self, stats: Stats, params: Params, groups: tuple[str, ...]) -> Params:
+        if self._has("conditional_m_step"):
+            return self.model.conditional_m_step(stats, params, groups)
+        return super().conditional_m_step(stats, params, groups)
 
     @property
     def accepts_weights(self) -> bool:

@@ -37,6 +37,23 @@ def check_no_refine(algorithm, model) -> None:
         )
 
 
+def check_e_step(algorithm, model, *, option: str | None = None, assignment: str | None = None) -> None:
+    """Refuse, before compiling, a model whose E-step lacks the ``option`` keyword
+    or the latent ``assignment`` (``"hard"``, ``"sample"``) that ``algorithm`` needs
+    (:attr:`emjax.EMModel.e_step_options`, :attr:`emjax.EMModel.assignments`)."""
+    name, model_name = type(algorithm).__name__, type(model).__name__
+    if option is not None and option not in model.e_step_options:
+        raise TypeError(
+            f"{name} needs e_step(..., {option}=...), which {model_name} does not declare in its e_step_options "
+            f"{model.e_step_options}."
+        )
+    if assignment is not None and assignment not in model.assignments:
+        raise TypeError(
+            f"{name} needs e_step(..., assignment={assignment!r}), which {model_name} does not declare "
+            f"(its assignments are {model.assignments})."
+        )
+
+
 class Algorithm(eqx.Module):
     """An EM-family algorithm: ``init(model, params, data, key) -> state`` and
     ``step(model, state, data) -> state``, both pure and jit-able.

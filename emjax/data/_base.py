@@ -47,7 +47,7 @@ class Data(eqx.Module):
         return True
 
     @abc.abstractmethod
-    def map_sum(self, fn: Callable, operands: Any):
+    def map_sum(self, fn: Callable, operands: Any, key=None):
         """``sum over rows of fn(operands, x, weights)``.
 
         Args:
@@ -57,6 +57,9 @@ class Data(eqx.Module):
             operands: a pytree (model, parameters, options) passed to ``fn``;
                 passed explicitly, not closed over, so sharded data can hand it
                 to every device and the call ``vmap``s over restarts.
+            key: if given, ``fn(operands, x, weights, key)`` receives a key of its
+                own for every chunk (folded from ``key`` by the chunk's place),
+                so random draws differ between chunks (and depend on the chunking).
 
         Returns:
             The sum, as ``fn`` returns it.
@@ -75,14 +78,20 @@ class Data(eqx.Module):
         """The same rows with their weights multiplied by ``factor`` ``(N,)``
         (incremental EM masks the rows of a read-ahead that belong to another block)."""
 
-    def e_step(self, model, params, **options):
+    def e_step(self, model, params, *, key=None, **options):
         """``model.e_step`` summed over all rows: ``(stats, loglik)``.
+
+        A ``key`` (for E-steps that draw the latent variables) reaches every
+        chunk's ``model.e_step`` as ``key=`` a key of that chunk's own.
 
         Example:
             >>> stats, loglik = data.e_step(model, params)
             >>> stats, loglik = data.e_step(model, params, temperature=2.0)
+            >>> stats, loglik = data.e_step(model, params, key=key, assignment="sample")
         """
-        return self.map_sum(_e_step, (model, params, options))
+        if key is None:
+            return self.map_sum(_e_step, (model, params, options))
+        return self.map_sum(_e_step_keyed, (model, params, options), key=key)
 
     def objective(self, model, params, **options) -> Array:
         """The objective EM increases at ``params`` (one full pass)."""
@@ -93,3 +102,8 @@ class Data(eqx.Module):
 def _e_step(operands, x, weights):
     model, params, options = operands
     return model.e_step(params, x, weights, **options)
+
+
+def _e_step_keyed(operands, x, weights, key):
+    model, params, options = operands
+    return model.e_step(params, x, weights, key=key, **options)

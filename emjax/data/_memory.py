@@ -45,8 +45,8 @@ class ArrayData(Data):
     def sample(self):
         return self.x
 
-    def map_sum(self, fn, operands):
-        return chunked_sum(lambda x, w: fn(operands, x, w), self.x, self.weights, self.chunk_size)
+    def map_sum(self, fn, operands, key=None):
+        return chunked_sum(lambda x, w, *k: fn(operands, x, w, *k), self.x, self.weights, self.chunk_size, key)
 
     def rows(self, start, length: int) -> "ArrayData":
         def cut(a):

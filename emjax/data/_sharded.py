@@ -21,6 +21,8 @@ from typing import Any, Callable
 
 import numpy as np
 import jax
+import jax.numpy as jnp
+from jax import Array
 import equinox as eqx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
@@ -136,6 +138,7 @@ def sharded_sum(
     chunk_size: int | None,
     mesh: Mesh,
     row_axes: tuple[str, ...],
+    key=None,
 ):
     """``fn(operands, x, weights) -> (stats, scalar)`` summed over all rows of
     ``x``, each device summing its own rows.
@@ -152,6 +155,8 @@ def sharded_sum(
             ``None`` for all local rows at once.
         mesh: the device mesh.
         row_axes: mesh axes that split the rows.
+        key: if given, ``fn(operands, x, weights, key)`` gets a key of its own
+            for every chunk of every device.
 
     Returns:
         ``(stats, scalar)``, replicated on every device of ``mesh``.
@@ -159,12 +164,14 @@ def sharded_sum(
     count = n_shards(mesh, row_axes)
     local_rows = n_rows(x) // count
     chunk = local_rows if chunk_size is None else min(chunk_size, local_rows)
-    dynamic, static = eqx.partition(operands, eqx.is_array)
+    dynamic, static = eqx.partition((operands, key), eqx.is_array)
     rows = P(row_axes)
 
     def local(dynamic, x, weights):
-        ops = eqx.combine(dynamic, static)
-        total = chunked_sum(lambda xc, wc: fn(ops, xc, wc), x, weights, chunk)
+        ops, k = eqx.combine(dynamic, static)
+        if k is not None:  # one stream per device: fold in its position along the row axes
+            k = jax.random.fold_in(k, _shard_index(row_axes))
+        total = chunked_sum(lambda xc, wc, *ck: fn(ops, xc, wc, *ck), x, weights, chunk, key=k)
         # Every device gathers every device's sums and folds them in the same
         # order: the result is identical (replicated) everywhere.
         parts = jax.lax.all_gather(total, row_axes, **({"to": "invarying"} if _INVARIANT_GATHER else {}))
@@ -174,6 +181,14 @@ def sharded_sum(
     return jax.shard_map(local, mesh=mesh, in_specs=in_specs, out_specs=P(), check_vma=_INVARIANT_GATHER)(
         dynamic, x, weights
     )
+
+
+def _shard_index(row_axes: tuple[str, ...]) -> Array:
+    """This device's position along the mesh axes ``row_axes`` (inside ``shard_map``)."""
+    index = jnp.zeros((), jnp.int32)
+    for axis in row_axes:
+        index = index * jax.lax.axis_size(axis) + jax.lax.axis_index(axis)
+    return index
 
 
 #: jax >= 0.10 gathers into a value ``shard_map`` knows to be the same on every device;
@@ -200,8 +215,8 @@ class ShardedData(ArrayData):
     mesh: Mesh = eqx.field(static=True)
     row_axes: tuple[str, ...] = eqx.field(static=True)
 
-    def map_sum(self, fn, operands):
-        return sharded_sum(fn, operands, self.x, self.weights, self.chunk_size, self.mesh, self.row_axes)
+    def map_sum(self, fn, operands, key=None):
+        return sharded_sum(fn, operands, self.x, self.weights, self.chunk_size, self.mesh, self.row_axes, key)
 
     def _spread(self, data: ArrayData) -> Data:
         """Selected rows, split over the devices again when they divide evenly

@@ -157,13 +157,14 @@ class StreamData(Data):
         shapes = self._shapes(rows)
         return self._unpack(jax.pure_callback(fn, shapes, self.reader_id, *args, vmap_method="sequential"))
 
-    def map_sum(self, fn, operands):
+    def map_sum(self, fn, operands, key=None):
         size = self.chunk_size
         n_full, rest = divmod(self.n, size)
 
         def chunk_sum(i, rows):
             x, w = self._call(read_chunk, rows, jnp.asarray(i, jnp.int32))
-            return chunked_sum(lambda xc, wc: fn(operands, xc, wc), x, w, min(self.inner, rows))
+            k = None if key is None else jax.random.fold_in(key, i)
+            return chunked_sum(lambda xc, wc, *ck: fn(operands, xc, wc, *ck), x, w, min(self.inner, rows), k)
 
         total = None
         if n_full:

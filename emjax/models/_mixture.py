@@ -134,6 +134,8 @@ class Mixture(EMModel):
     missing: bool = eqx.field(static=True)
 
     init_methods: ClassVar[tuple[str, ...]] = INIT_METHODS
+    e_step_options: ClassVar[tuple[str, ...]] = ("temperature", "assignment", "key", "n_samples")
+    assignments: ClassVar[tuple[str, ...]] = ("soft", "hard", "sample")
 
     def __init__(
         self,
@@ -221,7 +223,17 @@ class Mixture(EMModel):
             return self.family.statistics_observed(x0, observed, resp, components, cache)
         return self.family.cached_statistics(x, resp, components, cache)
 
-    def e_step(self, params: MixtureParams, x: Array, weights: Array | None = None, *, temperature=1.0):
+    def e_step(
+        self,
+        params: MixtureParams,
+        x: Array,
+        weights: Array | None = None,
+        *,
+        temperature=1.0,
+        assignment: str = "soft",
+        key=None,
+        n_samples=1,
+    ):
         """Responsibility-weighted statistics and the log-likelihood of ``x``.
 
         Args:
@@ -231,18 +243,30 @@ class Mixture(EMModel):
             temperature: the responsibilities are ``softmax(log_joint / temperature)``,
                 a tempered posterior (deterministic annealing, Ueda & Nakano 1998);
                 a positive scalar, traced or not. 1 is the posterior itself.
+            assignment: how the latent classes enter the statistics: ``"soft"``
+                (the posterior probabilities: EM), ``"hard"`` (each point wholly
+                in its most probable class: classification EM, Celeux & Govaert
+                1992) or ``"sample"`` (classes drawn from the posterior:
+                stochastic and Monte-Carlo EM).
+            key: the PRNG key of ``assignment="sample"``.
+            n_samples: draws per point under ``"sample"``, averaged (a positive
+                count, traced or not: Monte-Carlo EM grows it).
 
         Returns:
             ``(MixtureStats, loglik)``, ``loglik`` the (weighted) sum over points
             of the log-likelihood ``logsumexp_k log_joint``, whatever the
-            temperature. Both use the fitting density: each component's log
+            temperature; under ``assignment="hard"`` the classification
+            log-likelihood ``max_k log_joint`` instead, which classification EM
+            increases. Both use the fitting density: each component's log
             density less the family's ``fit_penalty`` (a Gaussian's
             ``reg_covar``; none for the other families), so that EM increases
             exactly the objective it reports.
 
         Example:
             >>> stats, loglik = model.e_step(params, x, temperature=4.0)
+            >>> stats, loglik = model.e_step(params, x, assignment="sample", key=key)
         """
+        _check_assignment(assignment, key, n_samples)
         lj, cache = self._fitting_log_joint(params, x)
         if _is_one(temperature):
             ll, resp = _log_normalize(lj)
@@ -251,6 +275,11 @@ class Mixture(EMModel):
             _check_temperature(temperature)
             tempered = lj / temperature
             resp = jnp.exp(tempered - logsumexp(tempered, axis=1, keepdims=True))
+        if assignment == "hard":
+            ll = jnp.max(lj, axis=1)
+            resp = jax.nn.one_hot(jnp.argmax(lj, axis=1), lj.shape[1], dtype=lj.dtype)
+        elif assignment == "sample":
+            resp = _draw_classes(key, resp, n_samples)
         if weights is not None:
             resp = resp * weights[:, None]
             total = jnp.sum(weights * ll)
@@ -273,6 +302,27 @@ class Mixture(EMModel):
         comps = self.family.maximize(stats.components, None if params is None else params.components, family_frozen)
         new = MixtureParams(weights, comps)
         return new if params is None else self.hold_frozen(new, params)
+
+    @property
+    def param_groups(self) -> tuple[str, ...]:
+        """The groups a fit estimates: ``"weights"`` and the family's ``param_groups``, less the frozen ones."""
+        return tuple(g for g in ("weights",) + tuple(self.family.param_groups) if g not in self.frozen)
+
+    def conditional_m_step(self, stats: MixtureStats, params: MixtureParams, groups) -> MixtureParams:
+        """The M-step over ``groups`` (names from :attr:`param_groups`), every other
+        group held at ``params``' values (e.g. a Gaussian's covariances about the
+        given means when only ``"covariances"`` is maximised)."""
+        groups = tuple(groups)
+        unknown = [g for g in groups if g not in self.param_groups]
+        if unknown:
+            raise ValueError(f"cannot maximise {unknown}: this mixture's parameter groups are {self.param_groups}.")
+        held = frozenset(("weights",) + tuple(self.family.param_groups)) - set(groups)
+        weights = (
+            params.weights if "weights" in held
+            else self.gating.maximize(self._gating_stats(stats), params.weights)
+        )
+        comps = self.family.maximize(stats.components, params.components, held - {"weights"})
+        return MixtureParams(weights, comps)
 
     @property
     def refine_passes(self) -> int:
@@ -741,6 +791,27 @@ class Mixture(EMModel):
 def _is_one(temperature) -> bool:
     """True for the Python (or NumPy) number 1: the untempered E-step, bit for bit."""
     return isinstance(temperature, (int, float, np.number)) and not isinstance(temperature, bool) and temperature == 1
+
+
+def _check_assignment(assignment, key, n_samples) -> None:
+    """Raise, while tracing, for an unknown ``assignment`` or a draw without a key."""
+    if assignment not in ("soft", "hard", "sample"):
+        raise ValueError(f"assignment must be 'soft', 'hard' or 'sample'; got {assignment!r}.")
+    if assignment == "sample":
+        if key is None:
+            raise ValueError("assignment='sample' draws the classes: pass key=.")
+        if not is_traced(n_samples) and not (np.ndim(n_samples) == 0 and n_samples >= 1):
+            raise ValueError(f"n_samples must be a count >= 1; got {n_samples!r}.")
+
+
+def _draw_classes(key, resp: Array, n_samples) -> Array:
+    """``(N, K)`` the share of ``n_samples`` draws from each row of ``resp`` that fell
+    in each class (one-hot rows for one draw)."""
+    if isinstance(n_samples, (int, np.integer)) and n_samples == 1:
+        z = jax.random.categorical(key, jnp.log(resp), axis=1)
+        return jax.nn.one_hot(z, resp.shape[1], dtype=resp.dtype)
+    m = jnp.asarray(n_samples, resp.dtype)
+    return jax.random.multinomial(key, m, resp, dtype=resp.dtype) / m
 
 
 def _check_temperature(temperature) -> None:
