@@ -10,6 +10,13 @@ from . import datasets as datasets
 from . import families as families
 from .models._seeding import kmeans as kmeans
 from .models._seeding import kmeans_plus_plus as kmeans_plus_plus
+from .models._kmeans import CenterShift as CenterShift
+from .models._kmeans import KMeans as KMeans
+from .models._kmeans import KMeansParams as KMeansParams
+from .models._kmeans import KMeansStats as KMeansStats
+from .models._kmeans import greedy_kmeans_plus_plus as greedy_kmeans_plus_plus
+from .models._kmedoids import KMedoids as KMedoids
+from .models._kmedoids import KMedoidsParams as KMedoidsParams
 from .models._mixture import Mixture as Mixture
 from .models._mixture import MixtureParams as MixtureParams
 from .models._mixture import MixtureStats as MixtureStats

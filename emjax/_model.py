@@ -125,6 +125,11 @@ class EMModel(eqx.Module):
         """
         return new
 
+    def default_stopping(self):
+        """The :class:`emjax.StoppingRule` a fit uses when given none; ``None`` (the
+        runner's ``ObjectiveChange()``) by default."""
+        return None
+
     def log_prior(self, params: Params) -> Array:
         """Log prior density of ``params``: 0 (maximum likelihood) by default."""
         return jnp.zeros(())
@@ -365,6 +370,9 @@ class UserModel(EMModel):
 
     def log_prior(self, params: Params) -> Array:
         return self.model.log_prior(params) if self._has("log_prior") else super().log_prior(params)
+
+    def default_stopping(self):
+        return self.model.default_stopping() if self._has("default_stopping") else None
 
     @property
     def refine_passes(self) -> int:

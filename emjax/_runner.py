@@ -84,7 +84,7 @@ def fit(
     key,
     algorithm: Algorithm | None = None,
     n_restarts: int = 1,
-    init: str | Callable | Any = "kmeans",
+    init: str | Callable | Any = "default",
     max_iter: int = 100,
     tol: float = 1e-6,
     stopping: StoppingRule | None = None,
@@ -120,7 +120,9 @@ def fit(
         n_restarts: R, random restarts, independent fits in one program (see
             ``restart_batch_size``); the result holds them all and picks the best.
         init: a method name for ``model.init`` (mixtures: ``"kmeans"``,
-            ``"kmeans++"``, ``"random"``, ``"random_resp"``), a function
+            ``"kmeans++"``, ``"random"``, ``"random_resp"``; :class:`emjax.KMeans`:
+            ``"k-means++"``, ``"random"``), ``"default"`` (the model's first: a
+            mixture's ``"kmeans"``, k-means' ``"k-means++"``), a function
             ``(key, x) -> params``, explicit initial parameters (then
             ``n_restarts`` must be 1), or a :class:`FitResult` whose restarts
             are all continued (e.g. batch EM polishing a stepwise warm-up).
@@ -131,7 +133,8 @@ def fit(
             step. A traced value: fitting again with another ``tol`` does not
             compile again.
         stopping: a :class:`emjax.StoppingRule`: ``ObjectiveChange()`` (the
-            default), ``RelativeChange()``, ``ParameterChange()`` or
+            default, unless the model names its own: ``CenterShift()`` for
+            :class:`emjax.KMeans`), ``RelativeChange()``, ``ParameterChange()`` or
             ``ResponsibilityChange()`` (Smyth's rule).
         weights: optional ``(N,)`` non-negative per-point weights, with the
             meaning of repetition counts; placed with the row sharding of a
@@ -175,7 +178,8 @@ def fit(
     algorithm = BatchEM() if algorithm is None else algorithm
     if not isinstance(algorithm, Algorithm):
         raise TypeError(f"algorithm must be an emjax Algorithm; got {type(algorithm).__name__}.")
-    stopping = ObjectiveChange() if stopping is None else stopping
+    if stopping is None:
+        stopping = model.default_stopping() or ObjectiveChange()
     if not isinstance(stopping, StoppingRule):
         raise TypeError(f"stopping must be an emjax StoppingRule, e.g. emjax.RelativeChange(); got {stopping!r}.")
     adjoint = ForwardAdjoint() if adjoint is None else adjoint
@@ -207,6 +211,8 @@ def fit(
             raise ValueError(f"init is a FitResult with {n_prev} restarts; n_restarts must be 1 or {n_prev}, got {n_restarts}.")
         n_restarts = n_prev
     elif isinstance(init, str):
+        if init == "default" and model.init_methods:
+            init = model.init_methods[0]
         if init not in model.init_methods:
             methods = model.init_methods
             raise ValueError(

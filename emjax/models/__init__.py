@@ -1,7 +1,14 @@
-"""EM models: finite mixtures (with their gating and seeding)."""
+"""EM models: finite mixtures (with their gating and seeding) k-means and k-medoids."""
 
 from ._mixture import Mixture as Mixture
 from ._mixture import MixtureParams as MixtureParams
 from ._mixture import MixtureStats as MixtureStats
 from ._gating import ConstantGating as ConstantGating
 from ._gating import Gating as Gating
+from ._kmeans import CenterShift as CenterShift
+from ._kmeans import KMeans as KMeans
+from ._kmeans import KMeansParams as KMeansParams
+from ._kmeans import KMeansStats as KMeansStats
+from ._kmedoids import KMedoids as KMedoids
+from ._kmedoids import KMedoidsParams as KMedoidsParams
+from ._kmedoids import KMedoidsStats as KMedoidsStats
