@@ -10,6 +10,10 @@ unequal sizes, K=5, D=2), ``--restarts`` random starts (``init="random"``, the s
 fitted by batch EM and by ``AnnealedEM``; prints the distribution of the final log-likelihood per
 point and the share of restarts that reach the best one found.
 
+Part 3, k-means on 100,000 points: Lloyd's algorithm against mini-batch and MacQueen's online
+k-means (StepwiseEM on ``emjax.KMeans``), inertia and passes (scikit-learn's KMeans and
+MiniBatchKMeans from the same centres for reference).
+
 Part 2, convergence speed: an overlapping mixture (the slow case for EM), one start, fitted to
 ``tol=1e-10`` (relative change per point) by batch EM, ``OverRelaxedEM``, ``ECM`` (covariances,
 then weights and means), ``GeneralizedEM`` (L-BFGS), ``SAEM``, ``MonteCarloEM`` and
@@ -112,9 +116,51 @@ def part_speed(args):
     print()
 
 
+def part_kmeans(args):
+    import jax
+    import emjax
+
+    x, _ = emjax.datasets.gaussian_mixture_sample(args.seed, 100_000, 4, 8, 2.0)
+    x = np.asarray(x, np.float32)
+    model = emjax.KMeans(8)
+    p0 = model.init(jax.random.key(args.seed), x, "random")
+    kw = dict(key=jax.random.key(1), init=p0)
+    runs = {
+        "Lloyd (batch EM), tol=1e-4": dict(tol=1e-4, max_iter=300),
+        "mini-batch (StepwiseEM 1000, kappa=0.7), 3 epochs": dict(
+            algorithm=emjax.StepwiseEM(batch_size=1000, kappa=0.7), max_iter=3, tol=0.0),
+        "mini-batch (StepwiseEM 100, kappa=0.7), 1 epoch": dict(
+            algorithm=emjax.StepwiseEM(batch_size=100, kappa=0.7), max_iter=1, tol=0.0),
+        "MacQueen (StepwiseEM 1, kappa=1), 0.3 epoch": dict(
+            algorithm=emjax.StepwiseEM(batch_size=1, kappa=1.0, updates_per_step=30_000), max_iter=1, tol=0.0),
+    }
+    rows, ref = [], None
+    for name, extra in runs.items():
+        secs, r = timed(lambda: jax.block_until_ready(emjax.fit(model, x, **kw, **extra)))
+        inertia = -float(r.objective[0])
+        ref = inertia if ref is None else ref
+        rows.append([name, f"{inertia:.1f}", f"{inertia / ref - 1:+.2%}", f"{float(r.n_passes[0]):.1f}", f"{secs:.2f}"])
+    try:
+        from sklearn.cluster import KMeans as SK, MiniBatchKMeans as SKMB
+
+        t0 = time.perf_counter()
+        sk = SK(8, init=np.asarray(p0.centers), n_init=1, algorithm="lloyd", tol=1e-4).fit(x)
+        rows.append(["scikit-learn KMeans (lloyd), same start", f"{sk.inertia_:.1f}", f"{sk.inertia_ / ref - 1:+.2%}",
+                     f"{sk.n_iter_}", f"{time.perf_counter() - t0:.2f}"])
+        t0 = time.perf_counter()
+        mb = SKMB(8, init=np.asarray(p0.centers), n_init=1, batch_size=1000, max_iter=3, random_state=0).fit(x)
+        rows.append(["scikit-learn MiniBatchKMeans 1000, 3 epochs", f"{mb.inertia_:.1f}",
+                     f"{mb.inertia_ / ref - 1:+.2%}", "3", f"{time.perf_counter() - t0:.2f}"])
+    except ImportError:
+        pass
+    print("Part 3: k-means on 100000 points (D=4, K=8, float32), one random start; passes include the initial one")
+    print(format_table(["algorithm", "inertia", "vs Lloyd", "passes", "s"], rows))
+    print()
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--part", choices=("all", "annealing", "speed"), default="all")
+    p.add_argument("--part", choices=("all", "annealing", "speed", "kmeans"), default="all")
     p.add_argument("--restarts", type=int, default=64)
     p.add_argument("--n-per", type=int, default=2500, help="points per component in part 2")
     p.add_argument("--seed", type=int, default=0)
@@ -125,6 +171,8 @@ def main(argv=None) -> int:
     print()
     if args.part in ("all", "annealing"):
         part_annealing(args)
+    if args.part in ("all", "kmeans"):
+        part_kmeans(args)
     if args.part in ("all", "speed"):
         part_speed(args)
     return 0

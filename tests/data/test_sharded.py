@@ -186,6 +186,17 @@ SCRIPT = textwrap.dedent(
             runs[where] = emjax.fit(model, xi, key=jax.random.key(0), init=p0, weights=wi, algorithm=algorithm,
                                     max_iter=4, tol=0.0, chunk_size=30)
         out["algorithms"][name] = compare(name, runs["sharded"], runs["single"])
+    # A sampling E-step: every device draws with a key of its own (folded by its
+    # position), so the draws differ from a single device's but the fit is as good.
+    saem = {}
+    for where, xi in (("single", x), ("sharded", jax.device_put(x, rows))):
+        saem[where] = emjax.fit(model, xi, key=jax.random.key(0), init=p0, algorithm=emjax.SAEM(burn_in=2),
+                                max_iter=8, tol=0.0, chunk_size=30)
+    out["algorithms"]["saem"] = {
+        "finite": bool(np.all(np.isfinite(np.asarray(saem["sharded"].trace)))),
+        "ll_gap": abs(float(saem["sharded"].objective[0]) - float(saem["single"].objective[0])) / len(x),
+        "differs": not np.array_equal(np.asarray(saem["sharded"].trace), np.asarray(saem["single"].trace)),
+    }
     data_s = emjax.data.make_data(model, jax.device_put(x, rows))
     batch = data_s.take(jnp.arange(80))
     out["algorithms"]["batch_sharded"] = str(jax.jit(lambda b: b.x)(batch).sharding.spec)
@@ -302,6 +313,12 @@ def test_every_algorithm_over_sharded_rows(sharded_run, algorithm):
     assert got["n_iter"] == got["single_n_iter"] == 4
     assert got["params"] < 1e-10, got
     assert got["trace"] < 1e-10, got
+
+
+def test_sampling_e_step_over_sharded_rows(sharded_run):
+    got = sharded_run["algorithms"]["saem"]
+    assert got["finite"] and got["differs"], got
+    assert got["ll_gap"] < 0.05, got
 
 
 def test_minibatches_stay_split_over_devices(sharded_run):
