@@ -77,7 +77,10 @@ def kmeans_plus_plus(key, x: Array, n_components: int) -> Array:
 def kmeans(key, x: Array, n_components: int, n_iter: int = 10) -> tuple[Array, Array]:
     """k-means: k-means++ seeding then ``n_iter`` Lloyd iterations.
 
-    An emptied cluster keeps its previous centre.
+    A fixed-cost seeding helper (what a mixture's ``init="kmeans"`` runs). For
+    k-means clustering itself (convergence test, restarts with the lowest
+    inertia kept, weights, prediction, vector quantisation) fit
+    :class:`emjax.KMeans`. An emptied cluster keeps its previous centre.
 
     Args:
         key: PRNG key.
