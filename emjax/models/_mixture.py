@@ -271,10 +271,13 @@ class Mixture(EMModel):
         if _is_one(temperature):
             ll, resp = _log_normalize(lj)
         else:
-            ll = logsumexp(lj, axis=1)
             _check_temperature(temperature)
-            tempered = lj / temperature
-            resp = jnp.exp(tempered - logsumexp(tempered, axis=1, keepdims=True))
+            ll = logsumexp(lj, axis=1)
+            # softmax(lj / T) with one more exp per entry (not two): the row maximum
+            # of lj / T is that of lj over T, for T > 0.
+            top = jax.lax.stop_gradient(jnp.max(lj, axis=1, keepdims=True))
+            e = jnp.exp((lj - jnp.where(jnp.isfinite(top), top, 0.0)) / temperature)
+            resp = e / jnp.sum(e, axis=1, keepdims=True)
         if assignment == "hard":
             ll = jnp.max(lj, axis=1)
             resp = jax.nn.one_hot(jnp.argmax(lj, axis=1), lj.shape[1], dtype=lj.dtype)
