@@ -91,10 +91,12 @@ def assert_weighted_equals_repeated(weighted, repeated):
 #: In the default order they are collected last and one worker finished a minute alone.
 LONG_FILES = (
     "tests/test_notebooks.py",
+    "tests/test_readme.py",
     "tests/data/test_sharded.py",
     "tests/data/test_stream.py",
     "tests/test_properties.py",
     "tests/data/test_sources.py",
+    "tests/algorithms/test_em_variants.py",
 )
 
 

@@ -1,4 +1,4 @@
-"""EM models: finite mixtures (with their gating and seeding) k-means and k-medoids."""
+"""EM models: finite mixtures (with their gating and seeding) k-means and k-medoids; Bayesian linear regression and the RVM."""
 
 from ._mixture import Mixture as Mixture
 from ._mixture import MixtureParams as MixtureParams
@@ -12,3 +12,7 @@ from ._kmeans import KMeansStats as KMeansStats
 from ._kmedoids import KMedoids as KMedoids
 from ._kmedoids import KMedoidsParams as KMedoidsParams
 from ._kmedoids import KMedoidsStats as KMedoidsStats
+from ._regression import BayesianLinearRegression as BayesianLinearRegression
+from ._regression import RegressionParams as RegressionParams
+from ._regression import RegressionStats as RegressionStats
+from ._regression import RelevanceVectorMachine as RelevanceVectorMachine
