@@ -18,6 +18,8 @@ from .models._kmeans import greedy_kmeans_plus_plus as greedy_kmeans_plus_plus
 from .models._kmedoids import KMedoids as KMedoids
 from .models._kmedoids import KMedoidsParams as KMedoidsParams
 from .models._mixture import Mixture as Mixture
+from .models._probit import ProbitParams as ProbitParams
+from .models._probit import ProbitRegression as ProbitRegression
 from .models._regression import BayesianLinearRegression as BayesianLinearRegression
 from .models._regression import RegressionParams as RegressionParams
 from .models._regression import RegressionStats as RegressionStats

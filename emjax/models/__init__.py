@@ -1,4 +1,4 @@
-"""EM models: finite mixtures (with their gating and seeding) k-means and k-medoids; Bayesian linear regression and the RVM."""
+"""EM models: finite mixtures (with their gating and seeding) k-means and k-medoids; Bayesian linear regression, the RVM and probit regression."""
 
 from ._mixture import Mixture as Mixture
 from ._mixture import MixtureParams as MixtureParams
@@ -16,3 +16,6 @@ from ._regression import BayesianLinearRegression as BayesianLinearRegression
 from ._regression import RegressionParams as RegressionParams
 from ._regression import RegressionStats as RegressionStats
 from ._regression import RelevanceVectorMachine as RelevanceVectorMachine
+from ._probit import ProbitParams as ProbitParams
+from ._probit import ProbitRegression as ProbitRegression
+from ._probit import ProbitStats as ProbitStats

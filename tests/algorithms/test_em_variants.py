@@ -241,8 +241,10 @@ def test_generalized_em_is_monotone_and_reaches_em_optimum(em):
 
 @pytest.mark.parametrize(
     "algorithm",
-    [emjax.HardEM(), emjax.AnnealedEM(initial_temperature=3.0, steps_per_temperature=3), emjax.OverRelaxedEM(),
-     emjax.ECM(groups=(("covariances",), ("weights", "means")), e_step="group"), emjax.GeneralizedEM(n_steps=3)],
+    # The E-step options (hard, tempered) reach the weighted statistics as the soft
+    # E-step's do; these three cover the distinct M-steps (closed form, over-relaxed,
+    # conditional with a pass per group).
+    [emjax.HardEM(), emjax.OverRelaxedEM(), emjax.ECM(groups=(("covariances",), ("weights", "means")), e_step="group")],
     ids=lambda a: type(a).__name__,
 )
 def test_sample_weights_are_repetitions_with_a_prior(algorithm):
