@@ -10,7 +10,7 @@ import equinox as eqx
 from jax import Array
 
 from .._checks import check_int, check_number
-from ._base import Algorithm, AlgorithmState, check_e_step
+from ._base import Algorithm, AlgorithmState, check_e_step, float_dtype_of
 
 
 class AnnealedEMState(AlgorithmState):
@@ -19,11 +19,14 @@ class AnnealedEMState(AlgorithmState):
     Attributes:
         stats: the statistics at ``params`` under the tempered posterior of ``temperature``.
         temperature: the temperature of those statistics (1 once annealing is over).
+        fitted_temperature: the temperature of the statistics ``params`` were
+            maximised from (the initial temperature at ``init``).
         n_steps: steps taken (the schedule's clock).
     """
 
     stats: Any
     temperature: Array
+    fitted_temperature: Array
     n_steps: Array
 
 
@@ -89,10 +92,10 @@ class AnnealedEM(Algorithm):
 
     def init(self, model, params, data, key=None) -> AnnealedEMState:
         zero = jnp.zeros((), jnp.int32)
-        t = self.temperature(zero).astype(jax.tree.leaves(params)[0].dtype)
+        t = self.temperature(zero).astype(float_dtype_of(params))
         stats, loglik = data.e_step(model, params, temperature=t)
         objective = model.objective(stats, params, loglik)
-        return AnnealedEMState(params, objective, jnp.ones((), objective.dtype), stats, t, zero)
+        return AnnealedEMState(params, objective, jnp.ones((), objective.dtype), stats, t, t, zero)
 
     def step(self, model, state: AnnealedEMState, data) -> AnnealedEMState:
         params = model.m_step(state.stats, state.params)
@@ -101,7 +104,9 @@ class AnnealedEM(Algorithm):
         t = self.temperature(n).astype(state.temperature.dtype)
         stats, loglik = data.e_step(model, params, temperature=t)
         passes = state.n_passes + 1 + model.refine_passes
-        return AnnealedEMState(params, model.objective(stats, params, loglik), passes, stats, t, n)
+        return AnnealedEMState(params, model.objective(stats, params, loglik), passes, stats, t, state.temperature, n)
 
     def can_stop(self, state: AnnealedEMState) -> Array:
-        return state.temperature <= 1.0
+        # Both the statistics behind the parameters and the new ones at T = 1: the
+        # first step at T = 1 still maximised tempered statistics.
+        return (state.fitted_temperature <= 1.0) & (state.temperature <= 1.0)

@@ -6,6 +6,7 @@ import abc
 from typing import Any
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 from jax import Array
 
@@ -35,6 +36,15 @@ def check_no_refine(algorithm, model) -> None:
             f"{type(algorithm).__name__} updates the parameters from blocks of the data, but this model's "
             "M-step makes passes over all of it (StudentT(dof_update='ecme')): use BatchEM, or dof_update='ecm'."
         )
+
+
+def float_dtype_of(tree) -> Any:
+    """The dtype of the first floating leaf of ``tree`` (parameters or statistics may
+    hold integer leaves, e.g. k-medoids' indices), the default float without one."""
+    for leaf in jax.tree.leaves(tree):
+        if jnp.issubdtype(jnp.asarray(leaf).dtype, jnp.floating):
+            return jnp.asarray(leaf).dtype
+    return jnp.result_type(float)
 
 
 def check_e_step(algorithm, model, *, option: str | None = None, assignment: str | None = None) -> None:

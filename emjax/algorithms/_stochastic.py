@@ -10,7 +10,7 @@ import equinox as eqx
 from jax import Array
 
 from .._checks import check_int, check_number
-from ._base import Algorithm, AlgorithmState, check_e_step, check_no_refine
+from ._base import Algorithm, AlgorithmState, check_e_step, check_no_refine, float_dtype_of
 from ._stepwise import stepwise_update
 
 
@@ -91,8 +91,10 @@ class MonteCarloEM(_SampledEM):
     each point's latent class, ``m_t = min(max_samples, ceil(initial_samples *
     growth**t))``: few (cheap, noisy) draws early, more as the fit nears its
     optimum, so the Monte-Carlo error shrinks and the iterates settle at EM's
-    fixed point. The draws of all ``m_t`` samples of a point are taken at once
-    as multinomial counts, so a step costs about one E-step whatever ``m_t``.
+    fixed point. The ``m_t`` draws of a point are taken at once as multinomial
+    counts (``K`` binomial draws per point: no ``(m_t, N)`` array, and ``m_t`` may
+    grow inside the compiled loop), so a step costs a few E-steps' worth of
+    random numbers rather than ``m_t``.
 
     Args:
         initial_samples: draws per point at the first step.
@@ -155,5 +157,4 @@ class SAEM(_SampledEM):
         return jnp.where(step <= self.burn_in, jnp.ones((), dtype), late ** (-self.kappa))
 
     def combine(self, step, old, drawn):
-        dtype = jax.tree.leaves(old)[0].dtype
-        return stepwise_update(old, drawn, 1.0, self.gamma(step, dtype))
+        return stepwise_update(old, drawn, 1.0, self.gamma(step, float_dtype_of(old)))

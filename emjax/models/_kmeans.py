@@ -125,7 +125,9 @@ class KMeans(HardClustering):
     offset: Array | None = None
 
     init_methods: ClassVar[tuple[str, ...]] = ("k-means++", "random")
-    assignments: ClassVar[tuple[str, ...]] = ("hard",)
+    # k-means' posterior is the nearest centre: its soft and hard E-steps are one.
+    e_step_options: ClassVar[tuple[str, ...]] = ("assignment",)
+    assignments: ClassVar[tuple[str, ...]] = ("soft", "hard")
 
     def __init__(self, n_clusters: int, tol_scale=None, offset=None):
         check_n_components(n_clusters)
@@ -135,8 +137,12 @@ class KMeans(HardClustering):
 
     # -- the EM contract ------------------------------------------------------------------
 
-    def e_step(self, params: KMeansParams, x: Array, weights: Array | None = None, **options):
-        """Nearest-centre statistics and minus the (weighted) inertia of ``x``."""
+    def e_step(self, params: KMeansParams, x: Array, weights: Array | None = None, *, assignment: str = "soft"):
+        """Nearest-centre statistics and minus the (weighted) inertia of ``x``
+        (``assignment`` ``"soft"`` or ``"hard"``: the same for k-means)."""
+        if assignment not in self.assignments:
+            raise ValueError(f"KMeans assigns points to their nearest centre: assignment must be 'soft' or 'hard'; "
+                             f"got {assignment!r}.")
         d2, m = _sq_distances(params.centers, x, self.offset)
         labels = jnp.argmin(d2, axis=1)
         best = jnp.min(d2, axis=1)

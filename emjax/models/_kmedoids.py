@@ -181,13 +181,16 @@ class KMedoids(HardClustering):
             raise ValueError(f"method must be one of {self.init_methods}; got {method!r}.")
         k0, key = jax.random.split(key)
         first = jax.random.randint(k0, (), 0, n)
-        medoids = jnp.zeros((self.n_clusters,), jnp.int32).at[0].set(first)
+        medoids = jnp.zeros((self.n_clusters,), jnp.int32).at[0].set(first.astype(jnp.int32))
         closest = self.pairwise(x[first][None], x)[0]
         keys = jax.random.split(key, max(self.n_clusters - 1, 1))
 
         def body(i, carry):
             medoids, closest = carry
-            chosen = jnp.zeros(n, bool).at[medoids].set(jnp.arange(self.n_clusters) < i)
+            # Unfilled slots hold 0: scatter only the filled ones (a repeated index
+            # written False after True would unmark row 0).
+            filled = jnp.where(jnp.arange(self.n_clusters) < i, medoids, n)
+            chosen = jnp.zeros(n, bool).at[filled].set(True, mode="drop")
             weight = jnp.where(chosen, 0.0, closest)
             logits = jnp.where(jnp.sum(weight) > 0, jnp.log(weight), jnp.where(chosen, -jnp.inf, 0.0))
             idx = jax.random.categorical(keys[i - 1], logits)

@@ -803,8 +803,8 @@ def _check_assignment(assignment, key, n_samples) -> None:
     if assignment == "sample":
         if key is None:
             raise ValueError("assignment='sample' draws the classes: pass key=.")
-        if not is_traced(n_samples) and not (np.ndim(n_samples) == 0 and n_samples >= 1):
-            raise ValueError(f"n_samples must be a count >= 1; got {n_samples!r}.")
+        if not is_traced(n_samples) and not (np.ndim(n_samples) == 0 and n_samples >= 1 and n_samples == int(n_samples)):
+            raise ValueError(f"n_samples must be a whole count >= 1; got {n_samples!r}.")
 
 
 def _draw_classes(key, resp: Array, n_samples) -> Array:

@@ -84,7 +84,7 @@ class RegressionParams(eqx.Module):
             (one per weight: the relevance vector machine).
         beta: noise precision.
         active: ``(D,)`` booleans, False for a weight the relevance vector machine
-            pruned (its weight is 0; its ``alpha`` is where it crossed the threshold).
+            pruned (its weight is 0; its ``alpha`` keeps the last value below the threshold).
         mean: ``(D,)`` posterior mean of the weights at ``alpha``, ``beta``.
         cov: ``(D, D)`` their posterior covariance.
         x_offset: ``(D,)`` and y_offset: the data means the model is centred on

@@ -97,6 +97,17 @@ def test_float32_agrees_with_float64_far_from_the_origin():
     np.testing.assert_allclose(float(r32.objective[0]), float(r64.objective[0]), rtol=1e-4)
 
 
+def test_hard_em_on_kmeans_is_batch_em_and_other_assignments_are_refused():
+    model, res = _emjax()
+    hard = emjax.fit(model, X, key=jax.random.key(0), init=emjax.KMeansParams(jnp.asarray(C0)), tol=1e-4,
+                     max_iter=300, algorithm=emjax.HardEM())
+    np.testing.assert_array_equal(hard.params.centers, res.params.centers)
+    with pytest.raises(TypeError, match="assignment='sample'"):
+        emjax.fit(model, X, key=jax.random.key(0), algorithm=emjax.SAEM())
+    with pytest.raises(ValueError, match="nearest centre"):
+        model.e_step(res.params, jnp.asarray(X), assignment="sample")
+
+
 def test_bad_input_is_refused():
     model = emjax.KMeans(K)
     with pytest.raises(ValueError, match="centers must have shape"):
@@ -183,3 +194,10 @@ def test_kmedoids_refuses_bad_settings():
     with pytest.raises(ValueError, match="distinct row indices"):
         emjax.fit(emjax.KMedoids(2), X[:10], key=jax.random.key(0),
                   init=emjax.KMedoidsParams(jnp.array([1, 1], jnp.int32), jnp.asarray(X[[1, 1]])))
+
+
+def test_kmedoids_seeding_never_repeats_a_row_even_when_all_points_coincide():
+    model = emjax.KMedoids(3)
+    for s in range(10):
+        medoids = np.asarray(model.init(jax.random.key(s), jnp.zeros((4, 2)), "k-medoids++").medoids)
+        assert len(set(medoids.tolist())) == 3, medoids
