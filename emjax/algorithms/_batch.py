@@ -27,13 +27,18 @@ class BatchEM(Algorithm):
     """
 
     def init(self, model, params, data, key=None) -> BatchEMState:
-        stats, loglik = data.e_step(model, params)
-        objective = model.objective(stats, params, loglik)
-        return BatchEMState(params, objective, jnp.ones((), objective.dtype), stats)
+        return evaluated(model, params, data, None)
 
     def step(self, model, state: BatchEMState, data) -> BatchEMState:
         params = model.m_step(state.stats, state.params)
         params = model.refine(state.params, params, data)  # ECME's passes, if the model has any
-        stats, loglik = data.e_step(model, params)
-        passes = state.n_passes + 1 + model.refine_passes
-        return BatchEMState(params, model.objective(stats, params, loglik), passes, stats)
+        return evaluated(model, params, data, state.n_passes + model.refine_passes)
+
+
+def evaluated(model, params, data, n_passes, **options) -> BatchEMState:
+    """The state at ``params``: one E-step (with ``options``) gives the statistics
+    and the objective; ``n_passes`` (``None`` at ``init``) grows by that pass."""
+    stats, loglik = data.e_step(model, params, **options)
+    objective = model.objective(stats, params, loglik)
+    passes = jnp.ones((), objective.dtype) if n_passes is None else n_passes + 1
+    return BatchEMState(params, objective, passes, stats)

@@ -12,7 +12,7 @@ import optax
 
 from .._checks import check_int
 from ._base import Algorithm, check_no_refine
-from ._batch import BatchEMState
+from ._batch import BatchEMState, evaluated
 
 
 class ECM(Algorithm):
@@ -81,9 +81,7 @@ class ECM(Algorithm):
             raise ValueError(f"ECM groups leave {left} unestimated: cover every group of {model.param_groups} (or freeze it).")
 
     def init(self, model, params, data, key=None) -> BatchEMState:
-        stats, loglik = data.e_step(model, params)
-        objective = model.objective(stats, params, loglik)
-        return BatchEMState(params, objective, jnp.ones((), objective.dtype), stats)
+        return evaluated(model, params, data, None)
 
     def step(self, model, state: BatchEMState, data) -> BatchEMState:
         params, stats, passes = state.params, state.stats, state.n_passes
@@ -93,8 +91,7 @@ class ECM(Algorithm):
             if self.e_step == "group" and i < len(cycle) - 1:
                 stats, _ = data.e_step(model, params)
                 passes = passes + 1
-        stats, loglik = data.e_step(model, params)
-        return BatchEMState(params, model.objective(stats, params, loglik), passes + 1, stats)
+        return evaluated(model, params, data, passes)
 
 
 class GeneralizedEM(Algorithm):
@@ -151,9 +148,7 @@ class GeneralizedEM(Algorithm):
         return optax.with_extra_args_support(self.optimizer if self.optimizer is not None else optax.lbfgs())
 
     def init(self, model, params, data, key=None) -> BatchEMState:
-        stats, loglik = data.e_step(model, params)
-        objective = model.objective(stats, params, loglik)
-        return BatchEMState(params, objective, jnp.ones((), objective.dtype), stats)
+        return evaluated(model, params, data, None)
 
     def improve(self, model, stats, params, n_total):
         """Parameters whose ``Q`` (of ``stats``) is at least ``params``'."""
@@ -189,5 +184,4 @@ class GeneralizedEM(Algorithm):
 
     def step(self, model, state: BatchEMState, data) -> BatchEMState:
         params = self.improve(model, state.stats, state.params, data.n_points)
-        stats, loglik = data.e_step(model, params)
-        return BatchEMState(params, model.objective(stats, params, loglik), state.n_passes + 1, stats)
+        return evaluated(model, params, data, state.n_passes)

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import jax.numpy as jnp
-
 from ._base import Algorithm, check_e_step, check_no_refine
-from ._batch import BatchEMState
+from ._batch import BatchEMState, evaluated
 
 
 class HardEM(Algorithm):
@@ -33,11 +31,8 @@ class HardEM(Algorithm):
         check_e_step(self, model, option="assignment", assignment="hard")
 
     def init(self, model, params, data, key=None) -> BatchEMState:
-        stats, loglik = data.e_step(model, params, assignment="hard")
-        objective = model.objective(stats, params, loglik)
-        return BatchEMState(params, objective, jnp.ones((), objective.dtype), stats)
+        return evaluated(model, params, data, None, assignment="hard")
 
     def step(self, model, state: BatchEMState, data) -> BatchEMState:
         params = model.m_step(state.stats, state.params)
-        stats, loglik = data.e_step(model, params, assignment="hard")
-        return BatchEMState(params, model.objective(stats, params, loglik), state.n_passes + 1, stats)
+        return evaluated(model, params, data, state.n_passes, assignment="hard")

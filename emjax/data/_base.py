@@ -89,9 +89,7 @@ class Data(eqx.Module):
             >>> stats, loglik = data.e_step(model, params, temperature=2.0)
             >>> stats, loglik = data.e_step(model, params, key=key, assignment="sample")
         """
-        if key is None:
-            return self.map_sum(_e_step, (model, params, options))
-        return self.map_sum(_e_step_keyed, (model, params, options), key=key)
+        return self.map_sum(_e_step, (model, params, options), key=key)
 
     def objective(self, model, params, **options) -> Array:
         """The objective EM increases at ``params`` (one full pass)."""
@@ -99,11 +97,7 @@ class Data(eqx.Module):
         return model.objective(stats, params, loglik)
 
 
-def _e_step(operands, x, weights):
+def _e_step(operands, x, weights, *key):
+    # map_sum passes a chunk's key only when e_step was given one.
     model, params, options = operands
-    return model.e_step(params, x, weights, **options)
-
-
-def _e_step_keyed(operands, x, weights, key):
-    model, params, options = operands
-    return model.e_step(params, x, weights, key=key, **options)
+    return model.e_step(params, x, weights, **options, **({"key": key[0]} if key else {}))
