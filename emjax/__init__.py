@@ -20,6 +20,9 @@ from .models._kmedoids import KMedoidsParams as KMedoidsParams
 from .models._mixture import Mixture as Mixture
 from .models._probit import ProbitParams as ProbitParams
 from .models._probit import ProbitRegression as ProbitRegression
+from .models._bayesnet import BayesNetParams as BayesNetParams
+from .models._bayesnet import BayesNetStats as BayesNetStats
+from .models._bayesnet import DiscreteBayesNet as DiscreteBayesNet
 from .models._regression import BayesianLinearRegression as BayesianLinearRegression
 from .models._regression import RegressionParams as RegressionParams
 from .models._regression import RegressionStats as RegressionStats

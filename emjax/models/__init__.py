@@ -1,4 +1,4 @@
-"""EM models: finite mixtures (with their gating and seeding) k-means and k-medoids; Bayesian linear regression, the RVM and probit regression."""
+"""EM models: finite mixtures (with their gating and seeding) k-means and k-medoids; Bayesian linear regression, the RVM and probit regression; discrete Bayesian networks with hidden nodes."""
 
 from ._mixture import Mixture as Mixture
 from ._mixture import MixtureParams as MixtureParams
@@ -19,3 +19,6 @@ from ._regression import RelevanceVectorMachine as RelevanceVectorMachine
 from ._probit import ProbitParams as ProbitParams
 from ._probit import ProbitRegression as ProbitRegression
 from ._probit import ProbitStats as ProbitStats
+from ._bayesnet import BayesNetParams as BayesNetParams
+from ._bayesnet import BayesNetStats as BayesNetStats
+from ._bayesnet import DiscreteBayesNet as DiscreteBayesNet
