@@ -28,12 +28,14 @@ from .models._regression import RegressionParams as RegressionParams
 from .models._regression import RegressionStats as RegressionStats
 from .models._regression import RelevanceVectorMachine as RelevanceVectorMachine
 from .models._mixture import MixtureParams as MixtureParams
+from .models._experts import MixtureOfExperts as MixtureOfExperts
 from .models._mixture import MixtureStats as MixtureStats
 from ._model import EMModel as EMModel
 from ._model import UserModel as UserModel
 from ._model import as_model as as_model
 from .models._gating import ConstantGating as ConstantGating
 from .models._gating import Gating as Gating
+from .models._gating import SoftmaxGating as SoftmaxGating
 from ._model import add_stats as add_stats
 from ._model import scale_stats as scale_stats
 from .families._priors import BetaPrior as BetaPrior
@@ -73,6 +75,10 @@ from .families import CategoricalParams as CategoricalParams
 from .families import Binomial as Binomial
 from .families import BinomialParams as BinomialParams
 from .families import Gaussian as Gaussian
+from .families import LinearExpert as LinearExpert
+from .families import LinearExpertParams as LinearExpertParams
+from .families import LogisticExpert as LogisticExpert
+from .families import LogisticExpertParams as LogisticExpertParams
 from .families import GaussianParams as GaussianParams
 from .families import Multinomial as Multinomial
 from .families import MultinomialParams as MultinomialParams

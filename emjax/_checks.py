@@ -681,3 +681,60 @@ def check_probabilities(value, shape: tuple, name: str) -> np.ndarray | None:
             f"{name} are probabilities and must lie in [0, 1]; got values in [{np.min(p)}, {np.max(p)}]."
         )
     return p
+
+
+def not_binary(xp, x):
+    return (x != 0) & (x != 1)
+
+
+def as_regression_data(data, model: str, *, labels: bool = False, multi_output: bool = False):
+    """``(X, y)`` data of a regression model, checked and converted before anything compiles.
+
+    ``X`` is checked as :func:`as_data_matrix` checks a data matrix (naming it
+    ``X``); ``y`` must have one entry per row of ``X``, be real and finite, and,
+    with ``labels``, hold 0/1 labels. Both come back in ``X``'s floating dtype.
+
+    Args:
+        data: a pair ``(X, y)``: ``X`` ``(N, D)``, ``y`` ``(N,)`` (or ``(N, Dy)``
+            with ``multi_output``).
+        model: the model's name, for the messages.
+        labels: ``y`` holds 0/1 labels (booleans allowed).
+        multi_output: ``y`` may be ``(N, Dy)``.
+
+    Returns:
+        ``(X, y)`` as JAX arrays.
+
+    Raises:
+        TypeError: not a pair, or a part that is not numeric.
+        ValueError: wrong shapes, NaN or infinite values, labels other than 0/1.
+
+    Example:
+        >>> as_regression_data((np.ones((3, 2)), np.array([0, 1, 1])), "ProbitRegression", labels=True)[1]
+        Array([0., 1., 1.], dtype=float32)
+    """
+    shape = "(N,) or (N, Dy)" if multi_output else "(N,)"
+    kind = " of 0/1 labels" if labels else ""
+    if not (isinstance(data, (tuple, list)) and len(data) == 2):
+        raise TypeError(
+            f"{model} takes data as a pair (X, y): X (N, D) and y {shape}{kind}; got {type(data).__name__}"
+            + (f" of length {len(data)}." if isinstance(data, (tuple, list)) else ".")
+        )
+    x = as_data_matrix(data[0], "X")
+    y = data[1]
+    check_dense(y, "y")
+    if not is_traced(y) and not is_sharded(y):
+        y = host_array(y, "y")
+        check_numeric_dtype(y.dtype, "y")
+    ndims = (1, 2) if multi_output else (1,)
+    if jnp.ndim(y) not in ndims or jnp.shape(y)[0] != x.shape[0]:
+        raise ValueError(
+            f"{model}: y must be {shape} with one entry per row of X ({x.shape[0]} rows); got shape {jnp.shape(y)}."
+        )
+    if not is_traced(y):
+        if jnp.issubdtype(y.dtype, jnp.floating):
+            raise_first(find_first(not_finite, y), "y", "NaN or infinite value(s)",
+                        hint="Remove those rows before fitting or predicting.")
+        if labels:
+            raise_first(find_first(not_binary, y), "y", "value(s) other than 0 and 1",
+                        rule=f"{model} takes y of 0/1 labels")
+    return x, jnp.asarray(y, x.dtype)

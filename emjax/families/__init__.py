@@ -23,3 +23,10 @@ from ._poisson import PoissonStats as PoissonStats
 from ._student import StudentT as StudentT
 from ._student import StudentTParams as StudentTParams
 from ._student import StudentTStats as StudentTStats
+from ._experts import Expert as Expert
+from ._experts import LinearExpert as LinearExpert
+from ._experts import LinearExpertParams as LinearExpertParams
+from ._experts import LinearExpertStats as LinearExpertStats
+from ._experts import LogisticExpert as LogisticExpert
+from ._experts import LogisticExpertParams as LogisticExpertParams
+from ._experts import LogisticExpertStats as LogisticExpertStats

@@ -134,13 +134,14 @@ class Family(eqx.Module):
                 current means); ``None`` lets the family choose.
         """
 
-    @abc.abstractmethod
     def expected_log_likelihood(self, stats: Stats, params: Params) -> Array:
         """``sum_n sum_k r_nk log p(x_n | theta_k)`` computed from the statistics.
 
         Linear in ``stats`` and exact up to terms that do not depend on ``params``
         (such as ``log x!``). Incremental EM uses it to track its free energy
-        without another pass over the data.
+        without another pass over the data; a family whose statistics cannot give
+        it (a gradient at the E-step's parameters) leaves this default, which
+        raises, and :meth:`emjax.Mixture.provides` then says so.
         """
         raise NotImplementedError(f"{type(self).__name__} does not provide expected_log_likelihood.")
 

@@ -1,4 +1,4 @@
-"""EM models: finite mixtures (with their gating and seeding) k-means and k-medoids; Bayesian linear regression, the RVM and probit regression; discrete Bayesian networks with hidden nodes."""
+"""EM models: finite mixtures (with their gating and seeding), mixtures of experts, k-means and k-medoids; Bayesian linear regression, the RVM and probit regression; discrete Bayesian networks with hidden nodes."""
 
 from ._mixture import Mixture as Mixture
 from ._mixture import MixtureParams as MixtureParams
@@ -22,3 +22,6 @@ from ._probit import ProbitStats as ProbitStats
 from ._bayesnet import BayesNetParams as BayesNetParams
 from ._bayesnet import BayesNetStats as BayesNetStats
 from ._bayesnet import DiscreteBayesNet as DiscreteBayesNet
+from ._experts import MixtureOfExperts as MixtureOfExperts
+from ._gating import SoftmaxGating as SoftmaxGating
+from ._gating import SoftmaxGatingStats as SoftmaxGatingStats

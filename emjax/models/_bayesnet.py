@@ -41,7 +41,7 @@ from .._checks import (
 )
 from .._chunks import chunked_map, default_chunk_size, n_rows
 from .._model import EMModel
-from ._mixture import _check_assignment, _check_temperature, _draw_classes, _is_one, _log_normalize
+from ._mixture import latent_posterior
 
 #: The largest joint hidden state space enumerated by default.
 DEFAULT_MAX_HIDDEN_STATES = 4096
@@ -451,18 +451,8 @@ class DiscreteBayesNet(EMModel):
         Example:
             >>> stats, loglik = model.e_step(params, model.validate_data(x))
         """
-        _check_assignment(assignment, key, n_samples)
         lj, design = self._log_joint(params, x)
-        if _is_one(temperature):
-            ll, post = _log_normalize(lj)
-        else:
-            _check_temperature(temperature)
-            ll, post = logsumexp(lj, axis=1), jax.nn.softmax(lj / temperature, axis=1)
-        if assignment == "hard":
-            ll = jnp.max(lj, axis=1)
-            post = jax.nn.one_hot(jnp.argmax(lj, axis=1), lj.shape[1], dtype=lj.dtype)
-        elif assignment == "sample":
-            post = _draw_classes(key, post, n_samples)
+        ll, post = latent_posterior(lj, temperature=temperature, assignment=assignment, key=key, n_samples=n_samples)
         w = jnp.ones_like(ll) if weights is None else weights.astype(ll.dtype)
         # (F, H): the mass of every (observed family configuration, hidden configuration),
         # then of every CPT cell (a cell recurs for the hidden configurations that agree

@@ -21,7 +21,8 @@ import equinox as eqx
 from jax import Array
 from jax.scipy.special import xlogy
 
-from .._checks import check_shape, concrete
+from .._checks import check_number, check_shape, concrete
+from ..families._experts import design, ridge_solve, slope_mask
 from ..families._priors import Dirichlet
 
 Params = Any
@@ -83,8 +84,8 @@ class Gating(eqx.Module):
         raise NotImplementedError(f"{type(self).__name__} does not provide expected_log_likelihood.")
 
     @abc.abstractmethod
-    def init(self, n_components: int, dtype) -> Params:
-        """Starting parameters: uniform weights."""
+    def init(self, n_components: int, dtype, x: Any = None) -> Params:
+        """Starting parameters: uniform weights (``x``, the data, sizes a covariate-dependent gating)."""
 
     def unconstrain(self, params: Params) -> Any:
         """The parameters in unconstrained coordinates (gradient ascent).
@@ -103,8 +104,8 @@ class Gating(eqx.Module):
         raise NotImplementedError(f"{type(self).__name__} does not implement unconstrain()/constrain().")
 
     @abc.abstractmethod
-    def n_parameters(self, n_components: int) -> int:
-        """Number of free parameters of the gating of ``n_components`` components."""
+    def n_parameters(self, n_components: int, n_features: int | None = None) -> int:
+        """Number of free parameters of the gating of ``n_components`` components (on ``n_features`` covariates)."""
 
     def validate_params(self, params: Params, n_components: int) -> None:
         """Raise a clear error if ``params`` are inconsistent (shapes, constraints); no check by default."""
@@ -164,7 +165,7 @@ class ConstantGating(Gating):
     def expected_log_likelihood(self, stats: Array, params: Array) -> Array:
         return jnp.sum(xlogy(stats, params))
 
-    def init(self, n_components: int, dtype) -> Array:
+    def init(self, n_components: int, dtype, x: Any = None) -> Array:
         return jnp.full((n_components,), 1.0 / n_components, dtype=dtype)
 
     def unconstrain(self, params: Array) -> Array:
@@ -176,7 +177,7 @@ class ConstantGating(Gating):
         """``softmax(u)``: valid weights from any real ``u``."""
         return jax.nn.softmax(u)
 
-    def n_parameters(self, n_components: int) -> int:
+    def n_parameters(self, n_components: int, n_features: int | None = None) -> int:
         return n_components - 1
 
     def validate_params(self, params: Array, n_components: int) -> None:
@@ -195,3 +196,131 @@ class ConstantGating(Gating):
         k = params.shape[0]
         weights = jnp.where(mask, 1.0 / k, params)
         return weights / jnp.sum(weights)
+
+
+def covariates(x: Any) -> Array:
+    """The covariates of the data a covariate-dependent gating sees: ``X`` of a pair ``(X, y)``, else ``x`` itself."""
+    return x[0] if isinstance(x, (tuple, list)) else x
+
+
+class SoftmaxGating(Gating):
+    """Weights that depend on covariates: ``pi_k(x) = softmax_k(W [x, 1])``, the gating of a mixture of experts.
+
+    The parameters are the logit coefficients ``W`` ``(K, Q)`` (``Q = P + 1`` with
+    the intercept, last); softmax is unchanged by adding one row to all, so the
+    M-step works with the differences to the last row, which it keeps at 0. A
+    Gaussian prior ``N(0, 1 / prior_precision)`` on those differences' slopes
+    keeps ``W`` finite when the components are separable in ``x``.
+
+    The M-step has no closed form; it is a generalized-EM step: one Newton step in
+    which the Hessian of ``sum_nk r_nk log pi_k(x_n)`` is replaced by Bohning's
+    bound ``-(1/2) (I - 11^T / K) (x) sum_n w_n z_n z_n^T`` (Bohning 1992; ``w_n``
+    the row's weight), the maximum of a quadratic minorant, so every step raises
+    the expected complete-data log-likelihood (and EM's objective). Its
+    statistics are the gradient at the E-step's ``W`` and the weighted scatter
+    of the design: they add over rows taken at the same ``W`` (batch
+    algorithms); incremental EM, which needs them linear, refuses the gating.
+
+    Args:
+        prior_precision: the slopes' prior precision, ``>= 0``.
+        fit_intercept: a constant covariate (the intercept of each logit).
+
+    Example:
+        >>> model = emjax.MixtureOfExperts(emjax.LinearExpert(), 3, gating=emjax.SoftmaxGating(prior_precision=1.0))
+    """
+
+    prior_precision: float = eqx.field(static=True)
+    fit_intercept: bool = eqx.field(static=True)
+
+    def __init__(self, prior_precision: float = 1e-2, fit_intercept: bool = True):
+        self.prior_precision = check_number("prior_precision", prior_precision, low=0.0)
+        self.fit_intercept = bool(fit_intercept)
+
+    def log_weights(self, params: Array, x: Any) -> Array:
+        """``(N, K)`` ``log softmax(z_n W^T)``.
+
+        Raises:
+            ValueError: ``x`` is ``None`` (the weights depend on the covariates).
+        """
+        if x is None:
+            raise ValueError(
+                "SoftmaxGating's weights depend on the covariates: there are no marginal weights to give "
+                "without x (sample and predict with MixtureOfExperts' methods, which take X)."
+            )
+        z = design(covariates(x), self.fit_intercept)
+        return jax.nn.log_softmax(jnp.matmul(z, params.T, precision=jax.lax.Precision.HIGHEST), axis=1)
+
+    def statistics(self, x: Any, resp: Array, params: Array | None = None) -> "SoftmaxGatingStats":
+        z = design(covariates(x), self.fit_intercept)
+        w = jnp.sum(resp, axis=1)
+        if params is None:
+            probs = jnp.full(resp.shape, 1.0 / resp.shape[1], resp.dtype)
+        else:
+            probs = jax.nn.softmax(jnp.matmul(z, params.T, precision=jax.lax.Precision.HIGHEST), axis=1)
+        grad = jnp.matmul((resp - w[:, None] * probs).T, z, precision=jax.lax.Precision.HIGHEST)
+        scatter = jnp.matmul((z * w[:, None]).T, z, precision=jax.lax.Precision.HIGHEST)
+        return SoftmaxGatingStats(grad, scatter)
+
+    def _free(self, params: Array) -> Array:
+        """``(K - 1, Q)`` the rows less the last: the identified coordinates."""
+        return params[:-1] - params[-1:]
+
+    def _penalty(self, q: int, dtype) -> Array:
+        return self.prior_precision * slope_mask(q, self.fit_intercept, dtype)
+
+    def maximize(self, stats: "SoftmaxGatingStats", params: Array | None = None) -> Array:
+        k, q = stats.grad.shape
+        dtype = stats.grad.dtype
+        v = jnp.zeros((k - 1, q), dtype) if params is None else self._free(params)
+        penalty = self._penalty(q, dtype)
+        # Bohning's bound on the (K-1)-class block: A (x) S with A = (I - 11^T / K) / 2.
+        a = 0.5 * (jnp.eye(k - 1, dtype=dtype) - 1.0 / k)
+        bound = jnp.kron(a, stats.scatter)
+        rhs = (stats.grad[:-1] - penalty * v).reshape(-1)
+        step = ridge_solve(bound, rhs[:, None], jnp.tile(penalty, k - 1))[:, 0]
+        v = v + step.reshape(k - 1, q)
+        return jnp.concatenate([v, jnp.zeros((1, q), dtype)], axis=0)
+
+    def log_prior(self, params: Array) -> Array:
+        """``-prior_precision / 2`` times the squared slopes of the rows less the last (up to a constant)."""
+        v = self._free(params)
+        return -0.5 * jnp.sum(self._penalty(v.shape[1], v.dtype) * v * v)
+
+    def init(self, n_components: int, dtype, x: Any = None) -> Array:
+        """``W = 0``: equal weights everywhere."""
+        if x is None:
+            raise ValueError("SoftmaxGating.init needs the data to size W (K, P + 1).")
+        q = covariates(x).shape[1] + int(self.fit_intercept)
+        return jnp.zeros((n_components, q), dtype)
+
+    def unconstrain(self, params: Array) -> Array:
+        return params
+
+    def constrain(self, u: Array) -> Array:
+        return u
+
+    def n_parameters(self, n_components: int, n_features: int | None = None) -> int:
+        if n_features is None:
+            raise TypeError("SoftmaxGating.n_parameters needs n_features, the number of covariates.")
+        return (n_components - 1) * (n_features + int(self.fit_intercept))
+
+    def validate_params(self, params: Array, n_components: int) -> None:
+        shape = jnp.shape(params)
+        if len(shape) != 2 or shape[0] != n_components:
+            raise ValueError(f"SoftmaxGating parameters must be W ({n_components}, Q); got shape {shape}.")
+        w = concrete(params)
+        if w is not None and not np.all(np.isfinite(w)):
+            raise ValueError("SoftmaxGating parameters W must be finite.")
+
+
+class SoftmaxGatingStats(eqx.Module):
+    """Statistics of a :class:`SoftmaxGating` at the E-step's ``W``.
+
+    Attributes:
+        grad: ``(K, Q)`` ``sum_n z_n (r_nk - w_n pi_k(x_n))``, the gradient of
+            ``sum_nk r_nk log pi_k(x_n)`` with respect to ``W``.
+        scatter: ``(Q, Q)`` ``sum_n w_n z_n z_n^T``, ``w_n = sum_k r_nk``.
+    """
+
+    grad: Array
+    scatter: Array

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, ClassVar
 
 import numpy as np
@@ -266,23 +267,8 @@ class Mixture(EMModel):
             >>> stats, loglik = model.e_step(params, x, temperature=4.0)
             >>> stats, loglik = model.e_step(params, x, assignment="sample", key=key)
         """
-        _check_assignment(assignment, key, n_samples)
         lj, cache = self._fitting_log_joint(params, x)
-        if _is_one(temperature):
-            ll, resp = _log_normalize(lj)
-        else:
-            _check_temperature(temperature)
-            ll = logsumexp(lj, axis=1)
-            # softmax(lj / T) with one more exp per entry (not two): the row maximum
-            # of lj / T is that of lj over T, for T > 0.
-            top = jax.lax.stop_gradient(jnp.max(lj, axis=1, keepdims=True))
-            e = jnp.exp((lj - jnp.where(jnp.isfinite(top), top, 0.0)) / temperature)
-            resp = e / jnp.sum(e, axis=1, keepdims=True)
-        if assignment == "hard":
-            ll = jnp.max(lj, axis=1)
-            resp = jax.nn.one_hot(jnp.argmax(lj, axis=1), lj.shape[1], dtype=lj.dtype)
-        elif assignment == "sample":
-            resp = _draw_classes(key, resp, n_samples)
+        ll, resp = latent_posterior(lj, temperature=temperature, assignment=assignment, key=key, n_samples=n_samples)
         if weights is not None:
             resp = resp * weights[:, None]
             total = jnp.sum(weights * ll)
@@ -373,6 +359,17 @@ class Mixture(EMModel):
         weight_term = self.gating.expected_log_likelihood(self._gating_stats(stats), params.weights)
         return weight_term + self.family.expected_log_likelihood(stats.components, params.components)
 
+    def provides(self, name: str) -> bool:
+        """:meth:`EMModel.provides`; ``expected_log_joint`` only where the family and
+        the gating both compute their expected log-likelihoods from the statistics
+        (not a :class:`emjax.LogisticExpert` or a :class:`emjax.SoftmaxGating`, whose
+        statistics are gradients at the E-step's parameters)."""
+        if name == "expected_log_joint":
+            return _overrides(self.family, Family, "expected_log_likelihood") and _overrides(
+                self.gating, Gating, "expected_log_likelihood"
+            )
+        return super().provides(name)
+
     def adapt(self, x: Array, weights: Array | None = None) -> "Mixture":
         """The mixture with its family's data-measured constants set from ``x``
         (an :class:`emjax.data.Data`, or ``(N, D)`` data with optional ``(N,)``
@@ -428,7 +425,7 @@ class Mixture(EMModel):
             centers = _init.random_points(key, seeds, k)
         else:
             raise ValueError(f"unknown init method {method!r}; choose one of {INIT_METHODS}.")
-        return MixtureParams(self.gating.init(k, seeds.dtype), self.family.init_from_centers(x, centers))
+        return MixtureParams(self.gating.init(k, seeds.dtype, x), self.family.init_from_centers(x, centers))
 
     def init_from_resp(self, x: Array, resp: Array) -> MixtureParams:
         """Parameters from one M-step on given responsibilities ``(N, K)``.
@@ -778,7 +775,7 @@ class Mixture(EMModel):
     def n_parameters(self, n_features: int) -> int:
         """Number of free parameters (frozen groups are not estimated, so not counted)."""
         k = self.n_components
-        n_weights = 0 if "weights" in self.frozen else self.gating.n_parameters(k)
+        n_weights = 0 if "weights" in self.frozen else self.gating.n_parameters(k, n_features)
         return n_weights + self.family.n_parameters(k, n_features, self.frozen - {"weights"})
 
     def bic(self, params: MixtureParams, x: Array) -> Array:
@@ -789,6 +786,48 @@ class Mixture(EMModel):
     def aic(self, params: MixtureParams, x: Array) -> Array:
         """Akaike information criterion ``-2 log L + 2 p`` (lower is better)."""
         return -2 * jnp.sum(self.log_prob(params, x)) + 2 * self.n_parameters(n_features(x))
+
+
+def _overrides(obj, base, name: str) -> bool:
+    """Whether ``obj``'s class defines ``name`` other than ``base``'s default."""
+    return inspect.getattr_static(type(obj), name) is not base.__dict__[name]
+
+
+def latent_posterior(lj: Array, *, temperature=1.0, assignment: str = "soft", key=None, n_samples=1):
+    """The log-likelihood of each row and the weights of its latent values, from the
+    ``(N, L)`` log joint ``lj`` over ``L`` latent values (a mixture's components, a
+    Bayesian network's hidden configurations).
+
+    Args:
+        lj: ``(N, L)`` ``log p(x_n, z = l)``.
+        temperature: the weights are ``softmax(lj / temperature)`` (deterministic
+            annealing); the Python number 1 takes the untempered path, bit for bit.
+        assignment: ``"soft"`` (the posterior), ``"hard"`` (one-hot on the most
+            probable value; the log-likelihood is then ``max_l lj``) or
+            ``"sample"`` (the share of ``n_samples`` posterior draws, with ``key``).
+        key: the PRNG key of ``"sample"``.
+        n_samples: draws per row under ``"sample"``.
+
+    Returns:
+        ``(loglik (N,), weights (N, L))``.
+    """
+    _check_assignment(assignment, key, n_samples)
+    if _is_one(temperature):
+        ll, resp = _log_normalize(lj)
+    else:
+        _check_temperature(temperature)
+        ll = logsumexp(lj, axis=1)
+        # softmax(lj / T) with one more exp per entry (not two): the row maximum
+        # of lj / T is that of lj over T, for T > 0.
+        top = jax.lax.stop_gradient(jnp.max(lj, axis=1, keepdims=True))
+        e = jnp.exp((lj - jnp.where(jnp.isfinite(top), top, 0.0)) / temperature)
+        resp = e / jnp.sum(e, axis=1, keepdims=True)
+    if assignment == "hard":
+        ll = jnp.max(lj, axis=1)
+        resp = jax.nn.one_hot(jnp.argmax(lj, axis=1), lj.shape[1], dtype=lj.dtype)
+    elif assignment == "sample":
+        resp = _draw_classes(key, resp, n_samples)
+    return ll, resp
 
 
 def _is_one(temperature) -> bool:

@@ -11,7 +11,7 @@ import equinox as eqx
 from jax import Array
 from jax.scipy.special import log_ndtr, ndtr
 
-from .._checks import check_number
+from .._checks import as_regression_data, check_number
 from .._model import EMModel
 
 _EXACT = jax.lax.Precision.HIGHEST
@@ -113,17 +113,7 @@ class ProbitRegression(EMModel):
         return (self.predict_proba(params, x) > 0.5).astype(jnp.int32)
 
     def validate_data(self, data):
-        if not (isinstance(data, (tuple, list)) and len(data) == 2):
-            raise TypeError("ProbitRegression takes data (X, y): X (N, D) and y (N,) of 0/1 labels.")
-        x, y = np.asarray(data[0]), np.asarray(data[1])
-        if x.ndim != 2 or y.ndim != 1 or x.shape[0] != y.shape[0]:
-            raise ValueError(f"X must be (N, D) and y (N,) with the same N; got {x.shape} and {y.shape}.")
-        if not np.all(np.isfinite(x)):
-            raise ValueError("X must be finite.")
-        if not np.all((y == 0) | (y == 1)):
-            raise ValueError("y must hold 0/1 labels.")
-        dtype = x.dtype if np.issubdtype(x.dtype, np.floating) else jnp.result_type(float)
-        return jnp.asarray(x, dtype), jnp.asarray(y, dtype)
+        return as_regression_data(data, "ProbitRegression", labels=True)
 
     def validate_params(self, params, data) -> None:
         if not isinstance(params, ProbitParams):

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import equinox as eqx
 from jax import Array
 
-from .._checks import check_number
+from .._checks import as_regression_data, check_number
 from .._model import EMModel
 
 _EXACT = jax.lax.Precision.HIGHEST
@@ -212,17 +212,7 @@ class _EvidenceRegression(EMModel):
         return mean, jnp.sqrt(var)
 
     def validate_data(self, data):
-        if not (isinstance(data, (tuple, list)) and len(data) == 2):
-            raise TypeError(f"{type(self).__name__} takes data (X, y): X (N, D) and y (N,).")
-        x, y = (jnp.asarray(a) for a in data)
-        if x.ndim != 2 or y.ndim != 1 or x.shape[0] != y.shape[0]:
-            raise ValueError(f"X must be (N, D) and y (N,) with the same N; got {x.shape} and {y.shape}.")
-        if not jnp.issubdtype(x.dtype, jnp.floating):
-            x = x.astype(jnp.result_type(float))
-        y = y.astype(x.dtype)
-        if not (np.all(np.isfinite(np.asarray(x))) and np.all(np.isfinite(np.asarray(y)))):
-            raise ValueError("X and y must be finite.")
-        return x, y
+        return as_regression_data(data, type(self).__name__)
 
     def row_width(self, data) -> int:
         d = np.shape(data[0])[-1]

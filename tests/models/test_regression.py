@@ -79,9 +79,9 @@ def test_regression_data_are_checked():
     model = emjax.BayesianLinearRegression()
     with pytest.raises(TypeError, match=r"\(X, y\)"):
         emjax.fit(model, X, key=jax.random.key(0))
-    with pytest.raises(ValueError, match="same N"):
+    with pytest.raises(ValueError, match="one entry per row of X"):
         emjax.fit(model, (X, Y[:-1]), key=jax.random.key(0))
     bad = Y.copy()
     bad[3] = np.nan
-    with pytest.raises(ValueError, match="finite"):
+    with pytest.raises(ValueError, match="y contains 1 NaN or infinite value.s., the first is nan at row 3"):
         emjax.fit(model, (X, bad), key=jax.random.key(0))
