@@ -177,6 +177,12 @@ class GradientAscent(Algorithm):
     def validate(self, model, data) -> None:
         if self.batch_size is not None:
             check_batches(self, data)
+            if model.provides("objective"):
+                raise TypeError(
+                    f"GradientAscent with batch_size scales a mini-batch's log-likelihood to the whole data set, "
+                    f"but {type(model).__name__} computes its objective from the statistics (not a sum over rows): "
+                    "use full-batch gradients (batch_size=None)."
+                )
 
     @property
     def _transform(self) -> optax.GradientTransformationExtraArgs:
@@ -196,6 +202,7 @@ class GradientAscent(Algorithm):
 
     def init(self, model, params, data, key=None) -> GradientAscentState:
         u = model.unconstrain(params)
+        _check_differentiable(model, u)
         n_total = data.n_points
         loss = self._loss(model, data, params, n_total)
         (_, (params, objective)), grad = jax.value_and_grad(loss, has_aux=True)(u)
@@ -263,4 +270,19 @@ class GradientAscent(Algorithm):
         n_passes = state.n_passes + reads.astype(state.n_passes.dtype) * (m / n)
         return GradientAscentState(
             params, objective, n_passes, u, _hide_inf(opt_state), None, state.key, state.n_updates + n_updates
+        )
+
+
+def _check_differentiable(model, u) -> None:
+    """Refuse, while tracing, unconstrained coordinates with a leaf that is not a float
+    array (a mask, a count): gradients and optimizer states exist only for floats."""
+    paths = jax.tree_util.tree_flatten_with_path(u)[0]
+    bad = [(jax.tree_util.keystr(path), leaf) for path, leaf in paths if not eqx.is_inexact_array(leaf)]
+    if bad:
+        where, leaf = bad[0]
+        raise TypeError(
+            f"GradientAscent differentiates every leaf of {type(model).__name__}.unconstrain(params), but "
+            f"{where or 'the parameters'} is of dtype {jnp.result_type(leaf)}, not a float: the model has no "
+            "unconstrained coordinates for gradient ascent (define unconstrain/constrain over its float "
+            "parameters), or fit it by EM."
         )

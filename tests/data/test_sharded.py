@@ -117,10 +117,14 @@ SCRIPT = textwrap.dedent(
         ("poisson+w", emjax.Mixture(emjax.Poisson(), 2), counts, w),
         ("categorical+w", emjax.Mixture(emjax.Categorical(3), 2), codes, w),
         ("binomial-pair", emjax.Mixture(emjax.Binomial(None), 2), (successes, trials), None),
+        # Statistics that merge themselves: centred cross-products (Chan's update) and
+        # experts' residual moments about the E-step's coefficients.
+        ("bayesian-regression+w", emjax.BayesianLinearRegression(), (x[:, :2], x[:, 2]), w),
+        ("experts", emjax.MixtureOfExperts(emjax.LinearExpert(), 2), (x[:, :2], x[:, 2]), None),
     ]
     out["cases"] = {}
     for name, model, data, weights in cases:
-        p0 = model.init(jax.random.key(3), model.validate_data(data), "random")
+        p0 = model.init(jax.random.key(3), model.validate_data(data), "random" if "random" in model.init_methods else model.init_methods[0])
         runs = {}
         capture["next_sharded"] = name == "diag+w"  # keep the compiled sharded fit's HLO
         for where, xi, wi in (("single", data, weights), ("sharded", jax.device_put(data, rows),
@@ -278,7 +282,10 @@ def sharded_run(tmp_path_factory):
     return out
 
 
-CASES = ["full", "diag+w", "missing-full", "tied+w", "poisson+w", "categorical+w", "binomial-pair"]
+CASES = [
+    "full", "diag+w", "missing-full", "tied+w", "poisson+w", "categorical+w", "binomial-pair", "bayesian-regression+w",
+    "experts",
+]
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -46,3 +46,19 @@ def test_probit_em_equals_the_bfgs_map_and_is_monotone(tau):
 def test_probit_refuses_bad_labels():
     with pytest.raises(ValueError, match="0/1"):
         emjax.fit(emjax.ProbitRegression(), (X, Y * 2), key=jax.random.key(0))
+
+
+def test_probit_over_a_stream_and_by_gradient_ascent_reaches_the_same_map():
+    import optax
+
+    model = emjax.ProbitRegression(prior_precision=1.0)
+    w_map, obj = _bfgs_map(X, Y, 1.0)
+    chunks = [(X[i:i + 128], Y[i:i + 128]) for i in range(0, len(Y), 128)]
+    streamed = emjax.fit(model, chunks, key=jax.random.key(0), tol=0.0, max_iter=15)
+    batch = emjax.fit(model, (X, Y), key=jax.random.key(0), tol=0.0, max_iter=15)
+    np.testing.assert_allclose(streamed.trace, batch.trace, rtol=1e-12)
+    np.testing.assert_allclose(streamed.params.weights, batch.params.weights, rtol=1e-10)
+    grad = emjax.fit(model, (X, Y), key=jax.random.key(0), algorithm=emjax.GradientAscent(optax.lbfgs()),
+                     max_iter=200, tol=1e-14)
+    np.testing.assert_allclose(grad.params.weights, w_map, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(float(grad.objective[0]), obj, rtol=1e-10)

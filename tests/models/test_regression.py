@@ -85,3 +85,35 @@ def test_regression_data_are_checked():
     bad[3] = np.nan
     with pytest.raises(ValueError, match="y contains 1 NaN or infinite value.s., the first is nan at row 3"):
         emjax.fit(model, (X, bad), key=jax.random.key(0))
+
+
+@pytest.mark.parametrize("model", [emjax.BayesianLinearRegression(), emjax.RelevanceVectorMachine(threshold_alpha=1e4)],
+                         ids=["blr", "rvm"])
+def test_streams_restarts_and_stepwise_em_reach_the_batch_fixed_point(model):
+    batch = _fit(model, max_iter=25, tol=0.0)
+    chunks = [(X[i:i + 64], Y[i:i + 64]) for i in range(0, len(Y), 64)]  # a short last chunk
+    streamed = emjax.fit(model, chunks, key=jax.random.key(0), max_iter=25, tol=0.0, n_restarts=2)
+    for r in range(2):  # the start is deterministic: both restarts are the batch fit
+        np.testing.assert_allclose(np.asarray(streamed.restart_params.alpha)[r], batch.params.alpha, rtol=1e-9)
+        np.testing.assert_allclose(np.asarray(streamed.restart_params.mean)[r], batch.params.mean, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(streamed.trace[0], batch.trace[0], rtol=1e-10)
+    # Stepwise EM: the statistics do not depend on the parameters, so the running
+    # average of mini-batch statistics tends to the whole data's and the precisions follow.
+    online = emjax.fit(model, (X, Y), key=jax.random.key(0), max_iter=300, tol=0.0,
+                       algorithm=emjax.StepwiseEM(batch_size=50, kappa=0.6))
+    converged = _fit(model)
+    np.testing.assert_allclose(float(online.params.beta), float(converged.params.beta), rtol=0.1)
+    np.testing.assert_allclose(online.params.mean, converged.params.mean, atol=0.05)
+
+
+def test_algorithms_the_evidence_does_not_admit_are_refused_before_compiling():
+    model = emjax.BayesianLinearRegression()
+    with pytest.raises(TypeError, match="expected_log_joint"):
+        emjax.fit(model, (X, Y), key=jax.random.key(0), algorithm=emjax.IncrementalEM(n_blocks=2))
+    with pytest.raises(TypeError, match="not a float"):
+        emjax.fit(model, (X, Y), key=jax.random.key(0), algorithm=emjax.GradientAscent(__import__("optax").adam(0.1)))
+    with pytest.raises(TypeError, match="not a sum over rows"):
+        emjax.fit(model, (X, Y), key=jax.random.key(0),
+                  algorithm=emjax.GradientAscent(__import__("optax").adam(0.1), batch_size=50))
+    with pytest.raises(TypeError, match="temperature"):
+        emjax.fit(model, (X, Y), key=jax.random.key(0), algorithm=emjax.AnnealedEM())
