@@ -170,10 +170,15 @@ def noise_like(model, params, scale, rng):
 
 def test_every_family_and_configuration_is_registered():
     """Every Family the library exports has a case (so it runs every check here), and
-    so does each Gaussian covariance type and Binomial mode."""
-    exported = {c for c in vars(emjax.families).values() if isinstance(c, type) and issubclass(c, emjax.families.Family)}
+    so does each Gaussian covariance type and Binomial mode. Regression experts are
+    conditional densities of (X, y) with no marginal law to sample or moments to
+    give: tests/models/test_experts.py checks them."""
+    families = emjax.families
+    exported = {c for c in vars(families).values() if isinstance(c, type) and issubclass(c, families.Family)}
+    experts = {c for c in exported if issubclass(c, families.Expert)}
+    assert experts == {families.Expert, families.LinearExpert, families.LogisticExpert}
     registered = {type(case.family(prior)) for case in CASES.values() for prior in (False, True)}
-    assert exported - {emjax.families.Family} == registered
+    assert exported - experts - {families.Family} == registered
     gaussian = {case.family(False).covariance_type for case in CASES.values() if isinstance(case.family(False), emjax.Gaussian)}
     assert gaussian == set(emjax.families.COVARIANCE_TYPES)
     binomial = {case.family(False).n_trials is None for case in CASES.values() if isinstance(case.family(False), emjax.Binomial)}
