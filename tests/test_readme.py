@@ -2,7 +2,7 @@
 
 The README's blocks are fragments of one session: what they take for granted
 (``key``, ``x``, a ``model``, files named ``points.npy``) is set up here, small
-(``x`` is reset to 20,000 rows before every block that does not load its own),
+(``x`` is reset to 10,000 rows before every block that does not load its own),
 and the multi-machine block runs as one process of one (``jax.distributed``
 stubbed: one process holds all the rows). The user-model block is also checked
 against its closed form in ``tests/models/test_user_model.py``.
@@ -27,7 +27,7 @@ def blocks():
 
 def test_every_readme_python_block_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    x, _ = emjax.datasets.gaussian_mixture_sample(0, n=20_000, d=2, k=3, separation=4.0)
+    x, _ = emjax.datasets.gaussian_mixture_sample(0, n=10_000, d=2, k=3, separation=4.0)
     np.save("points.npy", x.astype(np.float32))
     np.save("counts.npy", np.ones(len(x), np.float32))
     calls = []
@@ -48,7 +48,7 @@ def test_every_readme_python_block_runs(tmp_path, monkeypatch):
     assert len(found) >= 12, "README lost python blocks"
     for i, block in enumerate(found):
         if not re.search(r"^x = ", block, re.M):
-            namespace["x"] = x  # the fragments' "your data": 20,000 rows, whatever an earlier block loaded
+            namespace["x"] = x  # the fragments' "your data": 10,000 rows, whatever an earlier block loaded
         if "init=init_params" in block:
             namespace["init_params"] = emjax.Mixture(emjax.Gaussian("full"), 8).init(key, jnp.asarray(x), "kmeans")
         exec(compile(block, f"README.md[python block {i}]", "exec"), namespace)

@@ -28,6 +28,8 @@ LINEAR = emjax.MixtureOfExperts(emjax.LinearExpert(ridge=0.01, reg_var=1e-5), 2,
 LOGISTIC = emjax.MixtureOfExperts(emjax.LogisticExpert(ridge=0.1), 2, gating=emjax.SoftmaxGating(0.1))
 
 
+MAX_ITER = 30  # the fits from P0 share it (one trace shape)
+
 #: A start away from the answer (flat experts at two levels, a tilted gate), built by hand:
 #: eager k-means would cost more than the fits.
 P0 = emjax.MixtureParams(
@@ -215,12 +217,10 @@ def test_logistic_experts_reach_a_maximum_monotonically():
 
 def test_weights_act_as_repetitions_and_float32_agrees():
     counts = RNG.integers(0, 3, size=N)
-    p0 = P0
-    fit_weighted_and_repeated(LINEAR, (X, Y), counts, p0, max_iter=15)
-    f64 = emjax.fit(LINEAR, (X, Y), key=jax.random.key(0), init=p0, max_iter=30, tol=0.0)
-    p32 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), p0)
+    f64 = fit_weighted_and_repeated(LINEAR, (X, Y), counts, P0, max_iter=MAX_ITER)
+    p32 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), P0)
     f32 = emjax.fit(LINEAR, (X.astype(np.float32), Y.astype(np.float32)), key=jax.random.key(0), init=p32,
-                    max_iter=30, tol=0.0)
+                    weights=counts.astype(np.float32), max_iter=MAX_ITER, tol=0.0)
     # Relative to the objective's scale: the trace crosses 0 on its way up.
     np.testing.assert_allclose(np.asarray(f32.trace, np.float64), f64.trace, atol=1e-5 * np.abs(f64.trace).max())
     np.testing.assert_allclose(float(f32.objective[0]), float(f64.objective[0]), rtol=1e-5)
@@ -232,11 +232,11 @@ def test_mixture_of_regressions_runs_incremental_em_and_streams():
     model = emjax.MixtureOfExperts(emjax.LinearExpert(), 2, gating=emjax.ConstantGating())
     p0 = emjax.MixtureParams(jnp.asarray([0.5, 0.5]), P0.components)
     inc = emjax.fit(model, (X, Y), key=jax.random.key(0), init=p0, algorithm=emjax.IncrementalEM(n_blocks=3),
-                    max_iter=20, tol=0.0)
+                    max_iter=MAX_ITER, tol=0.0)
     assert_monotone(inc.trace)
-    batch = emjax.fit(model, (X, Y), key=jax.random.key(0), init=p0, max_iter=20, tol=0.0)
+    batch = emjax.fit(model, (X, Y), key=jax.random.key(0), init=p0, max_iter=MAX_ITER, tol=0.0)
     chunks = [(X[i:i + 200], Y[i:i + 200]) for i in range(0, N, 200)]
-    streamed = emjax.fit(model, chunks, key=jax.random.key(0), init=p0, max_iter=20, tol=0.0)
+    streamed = emjax.fit(model, chunks, key=jax.random.key(0), init=p0, max_iter=MAX_ITER, tol=0.0)
     np.testing.assert_allclose(streamed.trace, batch.trace, rtol=1e-10)
     for a, b in zip(jax.tree.leaves(streamed.params), jax.tree.leaves(batch.params)):
         np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-10)
@@ -259,3 +259,16 @@ def test_bad_inputs_are_refused_clearly(linear_fit):
         emjax.MixtureOfExperts(emjax.Gaussian("full"), 2)
     with pytest.raises(TypeError, match="predict_mean"):
         LINEAR.mean(linear_fit.params)
+
+
+@pytest.mark.parametrize("algorithm", ["ecm", "hard", "annealed"])
+def test_other_algorithms_run_a_mixture_of_experts(algorithm):
+    """ECM (weights, coefficients, variances in turn), classification EM and annealed
+    EM (from T = 1 on) never decrease their objectives."""
+    algo = {
+        "ecm": emjax.ECM(), "hard": emjax.HardEM(),
+        "annealed": emjax.AnnealedEM(initial_temperature=2.0, cooling=0.5, steps_per_temperature=10),
+    }[algorithm]
+    res = emjax.fit(LINEAR, (X, Y), key=jax.random.key(0), init=P0, algorithm=algo, max_iter=MAX_ITER, tol=0.0)
+    trace = np.asarray(res.trace)
+    assert_monotone(trace[:, 12:] if algorithm == "annealed" else trace)  # annealed: at T = 1 from step 10
