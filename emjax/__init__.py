@@ -37,6 +37,10 @@ from .models._gating import ConstantGating as ConstantGating
 from .models._gating import Gating as Gating
 from .models._gating import SoftmaxGating as SoftmaxGating
 from ._model import add_stats as add_stats
+from ._labels import adjusted_rand_index as adjusted_rand_index
+from ._labels import align_components as align_components
+from ._labels import linear_sum_assignment as linear_sum_assignment
+from ._labels import match_labels as match_labels
 from ._model import scale_stats as scale_stats
 from .families._priors import BetaPrior as BetaPrior
 from .families._priors import Dirichlet as Dirichlet

@@ -276,6 +276,12 @@ class Family(eqx.Module):
 
         return jax.tree.map(pick, new, old)
 
+    def permute_components(self, params: Params, perm: Array) -> Params:
+        """The parameters with component ``perm[k]`` in place ``k`` (``perm`` ``(K,)`` a
+        permutation): every leaf taken along its leading ``K`` axis by default;
+        families with shared parameters (tied covariances) override this."""
+        return jax.tree.map(lambda a: a[perm], params)
+
     def seed_points(self, x: Array) -> Array:
         """The ``(N, D')`` float matrix that k-means and random-point seeding run on.
 

@@ -430,6 +430,11 @@ class Gaussian(Family):
         means = jnp.where(mask[:, None], new.means, old.means)
         return GaussianParams(means, self.structure.replace_components(mask, new.covariances, old.covariances))
 
+    def permute_components(self, params: GaussianParams, perm: Array) -> GaussianParams:
+        """Means (and covariances, unless tied: one matrix shared by all) in the order ``perm``."""
+        covs = params.covariances if self.covariance_type == "tied" else params.covariances[perm]
+        return GaussianParams(params.means[perm], covs)
+
     def degenerate(self, params: GaussianParams, x: Array) -> Array:
         k = params.means.shape[0]
         return self.structure.degenerate(params.covariances, jnp.var(x, axis=0), self.collapse_tol, k)

@@ -429,6 +429,10 @@ class StudentT(Gaussian):
 
     # -- diagnostics and validation ----------------------------------------------------
 
+    def permute_components(self, params: StudentTParams, perm: Array) -> StudentTParams:
+        g = super().permute_components(params, perm)
+        return StudentTParams(g.means, g.covariances, params.dofs[perm])
+
     def replace_components(self, mask: Array, new: StudentTParams, old: StudentTParams) -> StudentTParams:
         g = super().replace_components(mask, new, old)
         return StudentTParams(g.means, g.covariances, jnp.where(mask, new.dofs, old.dofs))

@@ -533,6 +533,28 @@ class Mixture(EMModel):
         new = MixtureParams(self.gating.reinitialize(params.weights, mask), comps)
         return self.hold_frozen(new, params)
 
+    def permute(self, params: MixtureParams, perm) -> MixtureParams:
+        """The same mixture with its components reordered: component ``perm[k]`` becomes
+        component ``k`` (the weights' or gating's rows and the family's parameters).
+
+        Args:
+            params: one set of parameters.
+            perm: ``(K,)`` a permutation of ``0..K-1``.
+
+        Raises:
+            ValueError: ``perm`` is not a permutation of ``0..K-1``.
+
+        Example:
+            >>> swapped = model.permute(result.params, jnp.array([1, 0]))
+        """
+        self._check_param_layout(params)
+        p = np.asarray(perm)
+        if p.shape != (self.n_components,) or sorted(p.tolist()) != list(range(self.n_components)):
+            raise ValueError(f"perm must be a permutation of 0..{self.n_components - 1}; got {p.tolist()}.")
+        p = jnp.asarray(p)
+        weights = jax.tree.map(lambda a: a[p], params.weights)
+        return MixtureParams(weights, self.family.permute_components(params.components, p))
+
     # -- the fitted mixture ----------------------------------------------------------
 
     def row_width(self, x) -> int:
