@@ -151,3 +151,20 @@ def test_kmeans_init():
     for method in ("kmeans", "kmeans++", "random", "random_resp"):
         q = model.init(jax.random.key(2), jnp.asarray(x), method)
         model.validate_params(q, x)
+
+
+def test_information_criteria_equal_their_formulas():
+    """BIC, AIC and ICL from NumPy densities: the ICL adds the MAP classification's entropy."""
+    from scipy.special import logsumexp
+
+    model = emjax.Mixture(emjax.Gaussian("full"), 3)
+    p = some_params("full")
+    x = np.random.default_rng(7).normal(size=(80, 2)) * 2.0
+    w, means, covs = (np.asarray(a) for a in (p.weights, p.components.means, p.components.covariances))
+    lj = np.log(w) + np.stack([multivariate_normal(means[k], covs[k]).logpdf(x) for k in range(3)], axis=1)
+    ll = logsumexp(lj, axis=1)
+    n_par = 2 + 3 * 2 + 3 * 3  # weights, means, covariances
+    bic = -2 * ll.sum() + n_par * np.log(80)
+    np.testing.assert_allclose(model.bic(p, x), bic, rtol=1e-12)
+    np.testing.assert_allclose(model.aic(p, x), -2 * ll.sum() + 2 * n_par, rtol=1e-12)
+    np.testing.assert_allclose(model.icl(p, x), bic - 2 * np.sum(lj.max(axis=1) - ll), rtol=1e-12)
