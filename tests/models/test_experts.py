@@ -272,3 +272,26 @@ def test_other_algorithms_run_a_mixture_of_experts(algorithm):
     res = emjax.fit(LINEAR, (X, Y), key=jax.random.key(0), init=P0, algorithm=algo, max_iter=MAX_ITER, tol=0.0)
     trace = np.asarray(res.trace)
     assert_monotone(trace[:, 12:] if algorithm == "annealed" else trace)  # annealed: at T = 1 from step 10
+
+
+def test_vector_outputs_m_step_is_weighted_ridge_least_squares_per_output():
+    """With Dy = 2 outputs, fixed responsibilities: each expert's coefficients are the
+    weighted ridge solution of each output, its variances the residual ones (NumPy),
+    and statistics taken about another expansion point give the same M-step."""
+    expert = emjax.LinearExpert(ridge=0.3, reg_var=0.0)
+    y2 = np.c_[Y, 0.5 * Y + RNG.normal(size=N)]
+    resp = softmax(RNG.normal(size=(N, 2)), axis=1)
+    point = LinearExpertParams(jnp.asarray(RNG.normal(size=(2, 3, 2))), jnp.ones((2, 2)))
+    step = jax.jit(lambda p: expert.maximize(expert.statistics((jnp.asarray(X), jnp.asarray(y2)), jnp.asarray(resp), p)))
+    new = step(point)
+    shifted = step(LinearExpertParams(point.coef + 1.0, point.variance))
+    mask = np.diag([1.0, 1.0, 0.0])
+    for k in range(2):
+        s = (Z * resp[:, k, None]).T @ Z
+        coef = np.linalg.solve(s + 0.3 * mask, (Z * resp[:, k, None]).T @ y2)
+        rss = resp[:, k] @ (y2 - Z @ coef) ** 2
+        var = (rss + 0.3 * np.sum(mask @ coef**2, axis=0)) / resp[:, k].sum()
+        np.testing.assert_allclose(new.coef[k], coef, rtol=1e-9)
+        np.testing.assert_allclose(new.variance[k], var, rtol=1e-9)
+        np.testing.assert_allclose(shifted.coef[k], coef, rtol=1e-9)
+        np.testing.assert_allclose(shifted.variance[k], var, rtol=1e-9)
