@@ -289,8 +289,18 @@ class Mixture(EMModel):
         family_frozen = frozen - {"weights"}
         weights = self.gating.maximize(self._gating_stats(stats), None if params is None else params.weights)
         comps = self.family.maximize(stats.components, None if params is None else params.components, family_frozen)
+        if params is not None:
+            comps = self._keep_dropped(weights, comps, params.components)
         new = MixtureParams(weights, comps)
         return new if params is None else self.hold_frozen(new, params)
+
+    def _keep_dropped(self, weights, new, old):
+        """``new`` components, except that a component whose constant weight is exactly 0
+        (dropped: it takes no point, as the components beyond K of :func:`emjax.select`)
+        keeps ``old``'s parameters rather than an M-step from no data."""
+        if not isinstance(self.gating, ConstantGating):
+            return new
+        return self.family.replace_components(weights == 0, old, new)
 
     @property
     def param_groups(self) -> tuple[str, ...]:
@@ -427,6 +437,30 @@ class Mixture(EMModel):
             raise ValueError(f"unknown init method {method!r}; choose one of {INIT_METHODS}.")
         return MixtureParams(self.gating.init(k, seeds.dtype, x), self.family.init_from_centers(x, centers))
 
+    def init_active(self, key, x: Array, active: Array, method: str = "kmeans") -> MixtureParams:
+        """Initial parameters of a mixture of the first ``K'`` components only: the others
+        get weight exactly 0 (dropped; :meth:`m_step` keeps them so), a pure function of
+        ``key`` and the traced ``(K,)`` mask ``active`` (its first ``K'`` entries true).
+
+        :func:`emjax.select` vmaps it over ``K'`` and restarts, so one compiled fit
+        serves every ``K' <= K``. ``"kmeans"`` clusters with the active centres only
+        (the first ``K'`` of a k-means++ sequence are a k-means++ seeding of ``K'``);
+        the other methods start the active components as :meth:`init` does.
+
+        Example:
+            >>> p = model.init_active(jax.random.key(0), x, jnp.arange(5) < 2)   # 2 of 5 components
+        """
+        if not isinstance(self.gating, ConstantGating):
+            raise TypeError("init_active needs constant weights (ConstantGating): dropped components have weight 0.")
+        x = self._filled(jax.tree.map(jnp.asarray, x))
+        if method == "kmeans":
+            _, labels = _init.kmeans(key, self.family.seed_points(x), self.n_components, active=active)
+            params = self.init_from_labels(x, labels)
+        else:
+            params = self.init(key, x, method)
+        weights = jnp.where(active, params.weights, 0.0)
+        return MixtureParams(weights / jnp.sum(weights), params.components)
+
     def init_from_resp(self, x: Array, resp: Array) -> MixtureParams:
         """Parameters from one M-step on given responsibilities ``(N, K)``.
 
@@ -516,7 +550,9 @@ class Mixture(EMModel):
         x = self._filled(x)
         weights = self.gating.weights(params.weights, x)
         expected = weights * n_rows(x) if weights.ndim == 1 else jnp.sum(weights, axis=0)
-        return self.family.degenerate(params.components, x) | (expected < self.collapse_count)
+        # A component of weight exactly 0 was dropped (it takes no point): not a collapse.
+        alive = expected > 0
+        return alive & (self.family.degenerate(params.components, x) | (expected < self.collapse_count))
 
     def reinitialize(self, key, params: MixtureParams, x: Array, mask: Array) -> MixtureParams:
         """``params`` with the components in ``mask`` ``(K,)`` started afresh: a
@@ -800,27 +836,24 @@ class Mixture(EMModel):
         n_weights = 0 if "weights" in self.frozen else self.gating.n_parameters(k, n_features)
         return n_weights + self.family.n_parameters(k, n_features, self.frozen - {"weights"})
 
-    def bic(self, params: MixtureParams, x: Array) -> Array:
-        """Bayesian information criterion ``-2 log L + p log N`` (lower is better)."""
-        ll = jnp.sum(self.log_prob(params, x))
-        return -2 * ll + self.n_parameters(n_features(x)) * jnp.log(n_rows(x))
+    def information_criteria(self, params: MixtureParams, x: Array, weights: Array | None = None) -> dict:
+        """The log-likelihood and the criteria of one set of parameters, from one pass.
 
-    def aic(self, params: MixtureParams, x: Array) -> Array:
-        """Akaike information criterion ``-2 log L + 2 p`` (lower is better)."""
-        return -2 * jnp.sum(self.log_prob(params, x)) + 2 * self.n_parameters(n_features(x))
+        ``log_likelihood = sum_n w_n log p(x_n)``, ``N = sum_n w_n`` (the number of
+        rows without ``weights``), ``p`` the free parameters (:meth:`n_parameters`):
+        ``bic = -2 log L + p log N``, ``aic = -2 log L + 2 p`` and the integrated
+        completed likelihood ``icl = bic - 2 sum_n w_n log max_k p(k | x_n)``
+        (Biernacki, Celeux & Govaert 2000): BIC penalised by how unsure the
+        classification is, preferring well-separated components. Lower is better;
+        mclust reports the negatives (its ``BIC = 2 log L - p log N``, its
+        ``ICL = BIC + 2 sum c_nk log z_nk`` with ``c`` the MAP classification).
 
-    def icl(self, params: MixtureParams, x: Array) -> Array:
-        """Integrated completed likelihood criterion (Biernacki, Celeux & Govaert 2000):
-        ``BIC - 2 sum_n log max_k p(k | x_n)`` (lower is better), BIC penalised by how
-        unsure the classification is; it prefers well-separated components to a
-        mixture that only shapes a density.
-
-        In mclust's sign convention (higher is better) this is ``-icl``: mclust's
-        ``icl = BIC + 2 sum_n sum_k c_nk log z_nk`` with ``c`` the MAP classification.
+        Returns:
+            ``{"log_likelihood", "n_parameters", "bic", "aic", "icl"}`` (arrays but
+            ``n_parameters``).
 
         Example:
-            >>> model.icl(result.params, x) >= model.bic(result.params, x)
-            Array(True, dtype=bool)
+            >>> model.information_criteria(result.params, x)["bic"]
         """
 
         def terms(xc):
@@ -829,7 +862,35 @@ class Mixture(EMModel):
             return ll, jnp.max(lj, axis=1) - ll  # log p(x), log max_k p(k | x)
 
         ll, log_top = self._map(terms, params, x)
-        return -2 * jnp.sum(ll) + self.n_parameters(n_features(x)) * jnp.log(n_rows(x)) - 2 * jnp.sum(log_top)
+        if weights is None:
+            n = n_rows(x)
+        else:
+            w = as_sample_weights(weights, ll.shape[0], float_dtype(ll.dtype))
+            ll, log_top, n = w * ll, w * log_top, jnp.sum(w)
+        total = jnp.sum(ll)
+        p = self.n_parameters(n_features(x))
+        bic = -2 * total + p * jnp.log(n)
+        return {"log_likelihood": total, "n_parameters": p, "bic": bic, "aic": -2 * total + 2 * p,
+                "icl": bic - 2 * jnp.sum(log_top)}
+
+    def bic(self, params: MixtureParams, x: Array, weights: Array | None = None) -> Array:
+        """Bayesian information criterion ``-2 log L + p log N`` (lower is better; see
+        :meth:`information_criteria`)."""
+        return self.information_criteria(params, x, weights)["bic"]
+
+    def aic(self, params: MixtureParams, x: Array, weights: Array | None = None) -> Array:
+        """Akaike information criterion ``-2 log L + 2 p`` (lower is better)."""
+        return self.information_criteria(params, x, weights)["aic"]
+
+    def icl(self, params: MixtureParams, x: Array, weights: Array | None = None) -> Array:
+        """Integrated completed likelihood ``BIC - 2 sum_n log max_k p(k | x_n)`` (lower is
+        better; see :meth:`information_criteria`).
+
+        Example:
+            >>> model.icl(result.params, x) >= model.bic(result.params, x)
+            Array(True, dtype=bool)
+        """
+        return self.information_criteria(params, x, weights)["icl"]
 
 
 def _overrides(obj, base, name: str) -> bool:

@@ -21,11 +21,17 @@ def _sq_dists(x: Array, centers: Array) -> Array:
     return jnp.sum(diff * diff, axis=-1)
 
 
-def nearest(x: Array, centers: Array) -> Array:
-    """Index of the nearest centre for every point ``(N,)``, chunked over points."""
+def nearest(x: Array, centers: Array, active: Array | None = None) -> Array:
+    """Index of the nearest centre for every point ``(N,)``, chunked over points
+    (among the ``active`` ``(K,)`` centres only, when given)."""
     x, centers = jnp.asarray(x), jnp.asarray(centers)
     chunk = default_chunk_size(x.shape[0], centers.shape[0] * centers.shape[1])
-    return chunked_map(lambda xc: jnp.argmin(_sq_dists(xc, centers), axis=1), x, chunk)
+
+    def nearest_chunk(xc):
+        d = _sq_dists(xc, centers)
+        return jnp.argmin(d if active is None else jnp.where(active[None, :], d, jnp.inf), axis=1)
+
+    return chunked_map(nearest_chunk, x, chunk)
 
 
 def random_points(key, x: Array, n_components: int) -> Array:
@@ -74,7 +80,7 @@ def kmeans_plus_plus(key, x: Array, n_components: int) -> Array:
     return centers
 
 
-def kmeans(key, x: Array, n_components: int, n_iter: int = 10) -> tuple[Array, Array]:
+def kmeans(key, x: Array, n_components: int, n_iter: int = 10, active: Array | None = None) -> tuple[Array, Array]:
     """k-means: k-means++ seeding then ``n_iter`` Lloyd iterations.
 
     A fixed-cost seeding helper (what a mixture's ``init="kmeans"`` runs). For
@@ -87,6 +93,9 @@ def kmeans(key, x: Array, n_components: int, n_iter: int = 10) -> tuple[Array, A
         x: data ``(N, D)``, a JAX or NumPy array.
         n_components: K.
         n_iter: Lloyd iterations.
+        active: optional ``(K,)`` booleans, the first ``K'`` true: only those
+            centres take points (the first ``K'`` of a k-means++ sequence are a
+            k-means++ seeding of ``K'`` centres), so one program serves every ``K' <= K``.
 
     Returns:
         ``(centers (K, D), labels (N,))``.
@@ -98,14 +107,14 @@ def kmeans(key, x: Array, n_components: int, n_iter: int = 10) -> tuple[Array, A
     centers = kmeans_plus_plus(key, x, n_components)
 
     def body(_, centers):
-        labels = nearest(x, centers)
+        labels = nearest(x, centers, active)
         onehot = jax.nn.one_hot(labels, n_components, dtype=x.dtype)
         counts = jnp.sum(onehot, axis=0)
         sums = jnp.matmul(onehot.T, x, precision=jax.lax.Precision.HIGHEST)
         return jnp.where(counts[:, None] > 0, sums / jnp.maximum(counts, 1)[:, None], centers)
 
     centers = jax.lax.fori_loop(0, n_iter, body, centers)
-    labels = nearest(x, centers)
+    labels = nearest(x, centers, active)
     return centers, labels
 
 
