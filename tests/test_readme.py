@@ -17,6 +17,7 @@ import numpy as np
 import optax
 
 import emjax
+import emjax._select
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -35,7 +36,9 @@ def test_every_readme_python_block_runs(tmp_path, monkeypatch):
     # The blocks' fits run at most 5 iterations here: this checks that the code runs
     # as written (names, arguments, data sources), not where the fits converge.
     fit = emjax.fit
-    monkeypatch.setattr(emjax, "fit", lambda *a, **kw: fit(*a, **{**kw, "max_iter": min(kw.get("max_iter", 100), 5)}))
+    capped = lambda *a, **kw: fit(*a, **{**kw, "max_iter": min(kw.get("max_iter", 100), 5)})  # noqa: E731
+    monkeypatch.setattr(emjax, "fit", capped)
+    monkeypatch.setattr(emjax._select, "fit", capped)  # emjax.select's fits too
     key = jax.random.key(0)
     namespace = {
         "__name__": "__main__", "jax": jax, "jnp": jnp, "np": np, "optax": optax, "emjax": emjax,
