@@ -168,3 +168,8 @@ def test_information_criteria_equal_their_formulas():
     np.testing.assert_allclose(model.bic(p, x), bic, rtol=1e-12)
     np.testing.assert_allclose(model.aic(p, x), -2 * ll.sum() + 2 * n_par, rtol=1e-12)
     np.testing.assert_allclose(model.icl(p, x), bic - 2 * np.sum(lj.max(axis=1) - ll), rtol=1e-12)
+    counts = np.random.default_rng(8).integers(0, 3, size=80)
+    weighted = model.information_criteria(p, x, counts)
+    repeated = model.information_criteria(p, np.repeat(x, counts, axis=0))
+    for name in ("log_likelihood", "bic", "aic", "icl"):
+        np.testing.assert_allclose(weighted[name], repeated[name], rtol=1e-12)
