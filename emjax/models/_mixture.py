@@ -836,6 +836,10 @@ class Mixture(EMModel):
         n_weights = 0 if "weights" in self.frozen else self.gating.n_parameters(k, n_features)
         return n_weights + self.family.n_parameters(k, n_features, self.frozen - {"weights"})
 
+    def _n_parameters_of(self, x) -> int:
+        """The free parameters of the model on data like ``x``."""
+        return self.n_parameters(n_features(x))
+
     def information_criteria(self, params: MixtureParams, x: Array, weights: Array | None = None) -> dict:
         """The log-likelihood and the criteria of one set of parameters, from one pass.
 
@@ -868,7 +872,7 @@ class Mixture(EMModel):
             w = as_sample_weights(weights, ll.shape[0], float_dtype(ll.dtype))
             ll, log_top, n = w * ll, w * log_top, jnp.sum(w)
         total = jnp.sum(ll)
-        p = self.n_parameters(n_features(x))
+        p = self._n_parameters_of(x)
         bic = -2 * total + p * jnp.log(n)
         return {"log_likelihood": total, "n_parameters": p, "bic": bic, "aic": -2 * total + 2 * p,
                 "icl": bic - 2 * jnp.sum(log_top)}

@@ -136,6 +136,9 @@ def test_linear_experts_recover_the_planted_model_monotonically(linear_fit):
     cos = diff[:2] @ true[:2] / np.linalg.norm(diff[:2]) / np.linalg.norm(true[:2])
     assert cos > 0.99, cos
     assert abs(diff[2] / np.linalg.norm(diff[:2])) < 0.1
+    # Free parameters: (K - 1)(P + 1) gating + K (P + 1) coefficients + K variances = 3 + 6 + 2.
+    ll = float(jnp.sum(LINEAR.log_prob(p, (X, Y))))
+    np.testing.assert_allclose(float(LINEAR.bic(p, (X, Y))), -2 * ll + 11 * np.log(N), rtol=1e-12)
     # EM's answer is a maximum: L-BFGS on the same objective gains nothing.
     best, here, _ = _lbfgs_from(LINEAR.adapt((jnp.asarray(X), jnp.asarray(Y))), p, jnp.asarray(Y))
     np.testing.assert_allclose(here, float(np.max(res.objective)), rtol=1e-12)
