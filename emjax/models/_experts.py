@@ -204,3 +204,21 @@ class MixtureOfExperts(Mixture):
     def _n_parameters_of(self, data) -> int:
         x, y = data
         return self.n_parameters(int(np.shape(x)[1]), 1 if np.ndim(y) == 1 else int(np.shape(y)[1]))
+
+
+@jax.jit(static_argnums=3)
+def _mean_shift(log_g: Array, mu: Array, var: Array, n_iter: int) -> tuple[Array, Array]:
+    """Gaussian mean-shift from every component's mean: ``log_g`` ``(N, K)`` log weights,
+    ``mu`` ``(N, K, Dy)`` means, ``var`` ``(K, Dy)`` variances; returns the ``(N, K, Dy)``
+    fixed points and their ``(N, K)`` log densities (compiled once per shape)."""
+
+    def log_terms(y):  # y (N, S, Dy) -> (N, S, K): log pi_k N(y | mu_k, var_k)
+        d = y[:, :, None, :] - mu[:, None, :, :]
+        return log_g[:, None, :] - 0.5 * jnp.sum(jnp.log(2 * jnp.pi * var) + d * d / var, axis=-1)
+
+    def shift(_, y):
+        a = jax.nn.softmax(log_terms(y), axis=-1)  # (N, S, K)
+        return jnp.einsum("nsk,nkd->nsd", a, mu / var) / jnp.einsum("nsk,kd->nsd", a, 1.0 / var)
+
+    modes = jax.lax.fori_loop(0, n_iter, shift, mu)
+    return modes, logsumexp(log_terms(modes), axis=-1)
