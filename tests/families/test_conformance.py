@@ -5,21 +5,23 @@
 * the M-step maximises the expected complete-data log-likelihood (plus the log
   prior): no random perturbation beats it, nor does BFGS over the family's
   unconstrained coordinates;
-* batch EM never decreases its objective, with and without priors, and the
-  objective is the log-likelihood (plus the log prior) at the final parameters;
-* sample weights equal repetition;
+* batch EM never decreases its objective, with and without the family's prior,
+  and the objective is the log-likelihood (plus the log prior) at the final parameters;
+* sample weights equal repetition (the prior enters once, whatever the weights);
 * float32 agrees with float64;
 * chunking the E-step changes nothing.
 
-Speed is compilation: a fit compiles in about a second on a CPU and runs 25
-steps on 256 rows in milliseconds. So each case has one data set (and its
-bootstrap resample, the rows repeated by their counts) and one initial point,
-and its six fits (ML in float64 and float32 on the data; MAP on the resample, in
-one chunk and in chunks of two sizes; MAP on the data weighted by the counts)
-are traced into one program, compiled once and shared by the checks
-(``emjax.fit`` under ``jax.jit``: about half the compile time of six separate
-programs). The other helpers are single programs too: run op by op, the same
-work compiles dozens of small ones.
+Speed is compilation: a fit compiles in seconds on a CPU and runs 25 steps on
+256 rows in milliseconds, and every fit of another configuration (model,
+dtype, weights, chunks) is another compilation. So each case has one data set
+(and its bootstrap resample, the rows repeated by their counts) and one initial
+point, and one program per case (:func:`case_program`, compiled once and shared
+by the checks) computes the initial point, the log densities at perturbed
+parameters, the additive statistics, the ML fit to the data and three MAP fits:
+to the resample in float64 and in float32, in one chunk, and to the data
+weighted by the counts in ragged chunks (which must equal the first: weights are
+repetition counts, chunks change nothing). The M-step check's objective, called by BFGS, is one
+more program per case, for both the ML and the MAP model.
 """
 
 import functools
@@ -33,21 +35,17 @@ from scipy.optimize import minimize
 from scipy.special import logsumexp
 
 import emjax
-from tests.conftest import assert_monotone, assert_weighted_equals_repeated, repeat_rows
+from tests.conftest import assert_monotone, repeat_rows
 from tests.registry import CASES
 
-N = 256  # rows; chunks of 64 divide it, chunks of 96 leave a ragged remainder of 64
-CHUNKS = {"dividing": 64, "ragged": 96}
+N = 256  # rows
+CHUNK = 96  # two full chunks (the first, then a scan over the rest) and a ragged remainder of 64 rows
+CUT = 101  # the additive statistics' split
 MAX_ITER = 25
 SEED = 11
 
 
-# -- compiled helpers ----------------------------------------------------------------------------
-
-
-@eqx.filter_jit
-def init_random(model, key, x):
-    return model.init(key, x, "random")
+# -- the compiled programs -----------------------------------------------------------------------
 
 
 @eqx.filter_jit
@@ -56,17 +54,10 @@ def perturbed(model, params, step):
     return model.constrain(jax.tree.map(lambda a, b: a + b.astype(a.dtype), model.unconstrain(params), step))
 
 
-@eqx.filter_jit
-def log_probs(model, params, x):
-    """The components' ``(N, K)`` and the mixture's ``(N,)`` log densities."""
-    return model.family.log_prob(params.components, x), model.log_prob(params, x)
-
-
 def rows(x, sl):
     return jax.tree.map(lambda a: a[sl], x)
 
 
-@eqx.filter_jit
 def additive_statistics(family, x, resp, params, cut):
     """The statistics of all rows, and the sum of those of the rows before and after ``cut``
     (expressed about the whole's expansion point, where statistics carry one: each part
@@ -109,60 +100,98 @@ def fit(model, x, p0, chunk_size, weights=None):
 
 
 @eqx.filter_jit
-def all_fits(ml, map_, x, x_repeated, counts, x32, p0):
-    """Every fit the checks compare, as one program: batch EM from ``p0``, ``MAX_ITER``
-    steps, ``tol=0``, in one chunk of ``N`` rows unless named.
+def case_program(ml, map_, key, x, x_repeated, counts, x32_repeated, noise, resp):
+    """Everything one case's checks compare, as one program.
 
-    ML fits to the data (in float64 and float32); MAP fits to the repeated rows (in
-    one chunk and in chunks of each size of ``CHUNKS``) and to the data weighted
-    by the repetition counts.
+    ``p0``: the initial point (``init="random"``); ``perturbed``: parameters near
+    it (``noise`` in the unconstrained coordinates) and ``log_probs``: the
+    components' ``(N, K)`` and the mixture's ``(N,)`` log densities there;
+    ``statistics``: the statistics of all rows under ``resp`` and the sum of
+    those of the rows before and after ``CUT``. ``fits``: batch EM from ``p0``,
+    ``MAX_ITER`` steps, ``tol=0``: ML on the data; MAP on the repeated rows in
+    one chunk (in float64 and in float32), and on the data weighted by the
+    repetition counts in chunks of ``CHUNK`` rows; ``objectives``: the
+    log-likelihood (plus the log prior) at the ML and float64 MAP fits' parameters.
     """
+    p0 = ml.init(key, x, "random")
+    params = perturbed(ml, p0, noise)
     p32 = jax.tree.map(lambda a: a.astype(jnp.float32), p0)
     fits = {
         "ML": fit(ml, x, p0, N),
-        "ML float32": fit(ml, x32, p32, N),
         "MAP": fit(map_, x_repeated, p0, N),
-        "MAP weighted": fit(map_, x, p0, N, weights=counts),
+        "MAP float32": fit(map_, x32_repeated, p32, N),
+        "MAP weighted, chunked": fit(map_, x, p0, CHUNK, weights=counts),
     }
-    for name, size in CHUNKS.items():
-        fits[f"MAP {name}"] = fit(map_, x_repeated, p0, size)
-    objectives = {
-        "ML": log_posterior(ml, fits["ML"].params, x),
-        "MAP": log_posterior(map_, fits["MAP"].params, x_repeated),
-    }
-    return fits, objectives
+    return dict(
+        p0=p0,
+        perturbed=params,
+        log_probs=(ml.family.log_prob(params.components, x), ml.log_prob(params, x)),
+        statistics=additive_statistics(ml.family, x, resp, p0.components, CUT),
+        fits=fits,
+        objectives={"ML": log_posterior(ml, fits["ML"].params, x),
+                    "MAP": log_posterior(map_, fits["MAP"].params, x_repeated)},
+    )
 
 
 class Setup:
-    """One case's data, models, initial point and fits (the fits compiled on first use)."""
+    """One case's data, models and the results of its program (compiled on first use)."""
 
     def __init__(self, case):
         self.case = case
         self.x, _ = case.sample(N, SEED)
         self.models = {False: case.model(), True: case.model(prior=True)}
-        ml = self.models[False]
-        self.xv = ml.validate_data(self.x)
-        self.p0 = init_random(ml, jax.random.key(SEED), self.xv)
-        # Bootstrap counts: they sum to N, so the repeated rows are N rows too (which CHUNKS divide or not).
+        self.xv = self.models[False].validate_data(self.x)
+        # Bootstrap counts: they sum to N, so the repeated rows are N rows too.
         self.counts = np.bincount(np.random.default_rng(4).integers(0, N, size=N), minlength=N)
 
     @functools.cached_property
-    def fits(self):
+    def results(self):
         ml, map_ = self.models[False], self.models[True]
-        x32 = ml.validate_data(jax.tree.map(lambda a: np.asarray(a).astype(np.float32), self.x))
-        x_repeated = ml.validate_data(repeat_rows(self.x, self.counts))
+        key = jax.random.key(SEED)
+        shapes = jax.eval_shape(ml.unconstrain, jax.eval_shape(lambda k: ml.init(k, self.xv, "random"), key))
+        noise = jax.tree.map(lambda s: 0.5 * np.random.default_rng(1).normal(size=s.shape), shapes)
+        resp = np.random.default_rng(2).dirichlet(np.ones(ml.n_components), size=N)
+        repeated = repeat_rows(self.x, self.counts)
+        x_repeated = ml.validate_data(repeated)
+        x32_repeated = ml.validate_data(jax.tree.map(lambda a: np.asarray(a).astype(np.float32), repeated))
         weights = jnp.asarray(self.counts, jnp.float64)
-        return jax.tree.map(np.asarray, all_fits(ml, map_, self.xv, x_repeated, weights, x32, self.p0))
+        out = case_program(ml, map_, key, self.xv, x_repeated, weights, x32_repeated, noise, jnp.asarray(resp))
+        return jax.tree.map(np.asarray, out)
+
+    @property
+    def p0(self):
+        return self.results["p0"]
+
+    @functools.cached_property
+    def neg_q(self):
+        """``neg_q(prior, u)``: -Q of the model with or without its prior at
+        ``constrain(u)``, with (those parameters, the M-step's, their ``u``, Q at
+        them), and the gradient. Q is at the statistics of the E-step at ``p0``;
+        the E- and M-step are recomputed at every call (cheap at N = 256). One
+        compiled program for both models: it evaluates both, the other at a
+        fixed point."""
+        p0, x = self.p0, self.xv
+        shapes = jax.eval_shape(self.models[False].unconstrain, p0)
+        unflat = unflattener(shapes)
+        zero = np.zeros(sum(a.size for a in jax.tree.leaves(shapes)))
+
+        def minus_q(model, u):
+            stats, _ = model.e_step(p0, x)
+            closed = model.m_step(stats, p0)
+            params = model.constrain(unflat(u))
+            return -q_value(model, stats, params), (params, closed, flat(model.unconstrain(closed)), q_value(model, stats, closed))
+
+        @jax.jit
+        def both(u_ml, u_map):
+            return tuple(jax.value_and_grad(functools.partial(minus_q, self.models[prior]), has_aux=True)(u)
+                         for prior, u in ((False, u_ml), (True, u_map)))
+
+        return lambda prior, u: both(zero, u)[1] if prior else both(u, zero)[0]
 
 
 @pytest.fixture(scope="module", params=list(CASES))
 def setup(request):
     return Setup(CASES[request.param])
-
-
-def noise_like(model, params, scale, rng):
-    """Gaussian noise of standard deviation ``scale`` shaped as ``model.unconstrain(params)``."""
-    return jax.tree.map(lambda s: scale * rng.normal(size=s.shape), jax.eval_shape(model.unconstrain, params))
 
 
 # -- the registry -------------------------------------------------------------------------------
@@ -192,20 +221,16 @@ def test_every_family_and_configuration_is_registered():
 
 
 def test_log_prob_matches_scipy(setup):
-    model = setup.models[False]
-    params = perturbed(model, setup.p0, noise_like(model, setup.p0, 0.5, np.random.default_rng(1)))
-    params = jax.tree.map(np.asarray, params)
+    model, params = setup.models[False], setup.results["perturbed"]
     ref = setup.case.log_density(params.components, setup.x)
-    got, mix = log_probs(model, params, setup.xv)
+    got, mix = setup.results["log_probs"]
     assert got.shape == (N, model.n_components)
     np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(mix, logsumexp(ref + np.log(params.weights), axis=1), rtol=1e-12)
 
 
 def test_statistics_are_additive(setup):
-    model = setup.models[False]
-    resp = jnp.asarray(np.random.default_rng(2).dirichlet(np.ones(model.n_components), size=N))
-    whole, parts = additive_statistics(model.family, setup.xv, resp, setup.p0.components, 101)
+    whole, parts = setup.results["statistics"]
     for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(parts)):
         np.testing.assert_allclose(a, b, rtol=1e-12)
 
@@ -219,21 +244,8 @@ def test_m_step_is_the_maximiser(setup, prior):
     ``p0``) is largest at the M-step's parameters: above Q at random perturbations
     of them, and BFGS over the unconstrained coordinates, from a perturbed point,
     finds no higher value, and the same parameters."""
-    model, p0, x = setup.models[prior], setup.p0, setup.xv
-    shapes = jax.eval_shape(model.unconstrain, p0)
-    unflat = unflattener(shapes)
-
-    @jax.jit
-    @functools.partial(jax.value_and_grad, has_aux=True)
-    def neg_q(u):
-        """-Q at ``constrain(u)``, with (those parameters, the M-step's, their ``u``, Q
-        at them), and the gradient. The E- and M-step are recomputed at every call
-        (cheap at N = 256): one compiled program instead of two."""
-        stats, _ = model.e_step(p0, x)
-        closed = model.m_step(stats, p0)
-        params = model.constrain(unflat(u))
-        return -q_value(model, stats, params), (params, closed, flat(model.unconstrain(closed)), q_value(model, stats, closed))
-
+    neg_q = functools.partial(setup.neg_q, prior)
+    shapes = jax.eval_shape(setup.models[prior].unconstrain, setup.p0)
     (_, (_, closed, u_closed, q_closed)), _ = neg_q(np.zeros(sum(a.size for a in jax.tree.leaves(shapes))))
     q_closed, u_closed = float(q_closed), np.asarray(u_closed)
     (minus_q, _), _ = neg_q(u_closed)
@@ -266,36 +278,36 @@ def test_m_step_is_the_maximiser(setup, prior):
 
 @pytest.mark.parametrize("variant", ["ML", "MAP"])
 def test_em_is_monotone(setup, variant):
-    fits, objectives = setup.fits
-    res = fits[variant]
+    res = setup.results["fits"][variant]
     assert_monotone(res.trace)
     assert res.n_iter[0] == MAX_ITER
     assert res.trace[0, -1] - res.trace[0, 0] > 1.0  # real progress from the start
     # The objective is the log-likelihood (plus the log prior) at the final parameters.
-    np.testing.assert_allclose(res.objective[0], objectives[variant], rtol=1e-12)
+    np.testing.assert_allclose(res.objective[0], setup.results["objectives"][variant], rtol=1e-12)
 
 
-def test_sample_weights_equal_repetition(setup):
-    fits, _ = setup.fits
+def test_weighted_chunked_fit_equals_the_one_pass_fit_to_repeated_rows(setup):
+    """Sample weights are repetition counts and chunking the E-step changes nothing:
+    the MAP fit to the data weighted by the counts, in chunks of ``CHUNK`` rows (two
+    full chunks and a ragged remainder), equals the MAP fit to the rows repeated that
+    often in one pass, from the same start: parameters 1e-10, trace and objective 1e-12
+    (the tighter of the two properties' tolerances)."""
+    fits = setup.results["fits"]
     assert setup.counts.sum() == N and setup.counts.max() > 1 and setup.counts.min() == 0
+    assert N // CHUNK == 2 and N % CHUNK > 0
     # MAP: the prior must enter once, whatever the weights.
-    assert_weighted_equals_repeated(fits["MAP weighted"], fits["MAP"])
+    weighted, repeated = fits["MAP weighted, chunked"], fits["MAP"]
+    for a, b in zip(jax.tree.leaves(weighted.params), jax.tree.leaves(repeated.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(weighted.trace, repeated.trace, rtol=1e-12)
+    np.testing.assert_allclose(weighted.objective, repeated.objective, rtol=1e-12)
 
 
 def test_float32_agrees_with_float64(setup):
-    fits, _ = setup.fits
-    r32, r64 = fits["ML float32"], fits["ML"]
+    fits = setup.results["fits"]
+    r32, r64 = fits["MAP float32"], fits["MAP"]
     assert all(leaf.dtype == np.float32 for leaf in jax.tree.leaves((r32.params, r32.objective, r32.trace)))
     ll32, ll64 = r32.objective[0].astype(np.float64) / N, r64.objective[0] / N
     assert abs(ll32 - ll64) <= 1e-4 * abs(ll64), (ll32, ll64)
     for a, b in zip(jax.tree.leaves(r32.params), jax.tree.leaves(r64.params)):
         np.testing.assert_allclose(a.astype(np.float64), b, rtol=1e-3, atol=1e-3)
-
-
-@pytest.mark.parametrize("chunking", list(CHUNKS))
-def test_chunked_fit_equals_one_pass(setup, chunking):
-    fits, _ = setup.fits
-    whole, chunked = fits["MAP"], fits[f"MAP {chunking}"]
-    for a, b in zip(jax.tree.leaves(whole.params), jax.tree.leaves(chunked.params)):
-        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(whole.trace, chunked.trace, rtol=1e-12)

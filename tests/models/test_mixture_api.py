@@ -153,6 +153,32 @@ def test_kmeans_init():
         model.validate_params(q, x)
 
 
+@pytest.mark.parametrize("seeding", ["kmeans++", "greedy, one trial"])
+def test_seeding_draws_with_probability_proportional_to_squared_distance(seeding):
+    """The first centre uniform, the next with probability d^2 / sum d^2 (greedy
+    k-means++ with one local trial is plain k-means++): the frequencies of the 6
+    ordered pairs over 100,000 draws on the points 0, 1, 3, 0 against the exact
+    probabilities (hand-computed), within 4 standard errors."""
+    pts = np.array([0.0, 1.0, 3.0, 0.0])
+    x = jnp.asarray(pts[:, None])
+    seed = {"kmeans++": lambda k: emjax.kmeans_plus_plus(k, x, 2),
+            "greedy, one trial": lambda k: emjax.greedy_kmeans_plus_plus(k, x, 2, n_local_trials=1)}[seeding]
+    draws = np.asarray(jax.jit(jax.vmap(seed))(jax.random.split(jax.random.key(1), 100_000)))[:, :, 0]
+    exact = {}
+    for i in range(4):  # first centre: each row with probability 1/4
+        d2 = (pts - pts[i]) ** 2
+        for j in np.flatnonzero(d2):
+            pair = (float(pts[i]), float(pts[j]))
+            exact[pair] = exact.get(pair, 0.0) + 0.25 * d2[j] / d2.sum()
+    assert set(exact) == {(0, 1), (0, 3), (1, 0), (1, 3), (3, 0), (3, 1)}
+    n = len(draws)
+    for pair, p in exact.items():
+        freq = np.mean((draws[:, 0] == pair[0]) & (draws[:, 1] == pair[1]))
+        assert abs(freq - p) < 4 * np.sqrt(p * (1 - p) / n), (pair, freq, p)
+    # Every point already a centre (all distances 0): uniform draws, no NaN.
+    assert np.all(np.asarray(emjax.kmeans_plus_plus(jax.random.key(0), jnp.zeros((5, 2)), 3)) == 0)
+
+
 def test_information_criteria_equal_their_formulas():
     """BIC, AIC and ICL from NumPy densities: the ICL adds the MAP classification's entropy."""
     from scipy.special import logsumexp
