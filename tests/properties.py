@@ -157,12 +157,15 @@ def model(case: Case, x=None) -> emjax.Mixture:
     return mix
 
 
-def algorithm(case: Case, n: int):
-    if case.algorithm == "incremental":
+@functools.cache
+def algorithm(name: str, n: int):
+    """The algorithm ``name`` for ``n`` rows: one object per argument, so that running a
+    configuration again reuses its compiled program (an optax optimizer compares by identity)."""
+    if name == "incremental":
         return emjax.IncrementalEM(n_blocks=min(4, n))
-    if case.algorithm == "stepwise":
+    if name == "stepwise":
         return emjax.StepwiseEM(batch_size=min(16, n))
-    if case.algorithm == "gradient":
+    if name == "gradient":
         return emjax.GradientAscent(optax.adam(0.05))
     return emjax.BatchEM()
 
@@ -171,24 +174,35 @@ def run(batch: list[Case]):
     """Fit every case of ``batch`` (one configuration) as one program, a ``vmap``
     of :func:`emjax.fit` over the data sets: ``(result, xs)``, every leaf of
     ``result`` with a leading batch axis."""
-    case = batch[0]
-    data = [make_data(c) for c in batch]
-    xs = jnp.asarray(np.stack([x for x, _ in data]))
-    ws = None if data[0][1] is None else jnp.asarray(np.stack([w for _, w in data]))
-    mixes = [model(c, x) for c, (x, _) in zip(batch, data)]
-    mixes = jax.tree.map(lambda *a: jnp.stack(a), *mixes)  # one model per data set (their priors)
-    keys = jnp.stack([jax.random.key(c.seed) for c in batch])
-    result = _fit_batch(mixes, algorithm(case, xs.shape[1]), case.init, xs, ws, keys)
-    return result, np.asarray(xs)
+    [(result, xs)] = run_many([batch])
+    return result, xs
 
 
-@functools.partial(jax.jit, static_argnums=(2,))
-def _fit_batch(mixes, algo, init, xs, ws, keys):
-    def one(mix, x, w, key):
-        return emjax.fit(mix, x, key=key, algorithm=algo, init=init, n_restarts=N_RESTARTS, max_iter=MAX_ITER,
-                         weights=w, throw=False)
+def run_many(batches: list[list[Case]]):
+    """:func:`run` for several batches (of any configurations), all one program:
+    ``[(result, xs), ...]`` in the order of ``batches``."""
+    fits = []
+    for batch in batches:
+        data = [make_data(c) for c in batch]
+        xs = jnp.asarray(np.stack([x for x, _ in data]))
+        ws = None if data[0][1] is None else jnp.asarray(np.stack([w for _, w in data]))
+        mixes = [model(c, x) for c, (x, _) in zip(batch, data)]
+        mixes = jax.tree.map(lambda *a: jnp.stack(a), *mixes)  # one model per data set (their priors)
+        keys = jnp.stack([jax.random.key(c.seed) for c in batch])
+        fits.append((mixes, algorithm(batch[0].algorithm, xs.shape[1]), batch[0].init, xs, ws, keys))
+    return [(result, np.asarray(f[3])) for result, f in zip(_fit_batches(fits), fits)]
 
-    return jax.vmap(one)(mixes, xs, ws, keys)
+
+@eqx.filter_jit
+def _fit_batches(fits):
+    def batch(mixes, algo, init, xs, ws, keys):
+        def one(mix, x, w, key):
+            return emjax.fit(mix, x, key=key, algorithm=algo, init=init, n_restarts=N_RESTARTS, max_iter=MAX_ITER,
+                             weights=w, throw=False)
+
+        return jax.vmap(one)(mixes, xs, ws, keys)
+
+    return [batch(*f) for f in fits]
 
 
 def select(result, b: int):
@@ -198,6 +212,11 @@ def select(result, b: int):
 
 def _finite(tree) -> bool:
     return all(bool(np.all(np.isfinite(np.asarray(a)))) for a in jax.tree.leaves(tree))
+
+
+@eqx.filter_jit
+def _full_covariances(family, components):
+    return family.full_covariances(components)
 
 
 def check(case: Case, result: emjax.FitResult, x: np.ndarray) -> list[str]:
@@ -215,7 +234,7 @@ def check(case: Case, result: emjax.FitResult, x: np.ndarray) -> list[str]:
         assert np.all(w >= 0) and abs(w.sum() - 1) < 1e-4, f"{case}: weights off the simplex: {w}"
         comps = p.components
         if case.family in GAUSSIAN:
-            full = np.asarray(model(case).family.full_covariances(jax.tree.map(jnp.asarray, comps)), np.float64)
+            full = np.asarray(_full_covariances(model(case).family, comps), np.float64)
             assert np.allclose(full, np.swapaxes(full, -1, -2), rtol=1e-5, atol=0), f"{case}: covariance not symmetric"
             for c in np.reshape(full, (-1,) + full.shape[-2:]):
                 # Positive definite in the fit's own precision, as the next E-step needs it.
@@ -259,13 +278,18 @@ def random_config(rng: np.random.Generator) -> Config:
 
 def check_batch(batch: list[Case]) -> list[str]:
     """Run a batch, check every case and that an identical call gives identical results."""
-    result, xs = run(batch)
-    again, _ = run(batch)
-    for a, b in zip(jax.tree.leaves(result), jax.tree.leaves(again)):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=f"{batch[0]}: not deterministic")
+    return check_batches([batch])
+
+
+def check_batches(batches: list[list[Case]]) -> list[str]:
+    """:func:`check_batch` for several batches, run as one program."""
+    first, again = run_many(batches), run_many(batches)
     events = []
-    for b, case in enumerate(batch):
-        events += check(case, select(result, b), xs[b])
+    for batch, (result, xs), (repeat, _) in zip(batches, first, again):
+        for a, b in zip(jax.tree.leaves(result), jax.tree.leaves(repeat)):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=f"{batch[0]}: not deterministic")
+        for b, case in enumerate(batch):
+            events += check(case, select(result, b), xs[b])
     return events
 
 

@@ -79,5 +79,4 @@ def test_the_defect_classes_of_the_adversarial_sweep():
     ]
     kinds = {c.kind for b in batches for c in b}
     assert {"zero_feature", "duplicates", "collinear", "outlier", "tiny_scale", "large_counts"} <= kinds
-    for batch in batches:
-        P.check_batch(batch)
+    P.check_batches(batches)  # one program

@@ -1,5 +1,7 @@
 """The runner: stopping rules, a traced tol, the adjoint, status codes, initial parameters."""
 
+import functools
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -15,15 +17,34 @@ MODEL = emjax.Mixture(emjax.Gaussian("full"), 3)
 KEY = jax.random.key(0)
 
 
+@functools.cache
+def start():
+    """MODEL's parameters from random points of X: the start of the fits below that take one."""
+    return jax.jit(MODEL.init, static_argnums=2)(KEY, jnp.asarray(X), "random")
+
+
+@eqx.filter_jit
+def converged(rule, model, data, old, new, tol):
+    """``rule.converged``, compiled (op by op it compiles dozens of small programs)."""
+    return rule.converged(model, data, old, new, tol)
+
+
+@functools.cache
+def batch_em():
+    """Batch EM's ``init`` and ``step`` on X, each one compiled program, for MODEL as
+    fit sees it (the regularisation's scale measured on the data): ``(model, data, init, step)``."""
+    data = emjax.data.make_data(MODEL, X)
+    model = MODEL.adapt(X)
+    algo = emjax.BatchEM()
+    return model, data, jax.jit(lambda p: algo.init(model, p, data)), jax.jit(lambda s: algo.step(model, s, data))
+
+
 @pytest.fixture(scope="module")
 def two_states():
-    """Batch EM states before and after one step from a k-means start."""
-    p0 = MODEL.init(KEY, jnp.asarray(X), "kmeans")
-    data = emjax.data.make_data(MODEL, X)
-    algo = emjax.BatchEM()
-    old = algo.init(MODEL, p0, data)
-    new = algo.step(MODEL, old, data)
-    return data, old, new
+    """Batch EM states before and after one step from the start."""
+    model, data, init, step = batch_em()
+    old = init(start())
+    return model, data, old, step(old)
 
 
 def numpy_posterior(params, x):
@@ -36,7 +57,7 @@ def numpy_posterior(params, x):
 
 
 def test_stopping_rules_against_numpy(two_states):
-    data, old, new = two_states
+    model, data, old, new = two_states
     n = X.shape[0]
     d_obj = abs(float(new.objective - old.objective))
     smyth = np.mean(np.abs(numpy_posterior(new.params, X) - numpy_posterior(old.params, X)))
@@ -52,28 +73,26 @@ def test_stopping_rules_against_numpy(two_states):
     ]
     for rule, value in cases:
         assert value > 1e-6, rule  # the step moved: the rule's value is not trivially 0
-        assert bool(rule.converged(MODEL, data, old, new, jnp.asarray(value * 1.001))), rule
-        assert not bool(rule.converged(MODEL, data, old, new, jnp.asarray(value * 0.999))), rule
+        assert bool(converged(rule, model, data, old, new, jnp.asarray(value * 1.001))), rule
+        assert not bool(converged(rule, model, data, old, new, jnp.asarray(value * 0.999))), rule
 
 
 @pytest.mark.parametrize("rule", [emjax.RelativeChange(), emjax.ParameterChange(), emjax.ResponsibilityChange()])
 def test_fit_stops_by_the_chosen_rule(rule):
     """The fit stops at the first step where the rule holds: one step fewer does not satisfy it."""
-    res = emjax.fit(MODEL, X, key=KEY, stopping=rule, tol=1e-4, max_iter=500)
+    res = emjax.fit(MODEL, X, key=KEY, init=start(), stopping=rule, tol=1e-4, max_iter=500)
     assert int(res.status[0]) == emjax.RESULTS.SUCCESS
     k = int(res.n_iter[0])
-    before = emjax.fit(MODEL, X, key=KEY, stopping=rule, tol=0.0, max_iter=k - 1)
-    after = emjax.fit(MODEL, X, key=KEY, stopping=rule, tol=0.0, max_iter=k)
-    data = emjax.data.make_data(MODEL, X)
-    model = MODEL.adapt(X)  # as fit does: the regularisation's scale from the data
-    algo = emjax.BatchEM()
-    old = algo.init(model, before.params, data)
-    new = algo.step(model, old, data)
-    np.testing.assert_allclose(new.objective, after.objective[0], rtol=1e-12)
-    assert bool(rule.converged(model, data, old, new, jnp.asarray(1e-4)))
-    if k > 1:
-        older = algo.init(model, emjax.fit(MODEL, X, key=KEY, tol=0.0, max_iter=k - 2).params, data)
-        assert not bool(rule.converged(model, data, older, old, jnp.asarray(1e-4)))
+    # The fit's k steps, one at a time: the states after 0, 1, ..., k steps.
+    model, data, init, step = batch_em()
+    states = [init(start())]
+    for _ in range(k):
+        states.append(step(states[-1]))
+    np.testing.assert_allclose([float(s.objective) for s in states], res.trace[0, : k + 1], rtol=1e-12)
+    for a, b in zip(jax.tree.leaves(states[k].params), jax.tree.leaves(res.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-12)
+    assert bool(converged(rule, model, data, states[k - 1], states[k], jnp.asarray(1e-4)))
+    assert k > 1 and not bool(converged(rule, model, data, states[k - 2], states[k - 1], jnp.asarray(1e-4)))
 
 
 def test_smyth_rule_needs_a_posterior():
@@ -104,7 +123,7 @@ class Counting(eqx.Module):
 
 def test_a_new_tol_does_not_compile_again():
     model = Counting(MODEL, [])
-    p0 = MODEL.init(KEY, jnp.asarray(X), "kmeans")
+    p0 = start()
     compiles = []
     listener = lambda event, duration, **kw: compiles.append(event) if "backend_compile" in event else None  # noqa: E731
     first = emjax.fit(model, X, key=KEY, init=p0, tol=1e-2)
@@ -124,23 +143,32 @@ def test_a_veto_keeps_the_fit_going():
         def can_stop(self, state):
             return state.n_passes >= 6
 
-    res = emjax.fit(MODEL, X, key=KEY, tol=1e3, algorithm=Stubborn())
+    @jax.jit
+    def fits(p0):  # with and without the veto: one program
+        return [emjax.fit(MODEL, X, key=KEY, init=p0, tol=1e3, algorithm=algo) for algo in (Stubborn(), emjax.BatchEM())]
+
+    res, plain = fits(start())
     assert int(res.n_iter[0]) == 5 and int(res.status[0]) == emjax.RESULTS.SUCCESS
-    assert int(emjax.fit(MODEL, X, key=KEY, tol=1e3).n_iter[0]) == 1
+    assert int(plain.n_iter[0]) == 1
 
 
 def test_forward_adjoint_differentiates_a_fit():
     """jax.jvp through a whole fit equals a central finite difference (float64)."""
-    p0 = MODEL.init(KEY, jnp.asarray(X), "kmeans")
+    p0 = start()
 
     def final_loglik(scale):
         res = emjax.fit(MODEL, jnp.asarray(X) * scale, key=KEY, init=p0, max_iter=5, tol=0.0,
                         adjoint=emjax.ForwardAdjoint())
         return res.objective[0]
 
-    _, tangent = jax.jvp(final_loglik, (jnp.asarray(1.0),), (jnp.asarray(1.0),))
     h = 1e-6
-    fd = (final_loglik(jnp.asarray(1.0 + h)) - final_loglik(jnp.asarray(1.0 - h))) / (2 * h)
+
+    @jax.jit
+    def derivatives():  # the tangent and the two ends of the difference: one program
+        return jax.jvp(final_loglik, (jnp.asarray(1.0),), (jnp.asarray(1.0),))[1], final_loglik(1.0 + h), final_loglik(1.0 - h)
+
+    tangent, plus, minus = derivatives()
+    fd = (plus - minus) / (2 * h)
     assert abs(float(tangent)) > 10
     np.testing.assert_allclose(tangent, fd, rtol=1e-5)
     with pytest.raises(TypeError, match="adjoint"):
@@ -167,20 +195,24 @@ def test_a_collapse_on_the_first_step_reports_collapsed():
     non-finite without reg_covar: the restart ends COLLAPSED, naming the component,
     with finite parameters (its last finite ones)."""
     x, model, p0 = collapse_case()
-    res = emjax.fit(model, x, key=KEY, init=p0, max_iter=10)
+
+    @jax.jit
+    def fits(p0):  # without and with the remedy: one program
+        return [emjax.fit(model, x, key=KEY, init=p0, max_iter=10, reinit_collapsed=r) for r in (False, True)]
+
+    res, fixed = fits(p0)
     assert int(res.status[0]) == emjax.RESULTS.COLLAPSED
     np.testing.assert_array_equal(res.collapsed[0], [False, True])
     assert int(res.n_collapses[0]) == 1 and int(res.n_iter[0]) == 0
     assert all(np.all(np.isfinite(a)) for a in jax.tree.leaves(res.params))
     # With the remedy the fit goes on from a re-initialised component.
-    fixed = emjax.fit(model, x, key=KEY, init=p0, max_iter=10, reinit_collapsed=True)
     assert int(fixed.n_iter[0]) >= 1 and int(fixed.n_collapses[0]) >= 1
     assert all(np.all(np.isfinite(a)) for a in jax.tree.leaves(fixed.params))
 
 
 def test_init_function_parameters_are_cast_and_validated():
     x32 = X.astype(np.float32)
-    good = MODEL.init(KEY, jnp.asarray(X), "kmeans")
+    good = start()
 
     def mixed_dtypes(key, x):  # one float64 leaf among float32 data
         return emjax.MixtureParams(good.weights.astype(jnp.float64), jax.tree.map(lambda a: a.astype(jnp.float32), good.components))
@@ -216,16 +248,34 @@ def test_bad_arguments_are_refused_before_compiling(kwargs, error, match):
         emjax.fit(MODEL, X, key=KEY, **kwargs)
 
 
-@pytest.mark.parametrize("stopping", [emjax.ObjectiveChange(), emjax.ResponsibilityChange()])
-def test_restarts_one_at_a_time_equal_restarts_batched(stopping):
+STOPPING = {"objective": emjax.ObjectiveChange(), "responsibilities": emjax.ResponsibilityChange()}
+
+
+@pytest.fixture(scope="module")
+def restart_fits():
+    """For each rule of STOPPING, the same 5 restarts run as one vmap (restart batch 5),
+    in groups of 2 and one after another (batch 1): all six fits one program."""
+
+    @jax.jit
+    def fits(x):
+        return {
+            name: {
+                b: emjax.fit(MODEL, x, key=KEY, n_restarts=5, init="random", max_iter=40, tol=1e-3, stopping=rule,
+                             restart_batch_size=b)
+                for b in (5, 2, 1)
+            }
+            for name, rule in STOPPING.items()
+        }
+
+    return jax.tree.map(np.asarray, fits(jnp.asarray(X)))
+
+
+@pytest.mark.parametrize("stopping", list(STOPPING))
+def test_restarts_one_at_a_time_equal_restarts_batched(restart_fits, stopping):
     # The same restarts run as one vmap, in groups of 2 and one after another (where a
     # finished restart's step is skipped by a cond): the same fits, to rounding. A
     # loose tol makes the restarts stop at different iterations.
-    fits = {
-        b: emjax.fit(MODEL, X, key=KEY, n_restarts=5, init="random", max_iter=40, tol=1e-3, stopping=stopping,
-                     restart_batch_size=b)
-        for b in (5, 2, 1)
-    }
+    fits = restart_fits[stopping]
     ref = fits[5]
     assert len(set(np.asarray(ref.n_iter).tolist())) > 1  # the restarts really finish apart
     for b in (2, 1):

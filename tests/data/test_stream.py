@@ -1,7 +1,9 @@
 """EM over chunks (emjax.fit_chunks): exactly batch EM, for every family, source and chunking.
 
-Float64 throughout (tests/conftest.py enables x64). Chunk sizes are shared between
-tests so that few E-step shapes are compiled.
+Float64 throughout (tests/conftest.py enables x64). Compilation dominates: a host
+stream's fit compiles one set of programs per stream shape (rows, chunk size, kind
+of source), so the tests share N rows and ``CHUNK`` rows a chunk wherever the
+chunking is not the point, and the Gaussian tests share the ``full`` case's data.
 """
 
 import json
@@ -12,6 +14,7 @@ import sys
 import textwrap
 import threading
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,31 +22,34 @@ import pytest
 
 import emjax
 from tests.conftest import make_blobs
+from tests.registry import CASES
 from emjax._result import best_restart
 from emjax import fit_chunks, predict_chunks, score_chunks
 from emjax.data._source import _Prefetcher
-from tests.families.test_bernoulli_categorical import KB, KC, SC, bern_data, cat_data
-from tests.families.test_counts import model_for as count_model, sample as count_sample
 
 N = 1000
-# Divides N, divides N into 4, leaves a ragged last chunk of one row.
-ARRAY_CHUNKS = [1000, 250, 333]
+# Three full chunks and a ragged last one of one row.
+CHUNK = 333
 # Unequal chunks, with an empty one (skipped).
 LIST_SPLITS = [250, 250, 583, 833]  # chunks 250, 0, 333, 250, 167
 
-FAMILIES = ["full", "diag", "spherical", "tied", "bernoulli", "categorical", "multinomial", "binomial", "poisson"]
+# A stream only reads rows and sums the E-step's statistics over chunks, the same for
+# every family; that each family's statistics add up over chunks (an E-step in chunks
+# with a ragged remainder is the one-pass fit, for every family in the registry) is
+# tests/families/test_conformance.py's. Here: a Gaussian (whose regularisation scale
+# is measured over the stream), integer codes, and counts (also as pytree chunks below).
+FAMILIES = ["full", "categorical", "binomial"]
+
+
+@eqx.filter_jit
+def random_init(model, x, seed=1):
+    return model.init(jax.random.key(seed), x, "random")
 
 
 def family_case(name):
-    """``(model, x)`` with N rows for the family ``name``."""
-    if name in ("full", "diag", "spherical", "tied"):
-        x, _ = make_blobs(1, n=N, d=3, k=3)
-        return emjax.Mixture(emjax.Gaussian(name), 3), x
-    if name == "bernoulli":
-        return emjax.Mixture(emjax.Bernoulli(), KB), bern_data(N, seed=1)[0]
-    if name == "categorical":
-        return emjax.Mixture(emjax.Categorical(SC), KC), cat_data(N, seed=1)[0]
-    return count_model(name), count_sample(name, N, seed=1)[0]
+    """``(model, x, p0)``: N rows of the family ``name``'s planted mixture and a random start."""
+    model, x = CASES[name].model(), CASES[name].sample(N, 1)[0]
+    return model, x, random_init(model, model.validate_data(x))
 
 
 def assert_same_fit(a, b, rtol=1e-10):
@@ -61,37 +67,32 @@ def assert_same_fit(a, b, rtol=1e-10):
     assert int(b.best) == int(a.best) and int(b.n_points) == int(a.n_points)
 
 
+FIT = dict(key=jax.random.key(0), max_iter=20, tol=0.0)
+
+
 @pytest.mark.parametrize("name", FAMILIES)
 def test_chunked_em_equals_batch_em(name, tmp_path):
-    model, x = family_case(name)
-    p0 = model.init(jax.random.key(1), model.validate_data(x), "random")
-    kw = dict(key=jax.random.key(0), init=p0, max_iter=20, tol=0.0)
+    model, x, p0 = family_case(name)
+    kw = dict(FIT, init=p0)
     ref = emjax.fit(model, x, **kw)
     assert int(ref.n_iter[0]) == 20  # every step counted: a wrong accumulation would show
 
-    # Every family through uneven list chunks (one of them empty) and one chunk size
-    # that does not divide N; the kinds of source, being family-independent, for two
-    # families (a matrix and a pytree-free count family) only, to keep CI's time.
-    assert_same_fit(ref, fit_chunks(model, np.split(x, LIST_SPLITS), **kw))
-    assert_same_fit(ref, fit_chunks(model, x, chunk_size=333, **kw))
-    if name not in ("full", "binomial"):
+    # Every family through uneven list chunks (one of them empty) re-cut to CHUNK
+    # rows, which leaves a ragged last chunk; the kinds of source, being
+    # family-independent, for one family only, to keep CI's time.
+    assert_same_fit(ref, fit_chunks(model, np.split(x, LIST_SPLITS), chunk_size=CHUNK, **kw))
+    if name != "full":
         return
-    for size in ARRAY_CHUNKS:
-        if size != 333:
-            assert_same_fit(ref, fit_chunks(model, x, chunk_size=size, **kw))
+    # One chunk of all rows, and chunks that divide N.
+    for size in (N, 250):
+        assert_same_fit(ref, fit_chunks(model, x, chunk_size=size, **kw))
 
-    # The same data from a .npy file (a path, and an explicit memmap) and from a generator function.
+    # The same data from a .npy file (a path, and an explicit memmap). A function
+    # source: tests/data/test_sources.py (every algorithm) and the pytree case below.
     path = tmp_path / "x.npy"
     np.save(path, x)
     assert_same_fit(ref, fit_chunks(model, str(path), chunk_size=250, **kw))
-    assert_same_fit(ref, fit_chunks(model, np.load(path, mmap_mode="r"), chunk_size=333, **kw))
-
-    def read_blocks():
-        data = np.load(path, mmap_mode="r")
-        for start in range(0, N, 250):
-            yield np.array(data[start : start + 250])
-
-    assert_same_fit(ref, fit_chunks(model, read_blocks, **kw))
+    assert_same_fit(ref, fit_chunks(model, np.load(path, mmap_mode="r"), chunk_size=CHUNK, **kw))
 
 
 def test_restarts_freeze_and_match_batch_em():
@@ -101,7 +102,7 @@ def test_restarts_freeze_and_match_batch_em():
     model = emjax.Mixture(emjax.Gaussian("full"), 3)
     kw = dict(key=jax.random.key(3), n_restarts=3, init="random", max_iter=60, tol=1e-5)
     ref = emjax.fit(model, x, **kw)
-    res = fit_chunks(model, x, chunk_size=250, **kw)
+    res = fit_chunks(model, x, chunk_size=CHUNK, **kw)
     assert res.trace.shape == (3, 61) and jax.tree.leaves(res.restart_params)[0].shape[0] == 3
     trace = np.asarray(res.trace)
     assert np.all(np.diff(trace, axis=1) >= -1e-9 * np.abs(trace[:, 1:]))
@@ -114,14 +115,16 @@ def test_restarts_freeze_and_match_batch_em():
     assert_same_fit(ref, res, rtol=1e-9)
 
 
-def test_random_sample_initialisation_of_a_large_array():
-    # N > init_size: restarts start from k-means on random rows, and still converge.
-    x, _ = make_blobs(4, n=3000, d=3, k=3, sep=6.0)
+def test_random_sample_initialisation_of_an_array_larger_than_the_sample():
+    # N > init_size: restarts start from k-means on random rows, and still converge:
+    # to batch EM's optimum from the planted labels (the full case's program).
+    x, labels = make_blobs(4, n=N, d=3, k=3, sep=6.0)
     model = emjax.Mixture(emjax.Gaussian("full"), 3)
-    res = fit_chunks(model, x, key=jax.random.key(0), n_restarts=2, init_size=500, chunk_size=1000, max_iter=100)
+    res = fit_chunks(model, x, key=jax.random.key(0), n_restarts=2, init_size=300, chunk_size=CHUNK, max_iter=100)
     assert np.all(np.asarray(res.status) == emjax.RESULTS.SUCCESS)
-    best = emjax.fit(model, x, key=jax.random.key(0), n_restarts=2, max_iter=100)
-    np.testing.assert_allclose(float(res.objective[res.best]), float(best.objective[best.best]), rtol=1e-6)
+    planted = jax.jit(model.init_from_resp)(jnp.asarray(x), jax.nn.one_hot(labels, 3))
+    best = emjax.fit(model, x, init=planted, **FIT)
+    np.testing.assert_allclose(float(res.objective[res.best]), float(best.objective[0]), rtol=1e-6)
 
 
 def test_pytree_chunks_per_point_binomial():
@@ -131,12 +134,12 @@ def test_pytree_chunks_per_point_binomial():
     probs = np.array([[0.2, 0.7, 0.5], [0.8, 0.3, 0.1]])
     successes = rng.binomial(trials[:, None], probs[z]).astype(np.float64)
     model = emjax.Mixture(emjax.Binomial(None), 2)
-    p0 = model.init(jax.random.key(0), model.validate_data((successes, trials)), "random")
-    kw = dict(key=jax.random.key(0), init=p0, max_iter=20, tol=0.0)
+    p0 = random_init(model, model.validate_data((successes, trials)), 0)
+    kw = dict(FIT, init=p0)
     ref = emjax.fit(model, (successes, trials), **kw)
     chunks = [(s, t) for s, t in zip(np.split(successes, LIST_SPLITS), np.split(trials, LIST_SPLITS))]
-    assert_same_fit(ref, fit_chunks(model, chunks, **kw))
-    assert_same_fit(ref, fit_chunks(model, lambda: iter(chunks), **kw))
+    assert_same_fit(ref, fit_chunks(model, chunks, chunk_size=CHUNK, **kw))
+    assert_same_fit(ref, fit_chunks(model, lambda: iter(chunks), chunk_size=CHUNK, **kw))
 
 
 # -- errors -----------------------------------------------------------------------------
@@ -144,12 +147,12 @@ def test_pytree_chunks_per_point_binomial():
 
 @pytest.fixture(scope="module")
 def gaussian():
-    x, _ = make_blobs(1, n=N, d=3, k=3)
-    return emjax.Mixture(emjax.Gaussian("diag"), 3), x
+    """The ``full`` case: ``(model, x, p0)``."""
+    return family_case("full")
 
 
 def test_chunk_with_other_columns(gaussian):
-    model, x = gaussian
+    model, x, _ = gaussian
     with pytest.raises(ValueError, match=r"chunk 1 \(starting at row 500 of the data\).*same columns"):
         fit_chunks(model, [x[:500], x[500:, :2]], key=jax.random.key(0), init_size=400)
     with pytest.raises(ValueError, match=r"chunk 1 .*same columns"):
@@ -157,7 +160,7 @@ def test_chunk_with_other_columns(gaussian):
 
 
 def test_nan_in_a_chunk_names_the_chunk_and_row(gaussian):
-    model, x = gaussian
+    model, x, _ = gaussian
     bad = x.copy()
     bad[3 * 250 + 12, 1] = np.nan
     match = r"chunk 3 \(starting at row 750 of the data\): .*NaN.* at row 12, column 1"
@@ -173,7 +176,7 @@ def test_nan_in_a_chunk_names_the_chunk_and_row(gaussian):
 
 
 def test_empty_sources(gaussian):
-    model, x = gaussian
+    model, x, _ = gaussian
     for source in ([], lambda: iter([]), x[:0], [x[:0], x[:0]]):
         with pytest.raises(ValueError, match="no rows"):
             fit_chunks(model, source, key=jax.random.key(0))
@@ -182,7 +185,7 @@ def test_empty_sources(gaussian):
 
 
 def test_non_array_sources_and_chunks(gaussian):
-    model, x = gaussian
+    model, x, _ = gaussian
     with pytest.raises(TypeError, match=r"chunk 1 is a str, not an array"):
         fit_chunks(model, [x[:500], "x.csv"], key=jax.random.key(0))
     with pytest.raises(TypeError, match=r"chunk 0 is a dict"):
@@ -229,9 +232,8 @@ def test_prefetch_thread_propagates_errors_and_stops_early():
 
 
 def test_score_and_predict_over_chunks(gaussian):
-    model, x = gaussian
-    params = model.init(jax.random.key(0), jnp.asarray(x), "kmeans")
-    total = score_chunks(model, params, x, chunk_size=333)
+    model, x, params = gaussian
+    total = score_chunks(model, params, x, chunk_size=CHUNK)
     np.testing.assert_allclose(float(total), float(jnp.sum(model.log_prob(params, x))), rtol=1e-12)
     np.testing.assert_allclose(float(total) / N, float(model.score(params, x)), rtol=1e-12)
     labels = predict_chunks(model, params, np.split(x, LIST_SPLITS))
@@ -243,16 +245,23 @@ def test_score_and_predict_over_chunks(gaussian):
 
 
 def test_progress_line(gaussian, capsys):
-    model, x = gaussian
-    fit_chunks(model, x, key=jax.random.key(0), chunk_size=250, max_iter=2, progress=True)
+    model, x, p0 = gaussian
+    kw = dict(FIT, init=p0, chunk_size=CHUNK)  # the programs of test_chunked_em_equals_batch_em[full]
+    fit_chunks(model, x, progress=True, **kw)
     err = capsys.readouterr().err
     assert "checking the data: 4/4 chunks, 1,000 rows" in err and "pass 3: 4/4 chunks" in err and "rows/s" in err
-    fit_chunks(model, x, key=jax.random.key(0), chunk_size=250, max_iter=2, progress=False)
-    score_chunks(model, model.init(jax.random.key(0), jnp.asarray(x)), x, chunk_size=250)  # short: silent
+    fit_chunks(model, x, progress=False, **kw)
+    score_chunks(model, p0, x, chunk_size=CHUNK)  # short: silent
     assert capsys.readouterr().err == ""
 
 
 # -- stepwise EM over chunks --------------------------------------------------------------
+
+
+@eqx.filter_jit
+def loglik(model, params, x):
+    """The fitting log-likelihood (reg_covar's penalty at the data's scale) at ``params``."""
+    return model.adapt(x).e_step(params, x)[1]
 
 
 def test_stepwise_over_chunks_nears_batch_em():

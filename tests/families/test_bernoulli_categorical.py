@@ -19,7 +19,7 @@ from scipy.optimize import linear_sum_assignment
 import emjax
 from emjax.families._bernoulli import Bernoulli, BernoulliParams, BetaPrior
 from emjax.families._categorical import Categorical, CategoricalParams
-from tests.conftest import assert_monotone
+from tests.families.test_counts import assert_ml_fit
 from tests.registry import B_MEANS, B_WEIGHTS, DB, DC, KB, KC, SC, bern_data, bern_params, cat_data, cat_params, planted_probs
 
 __all__ = ["KB", "KC", "SC", "bern_data", "cat_data"]  # imported by other test modules
@@ -122,13 +122,30 @@ def test_log_prior_values():
 # -- fits --------------------------------------------------------------------------------------
 
 
+#: The recovery tests' sample sizes: the fit to the first ``RECOVERY_N[0]`` rows of
+#: ``RECOVERY_N[1]`` is the fit to all of them with weight 0 on the others (weights
+#: are repetition counts, test_conformance.py), so both sizes are one compiled
+#: program; its restarts run one after another (``restart_batch_size=1``).
+RECOVERY_N = (2000, 20000)
+
+
+def recovery_fit(model, x, n):
+    """8 restarts (k-means), 300 steps at most, ``tol=1e-8``, on the first ``n`` rows of
+    ``x``; every restart's log-likelihood never decreases and is the objective at its
+    final parameters."""
+    weights = (np.arange(len(x)) < n).astype(np.float64)
+    res = emjax.fit(model, x, key=jax.random.key(0), weights=weights, n_restarts=8, max_iter=300, tol=1e-8,
+                    restart_batch_size=1)
+    assert_ml_fit(model, res, x, weights)
+    return res
+
+
 def test_bernoulli_parameter_recovery():
     model = emjax.Mixture(Bernoulli(), KB)
+    x, _ = bern_data(RECOVERY_N[1], seed=7)
     errors = []
-    for n in (2000, 20000):
-        x, _ = bern_data(n, seed=7)
-        res = emjax.fit(model, x, key=jax.random.key(0), n_restarts=8, max_iter=300, tol=1e-8)
-        assert_monotone(res.trace)
+    for n in RECOVERY_N:
+        res = recovery_fit(model, x, n)
         means = np.asarray(res.params.components.means)
         perm = best_permutation(means, B_MEANS)
         errors.append(np.abs(means[perm] - B_MEANS).max())
@@ -139,18 +156,18 @@ def test_bernoulli_parameter_recovery():
 
 def test_categorical_recovery_and_planted_classes():
     model = emjax.Mixture(Categorical(SC), KC)
+    x, z = cat_data(RECOVERY_N[1], seed=8)
     errors = []
-    for n in (2000, 20000):
-        x, z = cat_data(n, seed=8)
-        res = emjax.fit(model, x, key=jax.random.key(0), n_restarts=8, max_iter=300, tol=1e-8)
-        assert_monotone(res.trace)
+    for n in RECOVERY_N:
+        res = recovery_fit(model, x, n)
         probs = np.asarray(res.params.components.probs)
         perm = best_permutation(probs, planted_probs())
         errors.append(np.abs(probs[perm] - planted_probs()).max())
-        # The planted classes: predicted labels agree with the truth after the best relabelling.
-        pred = np.asarray(model.predict(res.params, jnp.asarray(x)))
+        # The planted classes: predicted labels of the rows fitted agree with the truth
+        # after the best relabelling.
+        pred = np.asarray(jax.jit(model.predict)(res.params, x))[:n]
         table = np.zeros((KC, KC))
-        np.add.at(table, (z, pred), 1)
+        np.add.at(table, (z[:n], pred), 1)
         rows, cols = linear_sum_assignment(-table)
         accuracy = table[rows, cols].sum() / n
         assert accuracy > 0.9, accuracy

@@ -6,6 +6,7 @@ responsibilities; the conditional mean and covariance of its missing block given
 the observed one complete the expected sufficient statistics.
 """
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -78,6 +79,14 @@ def data():
     return mcar(x, 0.3, seed=0), z
 
 
+@eqx.filter_jit
+def fit_and_score(model, x, p0, max_iter):
+    """The fit from ``p0`` (``tol=0``), its full covariances and the log density of
+    each row at its parameters: one program."""
+    res = emjax.fit(model, x, key=jax.random.key(0), init=p0, max_iter=max_iter, tol=0.0)
+    return res, model.family.full_covariances(res.params.components), model.log_prob(res.params, x)
+
+
 @pytest.mark.parametrize("k,cov_type", [(1, "full"), (3, "full"), (3, "diag"), (3, "tied"), (3, "spherical")])
 def test_em_equals_numpy_missing_data_em(data, k, cov_type):
     """Eight iterations from the same start: weights, means, covariances and the
@@ -93,14 +102,13 @@ def test_em_equals_numpy_missing_data_em(data, k, cov_type):
     model = emjax.Mixture(emjax.Gaussian(cov_type, reg_covar=0.0), k, missing=True)
     p0 = emjax.MixtureParams(jnp.asarray(w0), emjax.GaussianParams(jnp.asarray(mu0), jnp.asarray(given)))
     cov0 = np.asarray(model.family.full_covariances(p0.components))
-    res = emjax.fit(model, x, key=jax.random.key(0), init=p0, max_iter=8, tol=0.0)
+    res, got_cov, log_prob = fit_and_score(model, x, p0, 8)
     w, mu, cov, ll = numpy_missing_em(x, w0, mu0, cov0, 8, cov_type)
     p = res.params
-    got_cov = np.asarray(model.family.full_covariances(p.components))
     np.testing.assert_allclose(p.weights, w, rtol=1e-10)
     np.testing.assert_allclose(p.components.means, mu, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(got_cov, cov, rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(jnp.sum(model.log_prob(p, x)), ll, rtol=1e-11)
+    np.testing.assert_allclose(jnp.sum(log_prob), ll, rtol=1e-11)
     trace = np.asarray(res.trace[0])
     assert np.all(np.diff(trace) >= -1e-12 * np.abs(trace[1:]))
 
@@ -127,6 +135,17 @@ def discrete_case(name, n=400, seed=0):
     return emjax.Categorical(3), x, lambda x, p: np.log(p[np.arange(d)[None, :], x.astype(int)])
 
 
+@eqx.filter_jit
+def discrete_fit(model, x):
+    """The fit (400 steps at most, ``tol=1e-12``, from ``random_resp``) and, at its
+    parameters, the log density, posterior, imputation and one draw of the missing
+    entries: one program."""
+    res = emjax.fit(model, x, key=jax.random.key(0), init="random_resp", max_iter=400, tol=1e-12)
+    p = res.params
+    return (res, model.log_prob(p, x), model.posterior(p, x), model.impute(p, x),
+            model.sample_missing(jax.random.key(3), p, x))
+
+
 @pytest.mark.parametrize("name", ["bernoulli", "poisson", "binomial", "categorical"])
 def test_discrete_families_marginalise_missing_features(name):
     """The log density of a row is the mixture over components of the product of its
@@ -135,42 +154,47 @@ def test_discrete_families_marginalise_missing_features(name):
     family, x, logpmf = discrete_case(name)
     xm = mcar(x, 0.3, seed=1)
     model = emjax.Mixture(family, 2, missing=True)
-    res = emjax.fit(model, xm, key=jax.random.key(0), max_iter=400, tol=1e-12)
+    res, log_prob, post, filled, drawn = jax.tree.map(np.asarray, discrete_fit(model, xm))
     p = res.params
     theta = np.asarray(jax.tree.leaves(p.components)[0])
     obs = ~np.isnan(xm)
     x0 = np.where(obs, xm, 0.0)
     terms = np.stack([np.where(obs, logpmf(x0, theta[j]), 0.0).sum(1) for j in range(2)], axis=1)
     ref = logsumexp(terms + np.log(np.asarray(p.weights)), axis=1)
-    np.testing.assert_allclose(model.log_prob(p, xm), ref, rtol=1e-12)
+    np.testing.assert_allclose(log_prob, ref, rtol=1e-12)
     trace = np.asarray(res.trace[0])
     trace = trace[np.isfinite(trace)]
     assert np.all(np.diff(trace) >= -1e-12 * np.abs(trace[1:]))
-    post = np.asarray(model.posterior(p, xm))
+    assert int(res.status[0]) == emjax.RESULTS.SUCCESS
     if name == "categorical":
         onehot = np.eye(3)[x0.astype(int)] * obs[..., None]
         direct = np.einsum("nk,nds->kds", post, onehot) / np.einsum("nk,nd->kd", post, obs)[..., None]
     else:
         direct = (post.T @ x0) / (post.T @ obs) / (6 if name == "binomial" else 1)
     np.testing.assert_allclose(theta, direct, atol=1e-5)
-    filled = np.asarray(model.impute(p, xm))
     assert not np.isnan(filled).any() and np.all(filled[obs] == xm[obs])
-    drawn = np.asarray(model.sample_missing(jax.random.key(3), p, xm))
     assert not np.isnan(drawn).any() and np.all(drawn[obs] == xm[obs])
     assert np.all(family.validate_data(np.where(obs, xm, drawn)) == np.where(obs, xm, drawn))  # in the support
+
+
+@eqx.filter_jit
+def with_and_without_missing(family, x):
+    """Fits of two restarts (k-means starts, 6 steps, ``tol=0``) without and with
+    ``missing=True``: one program."""
+    kw = dict(key=jax.random.key(0), n_restarts=2, max_iter=6, tol=0.0)
+    return emjax.fit(emjax.Mixture(family, 2), x, **kw), emjax.fit(emjax.Mixture(family, 2, missing=True), x, **kw)
 
 
 @pytest.mark.parametrize("family", [emjax.Gaussian("tied"), emjax.StudentT("full"), emjax.Categorical(3)],
                          ids=["tied", "student_t_full", "categorical"])
 def test_without_missing_entries_the_fit_is_the_complete_data_fit(family):
-    """missing=True on data with no NaN: the same traces and parameters of two restarts (1e-10)."""
+    """missing=True on data with no NaN: the same traces and parameters of two restarts
+    (1e-10), k-means starts included."""
     if isinstance(family, emjax.Categorical):
         x = discrete_case("categorical", n=200)[1]
     else:
         x = emjax.datasets.gaussian_mixture_sample(2, n=200, d=3, k=2, separation=3.0)[0]
-    kw = dict(key=jax.random.key(0), n_restarts=2, max_iter=6, tol=0.0)
-    a = emjax.fit(emjax.Mixture(family, 2), x, **kw)
-    b = emjax.fit(emjax.Mixture(family, 2, missing=True), x, **kw)
+    a, b = with_and_without_missing(family, x)
     np.testing.assert_allclose(a.trace, b.trace, rtol=1e-10)
     for u, v in zip(jax.tree.leaves(a.restart_params), jax.tree.leaves(b.restart_params)):
         np.testing.assert_allclose(u, v, rtol=1e-9, atol=1e-12)
@@ -188,12 +212,38 @@ def planted(n, seed):
     return TRUE_MEANS[z] + rng.multivariate_normal(np.zeros(3), TRUE_COV, n)
 
 
-def test_planted_recovery_with_30_percent_missing_improves_with_n():
+#: The planted mixture's model.
+MODEL = emjax.Mixture(emjax.Gaussian("full"), 2, missing=True)
+
+
+def planted_missing(n):
+    """``n`` rows of the planted mixture with 30% of the entries missing."""
+    return mcar(planted(n, seed=n), 0.3, seed=n + 1)
+
+
+def starts(key, x):
+    """A restart's start, ``(key, x) -> params``: the planted means halved and moved
+    by the key, covariances 2 I."""
+    means = 0.5 * TRUE_MEANS + 0.5 * jax.random.normal(key, TRUE_MEANS.shape, x.dtype)
+    return emjax.MixtureParams(jnp.full(2, 0.5, x.dtype), emjax.GaussianParams(means, jnp.broadcast_to(2 * jnp.eye(3, dtype=x.dtype), (2, 3, 3))))
+
+
+def planted_fit(xm):
+    return emjax.fit(MODEL, xm, key=jax.random.key(0), n_restarts=2, init=starts, max_iter=300, tol=1e-9)
+
+
+@pytest.fixture(scope="module")
+def fit_600():
+    """The planted mixture's fit to 600 rows (two restarts, to convergence), shared."""
+    xm = planted_missing(600)
+    return xm, planted_fit(xm)
+
+
+def test_planted_recovery_with_30_percent_missing_improves_with_n(fit_600):
     errors = []
-    for n in (500, 8000):
-        xm = mcar(planted(n, seed=n), 0.3, seed=n + 1)
-        model = emjax.Mixture(emjax.Gaussian("full"), 2, missing=True)
-        res = emjax.fit(model, xm, key=jax.random.key(0), n_restarts=2, max_iter=300, tol=1e-9)
+    for n in (600, 8000):
+        xm = planted_missing(n)
+        res = fit_600[1] if n == 600 else planted_fit(xm)
         assert np.all(np.asarray(res.status) == emjax.RESULTS.SUCCESS)
         assert int(res.best) == int(np.argmax(np.asarray(res.objective)))
         p = res.params
@@ -203,21 +253,24 @@ def test_planted_recovery_with_30_percent_missing_improves_with_n():
         err = max(np.max(np.abs(np.asarray(p.components.means)[order] - TRUE_MEANS)),
                   np.max(np.abs(np.asarray(p.components.covariances)[order] - TRUE_COV)))
         errors.append(err)
-    print(f"\nlargest error of the means and covariances: N=500 {errors[0]:.3f}, N=8000 {errors[1]:.3f}")
+    print(f"\nlargest error of the means and covariances: N=600 {errors[0]:.3f}, N=8000 {errors[1]:.3f}")
     assert errors[1] < 0.1 and errors[1] < errors[0] / 2
+
+
+@jax.jit
+def impute_and_posterior(p1, p2, x):
+    one = emjax.Mixture(emjax.Gaussian("full"), 1, missing=True)
+    return one.impute(p1, x), MODEL.impute(p2, x), MODEL.posterior(p2, x)
 
 
 def test_impute_is_the_exact_conditional_mean():
     """K=1 with known parameters: E[x_m | x_o] = mu_m + S_mo S_oo^-1 (x_o - mu_o), row
     by row in NumPy (1e-12); K=2 mixes them with the posterior of the observed entries."""
     x = mcar(planted(50, seed=7), 0.4, seed=8)
-    one = emjax.Mixture(emjax.Gaussian("full"), 1, missing=True)
     p1 = emjax.MixtureParams(jnp.ones(1), emjax.GaussianParams(jnp.asarray(TRUE_MEANS[:1]), jnp.asarray(TRUE_COV[None])))
-    two = emjax.Mixture(emjax.Gaussian("full"), 2, missing=True)
     p2 = emjax.MixtureParams(jnp.asarray([0.3, 0.7]),
                              emjax.GaussianParams(jnp.asarray(TRUE_MEANS), jnp.asarray(np.stack([TRUE_COV, 2 * TRUE_COV]))))
-    got1, got2 = np.asarray(one.impute(p1, x)), np.asarray(two.impute(p2, x))
-    post = np.asarray(two.posterior(p2, x))
+    got1, got2, post = (np.asarray(a) for a in impute_and_posterior(p1, p2, x))
     for i, row in enumerate(x):
         o, m = ~np.isnan(row), np.isnan(row)
         want = [row.copy(), row.copy()]
@@ -233,7 +286,8 @@ def test_sample_missing_follows_the_conditional_law():
     row = np.array([[np.nan, 0.5, -0.3]])
     model = emjax.Mixture(emjax.Gaussian("full"), 1, missing=True)
     p = emjax.MixtureParams(jnp.ones(1), emjax.GaussianParams(jnp.asarray(TRUE_MEANS[:1]), jnp.asarray(TRUE_COV[None])))
-    draws = np.asarray(model.sample_missing(jax.random.key(0), p, np.repeat(row, 20000, axis=0)))[:, 0]
+    draw = jax.jit(model.sample_missing)
+    draws = np.asarray(draw(jax.random.key(0), p, np.repeat(row, 20000, axis=0)))[:, 0]
     o = np.array([1, 2])
     gain = TRUE_COV[0, o] @ np.linalg.inv(TRUE_COV[np.ix_(o, o)])
     mean = TRUE_MEANS[0, 0] + gain @ (row[0, o] - TRUE_MEANS[0, o])
@@ -242,27 +296,58 @@ def test_sample_missing_follows_the_conditional_law():
     assert abs(draws.var() - var) < 5 * var * np.sqrt(2 / draws.size)
 
 
-def test_float32_agrees_with_float64_and_student_t_is_monotone_with_outlier_scores():
-    xm = mcar(planted(600, seed=3), 0.3, seed=4)
-    out = {}
-    for dtype in (np.float32, np.float64):
-        model = emjax.Mixture(emjax.Gaussian("full"), 2, missing=True)
-        res = emjax.fit(model, xm.astype(dtype), key=jax.random.key(0), max_iter=40, tol=0.0)
-        out[dtype] = float(res.objective[0])
-    assert abs(out[np.float32] - out[np.float64]) <= 1e-4 * abs(out[np.float64])
-    for update in ("ecm", "ecme"):
-        model = emjax.Mixture(emjax.StudentT("full", dof_update=update), 2, missing=True)
-        res = emjax.fit(model, xm[:200], key=jax.random.key(0), max_iter=8, tol=0.0)
+def test_float32_agrees_with_float64(fit_600):
+    """The same fit (same starts, to convergence) to the float32 data: the best
+    objective within 1e-4 of float64's."""
+    xm, r64 = fit_600
+    r32 = planted_fit(xm.astype(np.float32))
+    assert r32.objective.dtype == np.float32 and r32.params.components.covariances.dtype == np.float32
+    ll32, ll64 = float(r32.objective[r32.best]), float(r64.objective[r64.best])
+    assert abs(ll32 - ll64) <= 1e-4 * abs(ll64), (ll32, ll64)
+
+
+@eqx.filter_jit
+def student_t_fits(x, complete, p0):
+    """ECM and ECME fits (8 steps, ``tol=0``) from ``p0`` with ``missing=True``, and the
+    outlier scores at ECME's parameters: of every row, and of the ``complete`` rows
+    under the plain model. One program."""
+    fits = {update: emjax.fit(emjax.Mixture(emjax.StudentT("full", dof_update=update), 2, missing=True), x,
+                              key=jax.random.key(0), init=p0, max_iter=8, tol=0.0) for update in ("ecm", "ecme")}
+    params = fits["ecme"].params
+    scores = emjax.Mixture(emjax.StudentT("full", dof_update="ecme"), 2, missing=True).outlier_scores(params, x)
+    plain = emjax.Mixture(emjax.StudentT("full"), 2).outlier_scores(params, complete)
+    return fits, scores, plain
+
+
+def test_student_t_is_monotone_with_outlier_scores():
+    xm = planted_missing(600)[:200]
+    p0 = emjax.MixtureParams(jnp.asarray([0.5, 0.5]), emjax.StudentTParams(
+        jnp.asarray(0.5 * TRUE_MEANS), jnp.asarray(np.stack([2 * np.eye(3)] * 2)), jnp.asarray([5.0, 5.0])))
+    complete = ~np.isnan(xm).any(axis=1)
+    fits, (weight, dist), (w_plain, d_plain) = jax.tree.map(np.asarray, student_t_fits(xm, xm[complete], p0))
+    for update, res in fits.items():
         trace = np.asarray(res.trace[0])
         assert np.all(np.diff(trace) >= -1e-10 * np.abs(trace[1:])), update
+        assert trace[-1] > trace[0], update
         assert np.all(np.isfinite(np.asarray(res.params.components.dofs)))
     # outlier scores from the observed entries: on complete rows those of the plain model
-    weight, dist = model.outlier_scores(res.params, xm[:200])
-    complete = ~np.isnan(xm[:200]).any(axis=1)
-    w_plain, d_plain = emjax.Mixture(emjax.StudentT("full"), 2).outlier_scores(res.params, xm[:200][complete])
-    np.testing.assert_allclose(np.asarray(weight)[complete], w_plain, rtol=1e-10)
-    np.testing.assert_allclose(np.asarray(dist)[complete], d_plain, rtol=1e-10)
-    assert np.all(np.isfinite(np.asarray(weight))) and np.all(np.isfinite(np.asarray(dist))) and not complete.all()
+    np.testing.assert_allclose(weight[complete], w_plain, rtol=1e-10)
+    np.testing.assert_allclose(dist[complete], d_plain, rtol=1e-10)
+    assert np.all(np.isfinite(weight)) and np.all(np.isfinite(dist)) and not complete.all()
+
+
+@eqx.filter_jit
+def other_fits(model, x, p0):
+    """The fits of :func:`test_every_algorithm_over_chunks_streams_and_weights` but batch
+    EM on all rows: with weights 2 on the first half, and by the other algorithms; from
+    ``p0``, 5 steps, ``tol=0``. One program."""
+    kw = dict(key=jax.random.key(0), init=p0, max_iter=5, tol=0.0)
+    return dict(
+        weighted=emjax.fit(model, x[:150], weights=jnp.full(150, 2.0), **kw),
+        incremental=emjax.fit(model, x, algorithm=emjax.IncrementalEM(n_blocks=4), **kw),
+        stepwise=emjax.fit(model, x, algorithm=emjax.StepwiseEM(batch_size=50), **kw),
+        gradient=emjax.fit(model, x, algorithm=emjax.GradientAscent(optax.adam(0.05)), **kw),
+    )
 
 
 def test_every_algorithm_over_chunks_streams_and_weights():
@@ -271,21 +356,19 @@ def test_every_algorithm_over_chunks_streams_and_weights():
     gradient ascent run."""
     xm = mcar(planted(300, seed=5), 0.3, seed=6)
     model = emjax.Mixture(emjax.Gaussian("diag"), 2, missing=True)
-    p0 = model.init(jax.random.key(1), jnp.asarray(xm), "kmeans")
+    p0 = emjax.MixtureParams(jnp.asarray([0.5, 0.5]), emjax.GaussianParams(jnp.asarray(0.5 * TRUE_MEANS), jnp.full((2, 3), 2.0)))
+    fits = jax.tree.map(np.asarray, other_fits(model, xm, p0))
     kw = dict(key=jax.random.key(0), init=p0, max_iter=5, tol=0.0)
     memory = emjax.fit(model, xm, **kw)
+    repeated = emjax.fit(model, np.concatenate([xm[:150], xm[:150]]), **kw)  # the same program: 300 rows
     streamed = emjax.fit(model, emjax.Stream(xm, chunk_size=64), **kw)
     np.testing.assert_allclose(streamed.trace, memory.trace, rtol=1e-10)
-    weighted = emjax.fit(model, xm[:150], weights=np.full(150, 2.0), **kw)
-    repeated = emjax.fit(model, np.concatenate([xm[:150], xm[:150]]), **kw)
-    np.testing.assert_allclose(weighted.trace, repeated.trace, rtol=1e-10)
-    inc = emjax.fit(model, xm, algorithm=emjax.IncrementalEM(n_blocks=4), **kw)
-    trace = np.asarray(inc.trace[0])
+    np.testing.assert_allclose(fits["weighted"].trace, repeated.trace, rtol=1e-10)
+    trace = fits["incremental"].trace[0]
     assert np.all(np.diff(trace) >= -1e-10 * np.abs(trace[1:]))
-    step = emjax.fit(model, xm, algorithm=emjax.StepwiseEM(batch_size=50), **kw)
-    assert np.all(np.isfinite(np.asarray(step.objective)))
+    assert np.all(np.isfinite(fits["stepwise"].objective))
     # gradient ascent on the same observed-data objective climbs from the same start
-    grad = emjax.fit(model, xm, algorithm=emjax.GradientAscent(optax.adam(0.05)), **kw)
+    grad = fits["gradient"]
     assert float(grad.objective[0]) > float(grad.trace[0, 0]) and np.isfinite(float(grad.objective[0]))
 
 
@@ -293,14 +376,14 @@ def test_bad_input_is_refused_with_the_option_named():
     x = mcar(planted(40, seed=9), 0.3, seed=10)
     with pytest.raises(ValueError, match="missing=True"):
         emjax.fit(emjax.Mixture(emjax.Gaussian("full"), 2), x, key=jax.random.key(0))
-    model = emjax.Mixture(emjax.Gaussian("full"), 2, missing=True)
+    model = MODEL
     bad = x.copy()
     bad[3] = np.nan
     with pytest.raises(ValueError, match="row 3 has every entry missing"):
         emjax.fit(model, bad, key=jax.random.key(0))
-    res = emjax.fit(model, x, key=jax.random.key(0), max_iter=3)
+    params = emjax.MixtureParams(jnp.asarray([0.5, 0.5]), emjax.GaussianParams(jnp.asarray(TRUE_MEANS), jnp.asarray(np.stack([TRUE_COV] * 2))))
     with pytest.raises(ValueError, match="row 3 has every entry missing"):
-        model.log_prob(res.params, bad)
+        model.log_prob(params, bad)
     inf = x.copy()
     inf[0, 0] = np.inf
     with pytest.raises(ValueError, match="infinite"):
@@ -310,4 +393,4 @@ def test_bad_input_is_refused_with_the_option_named():
     with pytest.raises(ValueError, match="do not support missing"):
         emjax.Mixture(emjax.Binomial(None), 2, missing=True)
     with pytest.raises(ValueError, match="missing=True"):
-        emjax.Mixture(emjax.Gaussian("full"), 2).impute(res.params, x)
+        emjax.Mixture(emjax.Gaussian("full"), 2).impute(params, x)
