@@ -5,6 +5,9 @@ M-step as the maximiser, monotone EM, weights, float32, chunking) are in
 ``test_conformance.py``; this module has the count families' own.
 """
 
+import functools
+
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,7 +23,7 @@ from tests.conftest import assert_monotone
 from tests.registry import CASES, D_COUNTS as D, K_COUNTS as K, N_DRAWS, N_TRIALS, sample_per_point
 from tests.registry import count_sample as sample, count_truth as true_params
 
-__all__ = ["model_for", "sample", "true_params", "sample_per_point"]  # imported by other test modules
+__all__ = ["model_for", "sample", "true_params", "sample_per_point", "assert_ml_fit"]  # imported by other test modules
 
 FAMILIES = ["poisson", "binomial", "multinomial"]
 
@@ -71,6 +74,11 @@ def test_three_coins_one_em_step():
 # -- log densities at boundary parameters (against scipy for all parameters: test_conformance.py) --
 
 
+@eqx.filter_jit
+def log_prob_and_grad(fam, comps, x):
+    return fam.log_prob(comps, x), jax.grad(lambda c: jnp.sum(fam.log_prob(c, x)))(comps)
+
+
 @pytest.mark.parametrize("name", FAMILIES)
 def test_log_prob_is_finite_at_boundary_parameters(name):
     # Zero rates, probabilities of exactly 0 and 1: finite (clipped), and exact where the
@@ -84,12 +92,12 @@ def test_log_prob_is_finite_at_boundary_parameters(name):
         x = jnp.asarray([[0.0, N_TRIALS, 0.0, N_TRIALS], [0.0, 0.0, 0.0, 5.0]])
     else:
         comps = MultinomialParams(jnp.array([[0.0, 0.5, 0.0, 0.5]]))
-    lp = np.asarray(fam.log_prob(comps, x))
+    lp, grad = log_prob_and_grad(fam, comps, x)
+    lp = np.asarray(lp)
     assert np.all(np.isfinite(lp))
     ref = CASES[name].log_density(comps, np.asarray(x))
     np.testing.assert_allclose(lp[0], ref[0], rtol=1e-12, atol=1e-13)  # p clipped to 1 - eps/2
     assert lp[1, 0] < -300  # impossible outcome: very negative, not NaN
-    grad = jax.grad(lambda c: jnp.sum(fam.log_prob(c, x)))(comps)
     assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grad))
 
 
@@ -160,7 +168,7 @@ def test_sample_and_moments(name):
     n = 20000
     model = model_for(name)
     true = true_params(name)
-    x, z = model.sample(jax.random.key(7), true, n)
+    x, z = eqx.filter_jit(model.sample)(jax.random.key(7), true, n)
     x = np.asarray(x)
     assert x.shape == (n, D) and np.all(x == np.round(x)) and x.min() >= 0
     if name == "multinomial":
@@ -174,16 +182,43 @@ def test_sample_and_moments(name):
     np.testing.assert_allclose(np.bincount(np.asarray(z), minlength=K) / n, true.weights, atol=0.015)
 
 
+#: The recovery tests' sample sizes: the fit to the first ``RECOVERY_N[0]`` rows of
+#: ``RECOVERY_N[1]`` is the fit to all of them with weight 0 on the others (weights
+#: are repetition counts, test_conformance.py), so both sizes are one compiled program.
+#: Their restarts run one after another (``restart_batch_size=1``): a restart that has
+#: converged stops computing, where under one ``vmap`` all ran as long as the slowest.
+RECOVERY_N = (2000, 20000)
+
+
+def first_rows(n):
+    """Weights selecting the first ``n`` of ``RECOVERY_N[1]`` rows."""
+    return (np.arange(RECOVERY_N[1]) < n).astype(np.float64)
+
+
+@eqx.filter_jit
+def log_likelihoods(model, restart_params, x, weights):
+    """Each restart's log-likelihood ``sum_n w_n log p(x_n)`` (``restart_params`` with a
+    leading restart axis)."""
+    return jax.vmap(lambda p: model.log_prob(p, x) @ weights)(restart_params)
+
+
+def assert_ml_fit(model, res, x, weights):
+    """Every restart's objective never decreases and is the log-likelihood at its final parameters."""
+    assert_monotone(res.trace)
+    np.testing.assert_allclose(res.objective, log_likelihoods(model, res.restart_params, x, weights), rtol=1e-12)
+
+
 @pytest.mark.parametrize("name", FAMILIES)
 def test_parameter_recovery_and_monotone_ml(name):
     true = true_params(name)
     model = model_for(name)
+    x, _ = sample(name, RECOVERY_N[1], 11)
     errors = []
-    for n, seed in ((2000, 10), (20000, 11)):
-        x, _ = sample(name, n, seed)
-        res = emjax.fit(model, x, key=jax.random.key(seed), n_restarts=8)
+    for n in RECOVERY_N:
+        res = emjax.fit(model, x, key=jax.random.key(n), weights=first_rows(n), n_restarts=8,
+                       restart_batch_size=1)
         assert int(res.status[res.best]) in (emjax.RESULTS.SUCCESS, emjax.RESULTS.MAX_ITER)
-        assert_monotone(res.trace)  # ML: the log-likelihood never decreases, all 8 restarts
+        assert_ml_fit(model, res, x, first_rows(n))  # all 8 restarts
         errors.append(matched_errors(name, res.params, true))
     assert errors[1] < errors[0], errors
     assert errors[1] < {"poisson": 0.06, "binomial": 0.02, "multinomial": 0.02}[name], errors
@@ -193,7 +228,7 @@ def test_parameter_recovery_and_monotone_ml(name):
 def test_frozen_parameters_and_counts(name):
     x, _ = sample(name, 200, 50)
     model = emjax.Mixture(family(name), K, frozen=("weights",) + type(family(name)).param_groups)
-    p0 = model_for(name).init(jax.random.key(0), jnp.asarray(x), "random")
+    p0 = eqx.filter_jit(model_for(name).init)(jax.random.key(0), jnp.asarray(x), "random")
     res = emjax.fit(model, x, key=jax.random.key(0), init=p0, max_iter=5, tol=0.0)
     for a, b in zip(jax.tree.leaves(res.params), jax.tree.leaves(p0)):
         np.testing.assert_array_equal(a, b)
@@ -295,37 +330,66 @@ def test_binomial_per_point_log_prob_matches_scipy(per_feature):
 def test_binomial_per_point_recovery_and_monotone(per_feature):
     true = true_params("binomial")
     model = emjax.Mixture(Binomial(None), K)
+    s, t, _ = sample_per_point(RECOVERY_N[1], 73, per_feature)
     errors = []
-    for n, seed in ((2000, 72), (20000, 73)):
-        s, t, _ = sample_per_point(n, seed, per_feature)
-        res = emjax.fit(model, (s, t), key=jax.random.key(seed), n_restarts=4)
+    for n in RECOVERY_N:
+        res = emjax.fit(model, (s, t), key=jax.random.key(n), weights=first_rows(n), n_restarts=4,
+                       restart_batch_size=1)
         assert int(res.status[res.best]) in (emjax.RESULTS.SUCCESS, emjax.RESULTS.MAX_ITER)
-        assert_monotone(res.trace)
+        assert_ml_fit(model, res, (s, t), first_rows(n))
         errors.append(matched_errors("binomial", res.params, true))
     assert errors[1] < errors[0], errors
     assert errors[1] < 0.02, errors
 
 
-@pytest.mark.parametrize("init", ["kmeans", "random_resp"])
-def test_binomial_per_point_equal_trials_equals_fixed(init):
+@jax.jit
+def pair_starts(x, trials):
+    """Two restarts' starts (keys ``split(key(1), 2)``) of each init method: on ``x``
+    for known trials, and on ``(x, t)`` for each ``t`` of ``trials`` for per-point trials."""
+    keys = jax.random.split(jax.random.key(1), 2)
+    fixed, per = model_for("binomial"), emjax.Mixture(Binomial(None), K)
+    return {method: (jax.vmap(functools.partial(fixed.init, x=x, method=method))(keys),
+                     [jax.vmap(functools.partial(per.init, x=(x, t), method=method))(keys) for t in trials])
+            for method in ("kmeans", "random_resp")}
+
+
+@eqx.filter_jit
+def pair_fits(x, trials, p0):
+    """Fits from ``p0`` (30 steps, ``tol=0``) for known trials and for each per-point ``trials``."""
+    kw = dict(key=jax.random.key(1), init=p0, tol=0.0, max_iter=30)
+    return (emjax.fit(model_for("binomial"), x, **kw), [emjax.fit(emjax.Mixture(Binomial(None), K), (x, t), **kw) for t in trials])
+
+
+def test_binomial_per_point_equal_trials_equals_fixed():
+    """Per-point trials all equal to the known number: the same starts for every init
+    method (k-means, random responsibilities), and the same fit, with trials ``(N,)``
+    or ``(N, D)``."""
     x, _ = sample("binomial", 1000, 74)
-    fixed = emjax.fit(model_for("binomial"), x, key=jax.random.key(1), init=init, n_restarts=2, tol=0.0, max_iter=30)
     t = np.full(x.shape[0], N_TRIALS)
-    for trials in (t, np.broadcast_to(t[:, None], x.shape)):
-        per = emjax.fit(emjax.Mixture(Binomial(None), K), (x, trials), key=jax.random.key(1), init=init, n_restarts=2, tol=0.0, max_iter=30)
-        for a, b in zip(jax.tree.leaves(per.restart_params), jax.tree.leaves(fixed.restart_params)):
+    trials = [t, np.broadcast_to(t[:, None], x.shape)]
+    for method, (fixed, per) in pair_starts(x, trials).items():
+        for p in per:
+            for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(fixed)):
+                np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10, err_msg=method)
+    p0 = jax.tree.map(lambda a: a[0], pair_starts(x, trials)["kmeans"][0])
+    fixed, per = pair_fits(x, trials, p0)
+    for res in per:
+        for a, b in zip(jax.tree.leaves(res.params), jax.tree.leaves(fixed.params)):
             np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
-        np.testing.assert_allclose(per.trace, fixed.trace, rtol=1e-10)
+        np.testing.assert_allclose(res.trace, fixed.trace, rtol=1e-10)
 
 
 def test_binomial_per_point_float32_successes_with_integer_trials():
     # The runner takes the dtype from the first leaf (weights = repetition and monotone
-    # MAP for per-point trials are in test_conformance.py).
+    # MAP for per-point trials are in test_conformance.py): the fit's output types,
+    # traced without compiling.
     s, t, _ = sample_per_point(200, 75, allow_zero=True)
     counts = np.random.default_rng(1).integers(0, 4, size=s.shape[0])
     model = model_for("binomial_per_point", prior=True)
-    r32 = emjax.fit(model, (s.astype(np.float32), t), key=jax.random.key(0), weights=counts, max_iter=40)
-    assert component_leaf(r32.params).dtype == np.float32
+    model.validate_data((s.astype(np.float32), t))
+    r32 = jax.eval_shape(lambda s: emjax.fit(model, (s, t), key=jax.random.key(0), weights=counts, max_iter=40),
+                         s.astype(np.float32))
+    assert all(a.dtype == np.float32 for a in jax.tree.leaves((r32.params, r32.objective, r32.trace)))
 
 
 def test_binomial_per_point_sampling():
@@ -338,7 +402,7 @@ def test_binomial_per_point_sampling():
         model.mean(params)
     z = jnp.asarray(np.random.default_rng(0).integers(0, K, 50000))
     trials = np.random.default_rng(1).integers(0, 30, 50000)
-    x = fam.sample_successes(jax.random.key(1), params.components, z, trials)
+    x = jax.jit(fam.sample_successes)(jax.random.key(1), params.components, z, trials)
     assert x.shape == (50000, D)
     assert np.all(np.asarray(x) <= trials[:, None]) and np.all(np.asarray(x) >= 0)
     fam.validate_data((x, trials))
@@ -349,10 +413,9 @@ def test_binomial_per_point_sampling():
         np.testing.assert_allclose(frac, probs[k], atol=0.01)
     # Fixed mode: sample and sample_successes(n) agree.
     fixed = Binomial(7)
-    np.testing.assert_array_equal(
-        fixed.sample(jax.random.key(2), params.components, z[:100]),
-        fixed.sample_successes(jax.random.key(2), params.components, z[:100], 7),
-    )
+    np.testing.assert_array_equal(*jax.jit(lambda c, z: (fixed.sample(jax.random.key(2), c, z),
+                                                          fixed.sample_successes(jax.random.key(2), c, z, 7)))(
+        params.components, z[:100]))
 
 
 def test_binomial_per_point_bad_data_is_rejected():
