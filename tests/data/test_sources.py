@@ -38,7 +38,7 @@ def sources(tmp_path):
     w_chunks = [W[:300], W[300:]]
     return [
         ("array", emjax.Stream(X, weights=W, chunk_size=250), True),
-        ("list", emjax.Stream(chunks, weights=w_chunks, chunk_size=128), True),
+        ("list", emjax.Stream(chunks, weights=w_chunks, chunk_size=250), True),  # re-cut across the uneven chunks
         ("function", emjax.Stream(lambda: iter(chunks), weights=lambda: iter(w_chunks), chunk_size=250), False),
         ("npy", emjax.Stream(str(path), weights=W, chunk_size=250), True),
     ]
