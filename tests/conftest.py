@@ -25,7 +25,9 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettemp
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
+import equinox as eqx  # noqa: E402
 import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
@@ -36,6 +38,7 @@ from tests.registry import FAMILY_NAMES, family_model, family_sample, make_blobs
 __all__ = [
     "FAMILY_NAMES", "family_model", "family_sample", "make_blobs",
     "assert_monotone", "fit_weighted_and_repeated", "assert_weighted_equals_repeated", "repeat_rows",
+    "random_start", "fitting_loglik",
 ]
 
 
@@ -50,6 +53,24 @@ def _release_compiled_programs():
     hundreds of programs over the suite, and keeping them all grew it past 4 GB."""
     yield
     jax.clear_caches()
+
+
+def random_start(model, x, seed):
+    """``model.init(jax.random.key(seed), x, "random")``, compiled once per model and
+    data shape (the seed is traced): a fixed start that EM fits can share."""
+    return _random_start(model, jax.random.key(seed), jax.tree.map(jnp.asarray, x))
+
+
+@eqx.filter_jit
+def _random_start(model, key, x):
+    return model.init(key, x, "random")
+
+
+@eqx.filter_jit
+def fitting_loglik(model, params, x):
+    """The objective a fit reports at ``params``: the E-step's log-likelihood of the
+    model adapted to ``x`` (a Gaussian's ``reg_covar`` penalty at the data's scale)."""
+    return model.adapt(x).e_step(params, x)[1]
 
 
 def assert_monotone(trace, rtol=1e-9):

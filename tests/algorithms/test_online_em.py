@@ -18,7 +18,7 @@ from jax.scipy.special import logsumexp
 
 import emjax
 from emjax.algorithms import permute, step_size
-from tests.conftest import FAMILY_NAMES, family_model, family_sample, make_blobs
+from tests.conftest import FAMILY_NAMES, family_model, family_sample, fitting_loglik, make_blobs, random_start
 
 # One data shape for every family: ragged incremental blocks (20,000 rows = 32
 # blocks of 513 and 7 of 512) and 100 stepwise updates an epoch.
@@ -36,21 +36,6 @@ STEPWISE_ITER, BATCH_ITER = 15, 100
 ONLINE_FAMILIES = ["full", "student_t_full", "categorical", "poisson"]
 
 
-@eqx.filter_jit
-def _random_init(model, key, x):
-    return model.init(key, x, "random")
-
-
-def fixed_init(model, x, seed=3):
-    return _random_init(model, jax.random.key(seed), jnp.asarray(x))
-
-
-@eqx.filter_jit
-def loglik(model, params, x):
-    """The fitting objective at ``params``: the E-step's log-likelihood of the model adapted to ``x``."""
-    return model.adapt(x).e_step(params, x)[1]
-
-
 def reached(trace, passes_per_entry, target, tol):
     """Passes read when the trace first comes within ``tol`` (per point) of ``target``."""
     hit = np.nonzero(trace >= target - tol)[0]
@@ -63,7 +48,7 @@ class Online:
     def __init__(self, name):
         self.x = jnp.asarray(family_sample(name, N_ONLINE, 4))
         self.model = family_model(name)
-        self.p0 = fixed_init(self.model, self.x)
+        self.p0 = random_start(self.model, self.x, 3)
 
     def fit(self, init, algorithm, max_iter):
         return emjax.fit(self.model, self.x, key=jax.random.key(0), init=init, algorithm=algorithm,
@@ -153,7 +138,7 @@ def _log_joint_terms(model, x, p0, p12):
 def test_expected_log_joint_is_linear_and_exact_up_to_a_constant(online, name):
     f = online(name)
     model, x, p0 = f.model, f.x, f.p0
-    p12 = jax.tree.map(lambda *a: jnp.stack(a), *(fixed_init(model, x, s) for s in (1, 2)))
+    p12 = jax.tree.map(lambda *a: jnp.stack(a), *(random_start(model, x, s) for s in (1, 2)))
     got = {k: np.asarray(v) for k, v in _log_joint_terms(model, x, p0, p12).items()}
     offsets = got["offsets"]
     tol = 1e-8 * abs(float(got["brute_p1"]))
@@ -192,8 +177,8 @@ def test_incremental_free_energy_is_monotone_and_a_lower_bound(online, name):
     assert np.all(np.diff(trace) >= -1e-9 * np.abs(trace[1:])), np.diff(trace).min()
     assert trace[-1] - trace[0] > 1e-3 * abs(trace[0])  # it moved
     # The initial entry is the exact log-likelihood (all blocks fresh), later ones bound it.
-    np.testing.assert_allclose(trace[0], float(loglik(f.model, f.p0, f.x)), rtol=1e-12)
-    final = float(loglik(f.model, f.inc.params, f.x))
+    np.testing.assert_allclose(trace[0], float(fitting_loglik(f.model, f.p0, f.x)), rtol=1e-12)
+    final = float(fitting_loglik(f.model, f.inc.params, f.x))
     assert trace[-1] <= final + 1e-9 * abs(final)
     np.testing.assert_allclose(f.inc.n_passes[0], 1 + SWEEPS, rtol=1e-12)
 
@@ -203,7 +188,7 @@ def test_incremental_free_energy_is_monotone_with_a_prior_and_weights():
     w = np.random.default_rng(0).uniform(0.2, 3.0, size=800)
     prior = emjax.NormalInverseWishart.fraley_raftery(x, 3)
     model = emjax.Mixture(emjax.Gaussian("full", prior=prior), 3, weights_prior=emjax.Dirichlet(2.0))
-    p0 = fixed_init(model, x)
+    p0 = random_start(model, x, 3)
     algo = emjax.IncrementalEM(n_blocks=5, blocks_per_step=1)
     res = emjax.fit(model, x, key=jax.random.key(0), init=p0, weights=w, max_iter=40, tol=0, algorithm=algo)
     trace = np.asarray(res.trace[0])
@@ -215,7 +200,7 @@ def test_incremental_free_energy_is_monotone_with_a_prior_and_weights():
 def test_incremental_float32_agrees_with_float64(online):
     f = online("full")
     x = f.x + 30.0
-    p0 = fixed_init(f.model, x)
+    p0 = random_start(f.model, x, 3)
     kw = dict(key=jax.random.key(0), max_iter=SWEEPS * N_BLOCKS, tol=0.0, algorithm=INCREMENTAL)
     r64 = emjax.fit(f.model, x, init=p0, **kw)  # the program of the online fits
     r32 = emjax.fit(f.model, x.astype(np.float32), init=jax.tree.map(lambda a: a.astype(jnp.float32), p0), **kw)
@@ -271,8 +256,8 @@ def test_stepwise_approaches_a_stationary_point_for_every_family(online, name):
     res = f.step
     assert np.all(np.isfinite(res.trace))
     # The trace is the exact log-likelihood at the parameters after each step.
-    np.testing.assert_allclose(res.objective[0], float(loglik(f.model, res.params, f.x)), rtol=1e-12)
-    polished = float(loglik(f.model, f.polished.params, f.x))
+    np.testing.assert_allclose(res.objective[0], float(fitting_loglik(f.model, res.params, f.x)), rtol=1e-12)
+    polished = float(fitting_loglik(f.model, f.polished.params, f.x))
     gap = (polished - float(res.objective[0])) / N_ONLINE
     gain = float(res.objective[0] - res.trace[0, 0]) / N_ONLINE
     assert 0 <= gap < 1e-2 and gain > 10 * gap, (gap, gain)
@@ -309,7 +294,7 @@ def test_online_algorithms_reject_bad_settings():
         e_step, m_step, log_prior = model.e_step, model.m_step, model.log_prior
 
     with pytest.raises(TypeError, match="expected_log_joint"):
-        emjax.fit(NoQ(), x, key=jax.random.key(0), init=fixed_init(model, x), algorithm=emjax.IncrementalEM(n_blocks=4))
+        emjax.fit(NoQ(), x, key=jax.random.key(0), init=random_start(model, x, 3), algorithm=emjax.IncrementalEM(n_blocks=4))
 
 
 # -- passes to converge ---------------------------------------------------------------------

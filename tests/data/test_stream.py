@@ -14,14 +14,13 @@ import sys
 import textwrap
 import threading
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import emjax
-from tests.conftest import make_blobs
+from tests.conftest import fitting_loglik, make_blobs, random_start
 from tests.registry import CASES
 from emjax._result import best_restart
 from emjax import fit_chunks, predict_chunks, score_chunks
@@ -41,15 +40,10 @@ LIST_SPLITS = [250, 250, 583, 833]  # chunks 250, 0, 333, 250, 167
 FAMILIES = ["full", "categorical", "binomial"]
 
 
-@eqx.filter_jit
-def random_init(model, x, seed=1):
-    return model.init(jax.random.key(seed), x, "random")
-
-
 def family_case(name):
     """``(model, x, p0)``: N rows of the family ``name``'s planted mixture and a random start."""
     model, x = CASES[name].model(), CASES[name].sample(N, 1)[0]
-    return model, x, random_init(model, model.validate_data(x))
+    return model, x, random_start(model, model.validate_data(x), 1)
 
 
 def assert_same_fit(a, b, rtol=1e-10):
@@ -134,7 +128,7 @@ def test_pytree_chunks_per_point_binomial():
     probs = np.array([[0.2, 0.7, 0.5], [0.8, 0.3, 0.1]])
     successes = rng.binomial(trials[:, None], probs[z]).astype(np.float64)
     model = emjax.Mixture(emjax.Binomial(None), 2)
-    p0 = random_init(model, model.validate_data((successes, trials)), 0)
+    p0 = random_start(model, model.validate_data((successes, trials)), 0)
     kw = dict(FIT, init=p0)
     ref = emjax.fit(model, (successes, trials), **kw)
     chunks = [(s, t) for s, t in zip(np.split(successes, LIST_SPLITS), np.split(trials, LIST_SPLITS))]
@@ -258,12 +252,6 @@ def test_progress_line(gaussian, capsys):
 # -- stepwise EM over chunks --------------------------------------------------------------
 
 
-@eqx.filter_jit
-def loglik(model, params, x):
-    """The fitting log-likelihood (reg_covar's penalty at the data's scale) at ``params``."""
-    return model.adapt(x).e_step(params, x)[1]
-
-
 def test_stepwise_over_chunks_nears_batch_em():
     x, _ = make_blobs(11, n=100_000, d=3, k=3, sep=3.0)
     model = emjax.Mixture(emjax.Gaussian("full"), 3)
@@ -277,8 +265,7 @@ def test_stepwise_over_chunks_nears_batch_em():
     assert abs(per_point - float(batch.objective[0]) / x.shape[0]) < 1e-2
     # The trace is the full-data objective at the parameters after each pass.
     # The objective is the fitting log-likelihood (reg_covar's penalty at the data's scale) at the final parameters.
-    np.testing.assert_allclose(float(res.objective[0]), float(model.adapt(x).e_step(res.params, jnp.asarray(x))[1]),
-                               rtol=1e-12)
+    np.testing.assert_allclose(float(res.objective[0]), float(fitting_loglik(model, res.params, jnp.asarray(x))), rtol=1e-12)
 
 
 # -- a file larger than the working memory -------------------------------------------------
