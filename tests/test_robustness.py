@@ -149,8 +149,8 @@ def test_bad_arguments():
         emjax.Gaussian("banana")
     with pytest.raises(ValueError, match="cannot freeze"):
         emjax.Mixture(emjax.Gaussian(), 2, frozen=("precisions",))
-    with pytest.raises(ValueError, match=">= 1"):
-        emjax.Dirichlet(0.5)
+    with pytest.raises(ValueError, match="> 0"):
+        emjax.Dirichlet(-0.5)
     with pytest.raises(ValueError, match="nu0"):
         emjax.NormalInverseWishart(np.zeros(2), 0.0, 0.5, np.eye(2))
     with pytest.raises(ValueError, match="n_components"):

@@ -175,6 +175,11 @@ class GradientAscent(Algorithm):
         check_bool("shuffle", self.shuffle)
 
     def validate(self, model, data) -> None:
+        if getattr(getattr(model, "weights_prior", None), "sparse", False):
+            raise ValueError(
+                "GradientAscent cannot fit a Dirichlet weights prior with alpha < 1: the log posterior grows "
+                "without bound as a weight goes to 0. EM's M-step drops such components instead: use an EM algorithm."
+            )
         if self.batch_size is not None:
             check_batches(self, data)
             if model.provides("objective"):

@@ -121,6 +121,7 @@ class Categorical(Family):
             except (TypeError, ValueError) as err:
                 raise type(err)(f"prior must be a Dirichlet, or its alpha (>= 1), or None: {err}") from None
         if prior is not None:
+            prior.check_interior("Categorical")
             shape = tuple(np.shape(prior.alpha))
             if not (shape == () or shape == (n_categories,) or (len(shape) == 2 and shape[1] == n_categories)):
                 raise ValueError(

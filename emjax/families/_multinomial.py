@@ -72,6 +72,8 @@ class Multinomial(Family):
     def __init__(self, prior: Dirichlet | None = None, *, n_draws: int = 1):
         if prior is not None and not isinstance(prior, Dirichlet):
             raise TypeError(f"prior must be an emjax.Dirichlet or None; got {type(prior).__name__}.")
+        if prior is not None:
+            prior.check_interior("Multinomial")
         if prior is not None and np.ndim(prior.alpha) > 1:
             raise ValueError(f"the Dirichlet alpha must be a scalar or (D,); got shape {np.shape(prior.alpha)}.")
         if isinstance(n_draws, bool) or not isinstance(n_draws, (int, np.integer)) or n_draws < 1:

@@ -19,27 +19,54 @@ from .._checks import as_data_matrix, check_n_components, check_number, check_sp
 
 
 class Dirichlet(eqx.Module):
-    """Dirichlet prior on the mixture weights.
+    """Dirichlet prior on the mixture weights (or on a multinomial's probabilities).
 
-    The MAP M-step is ``pi_k = (N_k + alpha_k - 1) / (N + sum(alpha) - K)``, which
-    needs ``alpha_k >= 1`` (below 1 the posterior has no interior mode).
+    The MAP M-step is ``pi_k = (N_k + alpha_k - 1) / (N + sum(alpha) - K)``. With
+    ``alpha_k >= 1`` that is the interior mode of the weights' posterior
+    ``Dirichlet(N + alpha)``. With ``alpha_k < 1`` (a sparsity prior: Figueiredo &
+    Jain 2002 use ``alpha = 1 - T/2``, ``T`` a component's free parameters) the
+    posterior is unbounded where a weight reaches 0, and its mode is defined on the
+    components that keep ``N_k + alpha_k > 1``: the M-step sets
+    ``pi_k = max(N_k + alpha_k - 1, 0) / sum_j max(N_j + alpha_j - 1, 0)``, so a
+    component whose expected count falls to ``1 - alpha_k`` or below gets weight
+    exactly 0 and is *dropped*: it takes no point from then on, keeps its last
+    parameters, and is left out of the prior (the prior of the remaining ``K'``
+    weights is ``Dirichlet`` on ``K'`` entries) and of the free-parameter count of
+    :meth:`emjax.Mixture.information_criteria`. A dropped component never comes back
+    (the components beyond K of :func:`emjax.select` are dropped ones). Between
+    drops MAP-EM never decreases the log posterior; at a drop the objective's
+    definition changes with ``K'`` and may fall.
 
     Args:
-        alpha: concentration, a scalar (symmetric) or ``(K,)``.
+        alpha: concentration, a positive scalar (symmetric) or ``(K,)``.
 
     Example:
         >>> prior = Dirichlet(2.0)   # adds one pseudo-count to every component
+        >>> Dirichlet(0.5).mode(jnp.array([10.0, 0.4, 5.0]))   # the second is dropped
+        Array([0.6785714, 0.       , 0.3214286], dtype=float32)
     """
 
     alpha: Array
 
     def __init__(self, alpha):
         a = real_array(alpha, "Dirichlet alpha", finite=False)
-        if np.any(~np.isfinite(a)) or np.any(a < 1):
-            raise ValueError(
-                f"Dirichlet alpha must be finite and >= 1 for a MAP estimate to exist; got {alpha}."
-            )
+        if np.any(~np.isfinite(a)) or np.any(a <= 0):
+            raise ValueError(f"Dirichlet alpha must be finite and > 0; got {alpha}.")
         self.alpha = jnp.asarray(a, dtype=float)
+
+    @property
+    def sparse(self) -> bool:
+        """Whether some ``alpha_k < 1``: the mode may drop components (see the class)."""
+        return bool(np.any(np.asarray(self.alpha) < 1))
+
+    def check_interior(self, owner: str) -> None:
+        """Raise unless every ``alpha_k >= 1``: ``owner``'s M-step needs an interior mode
+        (a category's probability must not become 0; only mixture weights drop)."""
+        if self.sparse:
+            raise ValueError(
+                f"the {owner}'s Dirichlet prior needs alpha >= 1 (below 1 the mode sets a category's probability "
+                f"to 0; only a mixture's weights may be dropped); got {np.asarray(self.alpha)}."
+            )
 
     def check_components(self, n_components: int) -> None:
         """Raise unless ``alpha`` fits a weight vector of ``n_components`` entries (a scalar, or ``(K,)``)."""
@@ -53,16 +80,36 @@ class Dirichlet(eqx.Module):
     def concentration(self, n_components: int, dtype) -> Array:
         return jnp.broadcast_to(jnp.asarray(self.alpha, dtype), (n_components,))
 
-    def mode(self, counts: Array) -> Array:
-        """MAP weights from expected counts ``(K,)``."""
+    def mode(self, counts: Array, active: Array | None = None) -> Array:
+        """MAP weights ``(K,)`` from expected counts ``(K,)``.
+
+        Args:
+            counts: ``(K,)`` expected counts ``N_k``.
+            active: optional ``(K,)`` mask of the components still in the model
+                (the others keep weight 0).
+
+        Returns:
+            ``max(N_k + alpha_k - 1, 0)`` over the active components, normalised; if
+            no component keeps a positive value (fewer points than ``K (1 - alpha)``),
+            all the weight on the active component with the largest count.
+        """
         alpha = self.concentration(counts.shape[0], counts.dtype)
-        num = counts + alpha - 1
-        return num / jnp.sum(num)
+        num = jnp.maximum(counts + alpha - 1, 0.0)
+        if active is not None:
+            num = jnp.where(active, num, 0.0)
+        total = jnp.sum(num)
+        top = jnp.argmax(counts if active is None else jnp.where(active, counts, -jnp.inf))
+        fallback = jax.nn.one_hot(top, counts.shape[0], dtype=counts.dtype)
+        return jnp.where(total > 0, num / jnp.where(total > 0, total, 1.0), fallback)
 
     def log_prob(self, weights: Array) -> Array:
+        """``log Dirichlet(weights | alpha)`` over the components of positive weight
+        (a dropped component is not in the model; see the class)."""
         alpha = self.concentration(weights.shape[0], weights.dtype)
-        norm = gammaln(jnp.sum(alpha)) - jnp.sum(gammaln(alpha))
-        return norm + jnp.sum(xlogy(alpha - 1, weights))
+        kept = weights > 0
+        alpha_kept = jnp.where(kept, alpha, 0.0)
+        norm = gammaln(jnp.sum(alpha_kept)) - jnp.sum(jnp.where(kept, gammaln(alpha), 0.0))
+        return norm + jnp.sum(jnp.where(kept, (alpha - 1) * jnp.log(jnp.where(kept, weights, 1.0)), 0.0))
 
 
 class NormalInverseWishart(eqx.Module):

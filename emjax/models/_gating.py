@@ -153,8 +153,10 @@ class ConstantGating(Gating):
         return jnp.sum(resp, axis=0)
 
     def maximize(self, stats: Array, params: Array | None = None) -> Array:
+        # A component of weight exactly 0 in ``params`` was dropped (a sparse Dirichlet
+        # prior, or a component beyond K in emjax.select): it stays dropped.
         if self.prior is not None:
-            return self.prior.mode(stats)
+            return self.prior.mode(stats, None if params is None else params > 0)
         return stats / jnp.sum(stats)
 
     def log_prior(self, params: Array) -> Array:

@@ -23,6 +23,7 @@ from .._checks import (
     check_n_components,
     check_number,
     check_responsibilities,
+    concrete,
     float_dtype,
     is_traced,
 )
@@ -840,11 +841,26 @@ class Mixture(EMModel):
         """The free parameters of the model on data like ``x``."""
         return self.n_parameters(n_features(x))
 
+    def _n_parameters_kept(self, params: MixtureParams, x):
+        """:meth:`_n_parameters_of`, less what each dropped component (constant weight
+        exactly 0) would add: an int for concrete weights, else an array."""
+        p = self._n_parameters_of(x)
+        if not isinstance(self.gating, ConstantGating) or self.n_components == 1:
+            return p
+        d, k, frozen = n_features(x), self.n_components, self.frozen - {"weights"}
+        # Every family's count is affine in K (shared parameters plus a fixed number per component).
+        per_component = self.family.n_parameters(k, d, frozen) - self.family.n_parameters(k - 1, d, frozen)
+        per_component += 0 if "weights" in self.frozen else 1
+        w = concrete(params.weights)
+        dropped = int(np.sum(w == 0)) if w is not None else jnp.sum(params.weights == 0)
+        return p - per_component * dropped
+
     def information_criteria(self, params: MixtureParams, x: Array, weights: Array | None = None) -> dict:
         """The log-likelihood and the criteria of one set of parameters, from one pass.
 
         ``log_likelihood = sum_n w_n log p(x_n)``, ``N = sum_n w_n`` (the number of
-        rows without ``weights``), ``p`` the free parameters (:meth:`n_parameters`):
+        rows without ``weights``), ``p`` the free parameters (:meth:`n_parameters`,
+        without the dropped components': those of constant weight exactly 0):
         ``bic = -2 log L + p log N``, ``aic = -2 log L + 2 p`` and the integrated
         completed likelihood ``icl = bic - 2 sum_n w_n log max_k p(k | x_n)``
         (Biernacki, Celeux & Govaert 2000): BIC penalised by how unsure the
@@ -872,7 +888,7 @@ class Mixture(EMModel):
             w = as_sample_weights(weights, ll.shape[0], float_dtype(ll.dtype))
             ll, log_top, n = w * ll, w * log_top, jnp.sum(w)
         total = jnp.sum(ll)
-        p = self._n_parameters_of(x)
+        p = self._n_parameters_kept(params, x)
         bic = -2 * total + p * jnp.log(n)
         return {"log_likelihood": total, "n_parameters": p, "bic": bic, "aic": -2 * total + 2 * p,
                 "icl": bic - 2 * jnp.sum(log_top)}
