@@ -43,7 +43,7 @@ class Dirichlet(eqx.Module):
     Example:
         >>> prior = Dirichlet(2.0)   # adds one pseudo-count to every component
         >>> Dirichlet(0.5).mode(jnp.array([10.0, 0.4, 5.0]))   # the second is dropped
-        Array([0.6785714, 0.       , 0.3214286], dtype=float32)
+        Array([0.6785714 , 0.        , 0.32142857], dtype=float32)
     """
 
     alpha: Array
