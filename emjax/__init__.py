@@ -52,8 +52,11 @@ from ._result import RESULTS as RESULTS
 from ._result import FitResult as FitResult
 from ._runner import fit as fit
 from ._runner import fit_chunks as fit_chunks
+from ._select import CrossValidation as CrossValidation
+from ._select import CVRow as CVRow
 from ._select import Selection as Selection
 from ._select import SelectionRow as SelectionRow
+from ._select import cross_validate as cross_validate
 from ._select import select as select
 from ._stopping import ObjectiveChange as ObjectiveChange
 from ._stopping import ParameterChange as ParameterChange
