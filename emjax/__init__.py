@@ -27,6 +27,8 @@ from .models._regression import BayesianLinearRegression as BayesianLinearRegres
 from .models._regression import RegressionParams as RegressionParams
 from .models._regression import RegressionStats as RegressionStats
 from .models._regression import RelevanceVectorMachine as RelevanceVectorMachine
+from .models._variational import VariationalGaussianMixture as VariationalGaussianMixture
+from .models._variational import VariationalGaussianParams as VariationalGaussianParams
 from .models._mixture import MixtureParams as MixtureParams
 from .models._experts import MixtureOfExperts as MixtureOfExperts
 from .models._mixture import MixtureStats as MixtureStats
