@@ -301,7 +301,9 @@ class Mixture(EMModel):
         keeps ``old``'s parameters rather than an M-step from no data."""
         if not isinstance(self.gating, ConstantGating):
             return new
-        return self.family.replace_components(weights == 0, old, new)
+        # The kept components from the M-step, the dropped ones as they were: a shared
+        # parameter (a tied covariance) comes from the M-step whenever any component is kept.
+        return self.family.replace_components(weights > 0, new, old)
 
     @property
     def param_groups(self) -> tuple[str, ...]:
