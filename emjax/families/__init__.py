@@ -2,6 +2,7 @@
 
 from ._base import Family as Family
 from ._gaussian import COVARIANCE_TYPES as COVARIANCE_TYPES
+from ._parsimonious import MCLUST_MODELS as MCLUST_MODELS
 from ._gaussian import Gaussian as Gaussian
 from ._gaussian import GaussianParams as GaussianParams
 from ._gaussian import GaussianStats as GaussianStats

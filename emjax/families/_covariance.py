@@ -348,6 +348,10 @@ class CovarianceStructure(eqx.Module):
 
     # -- diagnostics and validation --------------------------------------------------
 
+    def permute(self, covariances: Array, perm: Array) -> Array:
+        """The covariances of the components in the order ``perm`` ``(K,)``."""
+        return covariances[perm]
+
     def replace_components(self, mask: Array, new: Array, old: Array) -> Array:
         """Covariances of the components in ``mask`` ``(K,)`` from ``new``, the others from ``old``."""
         return jnp.where(mask.reshape(mask.shape + (1,) * (new.ndim - 1)), new, old)
@@ -711,6 +715,10 @@ class Tied(MatrixStructure):
     def from_data_covariance(self, cov, n_components, reg):
         return cov + jnp.diag(reg)
 
+    def permute(self, covariances, perm):
+        """The one shared matrix, unchanged."""
+        return covariances
+
     def replace_components(self, mask, new, old):
         """The one shared matrix, from ``new`` when any component is in ``mask``."""
         return jnp.where(jnp.any(mask), new, old)
@@ -827,16 +835,30 @@ def covariance_structure(name: str) -> CovarianceStructure:
     """The structure named by a ``covariance_type`` string.
 
     Args:
-        name: ``"full"``, ``"diag"``, ``"spherical"`` or ``"tied"``.
+        name: ``"full"``, ``"diag"``, ``"spherical"`` or ``"tied"``, or one of
+            mclust's 14 model codes (``MCLUST_MODELS``: ``"EII"``, ..., ``"VVV"``;
+            :mod:`emjax.families._parsimonious`). ``VVV``, ``EEE``, ``VVI`` and
+            ``VII`` are aliases: they give the full, tied, diag and spherical
+            structures.
 
     Raises:
-        ValueError: for any other name.
+        ValueError: for any other name, naming the valid ones.
 
     Example:
         >>> covariance_structure("diag").shape(3, 2)
         (3, 2)
+        >>> covariance_structure("EEE").name, covariance_structure("VEV").shape(3, 2)
+        ('tied', (3, 2, 2))
     """
-    try:
-        return _STRUCTURES[name]()
-    except (KeyError, TypeError):
-        raise ValueError(f"covariance_type must be one of {COVARIANCE_TYPES}; got {name!r}.") from None
+    from ._parsimonious import MCLUST_ALIASES, MCLUST_MODELS, PARSIMONIOUS  # it imports this module
+
+    if isinstance(name, str):
+        if name in _STRUCTURES:
+            return _STRUCTURES[name]()
+        if name in MCLUST_ALIASES:
+            return _STRUCTURES[MCLUST_ALIASES[name]]()
+        if name in PARSIMONIOUS:
+            return PARSIMONIOUS[name]()
+    raise ValueError(
+        f"covariance_type must be one of {COVARIANCE_TYPES} or an mclust model {MCLUST_MODELS}; got {name!r}."
+    )

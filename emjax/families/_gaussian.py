@@ -1,4 +1,4 @@
-"""Gaussian components: full, diagonal, spherical and tied covariances.
+"""Gaussian components: full, diagonal, spherical, tied and mclust's parsimonious covariances.
 
 Numerics (see DESIGN.md): log densities through Cholesky factors and triangular
 solves, never an explicit inverse of a covariance; second moments accumulated
@@ -119,7 +119,18 @@ class Gaussian(Family):
     Args:
         covariance_type: ``"full"`` (one matrix per component), ``"diag"``
             (one variance per feature and component), ``"spherical"`` (one variance
-            per component) or ``"tied"`` (one matrix shared by all components).
+            per component) or ``"tied"`` (one matrix shared by all components);
+            or one of mclust's 14 models (:data:`emjax.families.MCLUST_MODELS`,
+            Celeux & Govaert 1995): ``Sigma_k = lambda_k D_k A_k D_k^T`` named by
+            its volume, shape and orientation, each ``E`` (equal), ``V``
+            (variable) or ``I`` (identity), e.g. ``"VEV"``. ``"VVV"``, ``"EEE"``,
+            ``"VVI"`` and ``"VII"`` are aliases of full, tied, diag and spherical
+            (their shapes and behaviour; ``covariance_type`` keeps the name
+            given). The other ten store ``(K, D, D)`` matrices and fit by their
+            constrained M-steps (closed forms, or fixed-point iterations to
+            ``sqrt(eps)`` for VEI, VEE, VEV, EVE, VVE; see
+            ``emjax.families._parsimonious``); a prior then acts on each
+            component's matrix as for full, and gradient ascent is refused.
         reg_covar: the regularisation, relative to the data's scale: every
             M-step adds ``R = reg_covar * diag(v)`` to the covariances
             (scikit-learn's ``S_k / n_k + reg_covar I`` with ``I`` replaced by
@@ -151,6 +162,7 @@ class Gaussian(Family):
 
     Example:
         >>> family = Gaussian("full", prior=NormalInverseWishart.fraley_raftery(x, 3))
+        >>> families = [Gaussian(c) for c in emjax.families.MCLUST_MODELS]   # mclust's 14 models
     """
 
     covariance_type: str = eqx.field(static=True)
@@ -432,8 +444,7 @@ class Gaussian(Family):
 
     def permute_components(self, params: GaussianParams, perm: Array) -> GaussianParams:
         """Means (and covariances, unless tied: one matrix shared by all) in the order ``perm``."""
-        covs = params.covariances if self.covariance_type == "tied" else params.covariances[perm]
-        return GaussianParams(params.means[perm], covs)
+        return GaussianParams(params.means[perm], self.structure.permute(params.covariances, perm))
 
     def degenerate(self, params: GaussianParams, x: Array) -> Array:
         k = params.means.shape[0]

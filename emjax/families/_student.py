@@ -8,8 +8,8 @@ gives each point's responsibilities and its expected precision weights
 distance), so a far point counts for little; the M-step is a Gaussian M-step on
 the ``u``-weighted statistics, plus a 1-D root solve per component for the
 degrees of freedom (ECM). The covariance structures are the Gaussian's
-(:mod:`emjax.families._covariance`): the same four types, kernels, regularisation
-and conjugate priors.
+(:mod:`emjax.families._covariance`, :mod:`emjax.families._parsimonious`): the same
+types, kernels, regularisation and conjugate priors.
 """
 
 from __future__ import annotations
@@ -173,8 +173,10 @@ class StudentT(Gaussian):
     location and scale, collapse detection) plus the degrees of freedom.
 
     Args:
-        covariance_type: ``"full"``, ``"diag"``, ``"spherical"`` or ``"tied"``
-            (the scale matrices' structure, as for :class:`emjax.Gaussian`).
+        covariance_type: ``"full"``, ``"diag"``, ``"spherical"``, ``"tied"`` or
+            an mclust model code such as ``"VEV"`` (the scale matrices' structure,
+            as for :class:`emjax.Gaussian`; the constrained M-step then takes the
+            ``u``-weighted scatters).
         dof: a positive number fixes every component's degrees of freedom;
             ``None`` (the default) learns one per component.
         dof_init: where learned degrees of freedom start (10).
