@@ -143,6 +143,18 @@ def _fold_initial(model: Mixture, keys, x, train_rows, actives, method: str):
     return jax.vmap(lambda kf, rows: _initial_all(model, kf, x[rows], actives, method))(keys, train_rows)
 
 
+def _checked(family: Family, k_max: int, x, weights, validation=None):
+    """``(model, x, weights, validation)`` for one family, checked by it (``N >= max(ks)``,
+    the family's support; validation rows of the same width)."""
+    model = Mixture(family, k_max)
+    xv = model.validate_data(x)
+    w = None if weights is None else as_sample_weights(weights, xv.shape[0], float_dtype(xv.dtype))
+    held = None if validation is None else model.validate_rows(validation)
+    if held is not None and n_features(held) != n_features(xv):
+        raise ValueError(f"validation has {n_features(held)} features but x has {n_features(xv)}.")
+    return model, xv, w, held
+
+
 def _check_sweep(families, ks, n_restarts, key):
     """The families as a list, ``ks`` as a list of ints, ``n_restarts`` and ``key``, checked."""
     fams = [families] if isinstance(families, Family) else list(families)
@@ -232,13 +244,8 @@ def select(
     fams, ks, n_restarts, key = _check_sweep(families, ks, n_restarts, key)
     k_max = max(ks)
     table, fits, inits = [], {}, {}
-    for family, family_key in zip(fams, jax.random.split(key, len(fams))):
-        model = Mixture(family, k_max)
-        xv = model.validate_data(x)  # N >= max(ks), the family's checks
-        w = None if weights is None else as_sample_weights(weights, xv.shape[0], float_dtype(xv.dtype))
-        held = None if validation is None else model.validate_rows(validation)
-        if held is not None and n_features(held) != n_features(xv):
-            raise ValueError(f"validation has {n_features(held)} features but x has {n_features(xv)}.")
+    checked = [_checked(family, k_max, x, weights, validation) for family in fams]  # all before any fit
+    for family, (model, xv, w, held), family_key in zip(fams, checked, jax.random.split(key, len(fams))):
         init_key, fit_key = jax.random.split(family_key)
         keys = jax.random.split(init_key, len(ks) * n_restarts).reshape(len(ks), n_restarts)
         params0 = _initial(model, keys, xv, _actives(ks, k_max), init)
@@ -356,7 +363,8 @@ def _heldout(model: Mixture, params, x, test, w):
     """``(F, len(ks))`` held-out log-likelihoods: ``params`` with leading ``(F, len(ks))``
     axes, ``test`` the ``(F, N)`` 0/1 masks of each fold's held-out rows."""
     def one(p, mask):
-        return jnp.sum(mask * w * model.log_prob(p, x))
+        held = mask * w
+        return jnp.sum(jnp.where(held > 0, held * model.log_prob(p, x), 0.0))  # a training row's -inf is no NaN
 
     return jax.vmap(lambda pf, mask: jax.vmap(lambda p: one(p, mask))(pf))(params, test)
 
@@ -413,9 +421,8 @@ def cross_validate(
     k_max = max(ks)
     table, fold_params, inits, fold_of = [], {}, {}, None
     split_key, key = jax.random.split(key)
-    for family, family_key in zip(fams, jax.random.split(key, len(fams))):
-        model = Mixture(family, k_max)
-        xv = model.validate_data(x)
+    checked = [_checked(family, k_max, x, weights) for family in fams]  # all before any fit
+    for family, (model, xv, user_w, _), family_key in zip(fams, checked, jax.random.split(key, len(fams))):
         n = xv.shape[0]
         if fold_of is None:
             n_folds = check_int("n_folds", n_folds, 2, n)
@@ -431,8 +438,12 @@ def cross_validate(
             # Each fold's first n_train training rows (in row order): its restarts' starts see only these.
             train_rows = np.stack([np.flatnonzero(~t)[:n_train] for t in test])
         dtype = float_dtype(xv.dtype)
-        w = jnp.ones((n,), dtype) if weights is None else as_sample_weights(weights, n, dtype)
+        w = jnp.ones((n,), dtype) if user_w is None else user_w
         test_w = jnp.asarray(test, dtype)
+        empty = np.flatnonzero(np.asarray(test_w @ w) <= 0)
+        if empty.size:
+            raise ValueError(f"fold {int(empty[0])} holds out rows whose weights are all 0: nothing to score it on; "
+                             "use fewer folds or give those rows weight.")
         init_key, fit_key = jax.random.split(family_key)
         keys = jax.random.split(init_key, n_folds * len(ks) * n_restarts).reshape(n_folds, len(ks), n_restarts)
         params0 = _fold_initial(model, keys, xv, jnp.asarray(train_rows), _actives(ks, k_max), init)

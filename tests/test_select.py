@@ -101,6 +101,20 @@ def test_bad_requests_are_refused_before_compiling():
         emjax.cross_validate(emjax.Gaussian("full"), X, ks=KS, key=jax.random.key(0), n_folds=1)
     with pytest.raises(ValueError, match="fewer than max"):
         emjax.cross_validate(emjax.Gaussian("full"), X[:6], ks=(1, 5), key=jax.random.key(0), n_folds=3)
+    with pytest.raises(ValueError, match="holds out rows whose weights are all 0"):
+        emjax.cross_validate(emjax.Gaussian("full"), X, ks=(1, 2), key=jax.random.key(0), n_folds=10,
+                             weights=np.r_[np.ones(5), np.zeros(len(X) - 5)])
+
+
+def test_every_familys_data_is_checked_before_any_fit(monkeypatch):
+    def not_compiled(*args):
+        raise AssertionError("a fit compiled before the data were checked")
+
+    monkeypatch.setattr(emjax._runner, "_fit_compiled", not_compiled)
+    counts = np.abs(np.round(X)).astype(int)
+    with pytest.raises(ValueError, match="negative"):  # the second family refuses the validation rows
+        emjax.select([emjax.Gaussian("full"), emjax.Poisson()], counts, ks=KS, key=jax.random.key(0),
+                     validation=-counts[:10] - 1)
     with pytest.raises(ValueError, match="distinct"):
         emjax.select(emjax.Gaussian("full"), X, ks=(2, 2), key=jax.random.key(0))
     with pytest.raises(TypeError, match="Family"):

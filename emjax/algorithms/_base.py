@@ -38,6 +38,29 @@ def check_no_refine(algorithm, model) -> None:
         )
 
 
+def check_unconstrained(algorithm, model) -> None:
+    """Refuse what an algorithm stepping in unconstrained coordinates cannot fit: a family
+    without them (``has_unconstrained_coordinates``), or a sparse ``Dirichlet(alpha < 1)`` weights
+    prior, whose log posterior grows without bound as a weight goes to 0 (EM's M-step
+    drops such a component instead)."""
+    name = type(algorithm).__name__
+    family = getattr(model, "family", None)
+    if family is not None and not getattr(family, "has_unconstrained_coordinates", True):
+        what = type(family).__name__
+        if hasattr(family, "covariance_type"):
+            what += f"({family.covariance_type!r}), a parsimonious covariance structure,"
+        raise TypeError(
+            f"{name} steps in unconstrained coordinates, which {what} does not have: fit it by EM "
+            "(BatchEM, IncrementalEM, StepwiseEM, ECM), or use 'full', 'diag', 'spherical' or 'tied'."
+        )
+    if getattr(getattr(model, "weights_prior", None), "sparse", False):
+        raise ValueError(
+            f"{name} cannot fit a Dirichlet weights prior with alpha < 1: the log posterior grows without bound "
+            "as a weight goes to 0. EM's M-step drops such components instead: use BatchEM, IncrementalEM or "
+            "StepwiseEM."
+        )
+
+
 def float_dtype_of(tree) -> Any:
     """The dtype of the first floating leaf of ``tree`` (parameters or statistics may
     hold integer leaves, e.g. k-medoids' indices), the default float without one."""

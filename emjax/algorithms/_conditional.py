@@ -11,7 +11,7 @@ import equinox as eqx
 import optax
 
 from .._checks import check_int
-from ._base import Algorithm, check_no_refine
+from ._base import Algorithm, check_no_refine, check_unconstrained
 from ._batch import BatchEMState, evaluated
 
 
@@ -134,6 +134,7 @@ class GeneralizedEM(Algorithm):
         check_int("n_steps", self.n_steps)
 
     def validate(self, model, data) -> None:
+        check_unconstrained(self, model)
         check_no_refine(self, model)
         missing = [h for h in ("expected_log_joint", "unconstrain") if not model.provides(h)]
         if missing:

@@ -12,7 +12,7 @@ from jax import Array
 
 from .._checks import check_bool, check_int
 from ..data import Data
-from ._base import Algorithm, AlgorithmState
+from ._base import Algorithm, AlgorithmState, check_unconstrained
 from ._shuffle import minibatch
 from ._stepwise import check_batches
 
@@ -175,11 +175,7 @@ class GradientAscent(Algorithm):
         check_bool("shuffle", self.shuffle)
 
     def validate(self, model, data) -> None:
-        if getattr(getattr(model, "weights_prior", None), "sparse", False):
-            raise ValueError(
-                "GradientAscent cannot fit a Dirichlet weights prior with alpha < 1: the log posterior grows "
-                "without bound as a weight goes to 0. EM's M-step drops such components instead: use an EM algorithm."
-            )
+        check_unconstrained(self, model)
         if self.batch_size is not None:
             check_batches(self, data)
             if model.provides("objective"):

@@ -10,7 +10,7 @@ import equinox as eqx
 from jax import Array
 
 from .._checks import check_number
-from ._base import Algorithm, AlgorithmState
+from ._base import Algorithm, AlgorithmState, check_unconstrained
 
 
 class OverRelaxedEMState(AlgorithmState):
@@ -56,6 +56,7 @@ class OverRelaxedEM(Algorithm):
         check_number("max_eta", self.max_eta, low=1.0)
 
     def validate(self, model, data) -> None:
+        check_unconstrained(self, model)
         if not model.provides("unconstrain"):
             raise TypeError(
                 f"OverRelaxedEM steps in unconstrained coordinates; {type(model).__name__} defines no "

@@ -164,6 +164,19 @@ class Family(eqx.Module):
         """Log prior density of the component parameters (0 without a prior)."""
         return jnp.zeros(())
 
+    def kept_log_prior(self, params: Params, kept: Array) -> Array:
+        """The log prior of the components in ``kept`` ``(K,)`` only: a dropped
+        component (weight exactly 0) is not in the model, so its prior is not either.
+
+        The default evaluates :meth:`log_prior` on each component alone (through
+        :meth:`permute_components`) and sums the kept ones: right for a prior that is
+        a sum over components; a family whose prior couples them (a shared matrix)
+        overrides it.
+        """
+        one = lambda k: self.log_prior(self.permute_components(params, k[None]))  # noqa: E731
+        per_component = jax.vmap(one)(jnp.arange(kept.shape[0]))
+        return jnp.sum(jnp.where(kept, per_component, 0.0))
+
     def fit_penalty(self, params: Params) -> Array:
         """``(K,)`` amounts subtracted from each component's log density while fitting; zeros by default.
 
@@ -196,6 +209,12 @@ class Family(eqx.Module):
     @abc.abstractmethod
     def moments(self, params: Params) -> tuple[Array, Array]:
         """Component means ``(K, D)`` and covariances ``(K, D, D)``."""
+
+    @property
+    def has_unconstrained_coordinates(self) -> bool:
+        """Whether :meth:`unconstrain` / :meth:`constrain` are implemented (gradient
+        ascent, over-relaxed and generalised EM need them; EM itself does not)."""
+        return type(self).unconstrain is not Family.unconstrain
 
     def unconstrain(self, params: Params) -> Any:
         """The parameters in unconstrained coordinates: a pytree of real arrays.

@@ -122,6 +122,13 @@ def recenter_scatter(s2: Array, s1: Array, counts: Array, delta: Array, *, new_m
     return step(s2, 2 * s1 * delta) + counts[:, None] * delta * delta
 
 
+def _kept_sum(terms: Array, kept: Array | None) -> Array:
+    """The sum of per-component ``terms`` (leading axis ``K``), over the ``kept`` ``(K,)`` ones only."""
+    if kept is None:
+        return jnp.sum(terms)
+    return jnp.sum(jnp.where(kept.reshape(kept.shape + (1,) * (terms.ndim - 1)), terms, 0.0))
+
+
 class CovarianceStructure(eqx.Module):
     """Abstract base of covariance structures. Stateless: configuration lives in the family.
 
@@ -133,6 +140,8 @@ class CovarianceStructure(eqx.Module):
     name: ClassVar[str]
     #: The key of the covariances in :meth:`unconstrain`'s dictionary.
     unconstrained_key: ClassVar[str]
+    #: Whether :meth:`unconstrain` / :meth:`constrain` exist (not for the parsimonious models).
+    has_unconstrained_coordinates: ClassVar[bool] = True
 
     # -- shapes ----------------------------------------------------------------------
 
@@ -310,11 +319,12 @@ class CovarianceStructure(eqx.Module):
     # -- prior, initialisation -------------------------------------------------------
 
     @abc.abstractmethod
-    def log_prior(self, means: Array, covariances: Array, prior: NormalInverseWishart) -> Array:
+    def log_prior(self, means: Array, covariances: Array, prior: NormalInverseWishart, kept=None) -> Array:
         """``log p(means, covariances)`` under the prior's matching conjugate form: a scalar.
 
         The mean prior is ``N(m0, Sigma / kappa0)`` in every structure; see
-        :class:`emjax.Gaussian` for the covariance priors.
+        :class:`emjax.Gaussian` for the covariance priors. With ``kept`` ``(K,)``, of
+        those components only (a shared matrix's prior counted once).
         """
 
     @abc.abstractmethod
@@ -629,10 +639,10 @@ class Full(MatrixStructure):
         num = prior.S0 + scatter + prior.kappa0 * dm[:, :, None] * dm[:, None, :]
         return num / (prior.nu0 + counts + means.shape[-1] + 2)[:, None, None]
 
-    def log_prior(self, means, covariances, prior):
+    def log_prior(self, means, covariances, prior, kept=None):
         linv, logdet, iw = self._inverse_wishart(covariances, prior)
         quad = jnp.sum(jnp.square(jnp.einsum("kde,ke->kd", linv, means - prior.m0)), axis=-1)
-        return jnp.sum(mean_log_prior_terms(prior.kappa0, quad, logdet, means.shape[-1]) + iw)
+        return _kept_sum(mean_log_prior_terms(prior.kappa0, quad, logdet, means.shape[-1]) + iw, kept)
 
     def from_data_covariance(self, cov, n_components, reg):
         d = cov.shape[-1]
@@ -707,10 +717,10 @@ class Tied(MatrixStructure):
         num = prior.S0 + jnp.sum(scatter, axis=0) + prior.kappa0 * dm.T @ dm
         return num / (prior.nu0 + jnp.sum(counts) + d + 1 + k)
 
-    def log_prior(self, means, covariances, prior):
+    def log_prior(self, means, covariances, prior, kept=None):
         linv, logdet, iw = self._inverse_wishart(covariances, prior)
         quad = jnp.sum(jnp.square((means - prior.m0) @ linv.T), axis=-1)
-        return jnp.sum(mean_log_prior_terms(prior.kappa0, quad, logdet, means.shape[-1])) + iw
+        return _kept_sum(mean_log_prior_terms(prior.kappa0, quad, logdet, means.shape[-1]), kept) + iw
 
     def from_data_covariance(self, cov, n_components, reg):
         return cov + jnp.diag(reg)
@@ -761,11 +771,11 @@ class Diag(VarianceStructure):
         num = jnp.diagonal(prior.S0) + scatter + prior.kappa0 * dm * dm
         return num / (prior.nu0 + counts + 3)[:, None]
 
-    def log_prior(self, means, covariances, prior):
+    def log_prior(self, means, covariances, prior, kept=None):
         dm = means - prior.m0
         normal = mean_log_prior_terms(prior.kappa0, dm * dm / covariances, jnp.log(covariances), 1)
         ig = inverse_gamma_log_prob(0.5 * prior.nu0, 0.5 * jnp.diagonal(prior.S0), covariances)
-        return jnp.sum(normal + ig)
+        return _kept_sum(normal + ig, kept)
 
     def from_data_covariance(self, cov, n_components, reg):
         return jnp.broadcast_to(jnp.diagonal(cov) + reg, (n_components, cov.shape[-1]))
@@ -809,13 +819,13 @@ class Spherical(VarianceStructure):
         num = jnp.trace(prior.S0) + jnp.sum(scatter, axis=1) + prior.kappa0 * jnp.sum(dm * dm, axis=1)
         return num / (means.shape[-1] * (prior.nu0 + counts + 1) + 2)
 
-    def log_prior(self, means, covariances, prior):
+    def log_prior(self, means, covariances, prior, kept=None):
         d = means.shape[-1]
         dm = means - prior.m0
         quad = jnp.sum(dm * dm, axis=-1) / covariances
         normal = mean_log_prior_terms(prior.kappa0, quad, self.log_determinants(covariances, d), d)
         ig = inverse_gamma_log_prob(0.5 * prior.nu0 * d, 0.5 * jnp.trace(prior.S0), covariances)
-        return jnp.sum(normal + ig)
+        return _kept_sum(normal + ig, kept)
 
     def from_data_covariance(self, cov, n_components, reg):
         return jnp.full((n_components,), jnp.mean(jnp.diagonal(cov) + reg), dtype=cov.dtype)

@@ -248,6 +248,11 @@ class Gaussian(Family):
         return 0.5 * self.structure.penalty(params.covariances, self.reg(d, means.dtype), k)
 
     @property
+    def has_unconstrained_coordinates(self) -> bool:
+        """False for the parsimonious structures (see :class:`emjax.families.Family`)."""
+        return self.structure.has_unconstrained_coordinates
+
+    @property
     def structure(self) -> CovarianceStructure:
         """The :class:`CovarianceStructure` (``emjax.families._covariance``) named by ``covariance_type``."""
         return covariance_structure(self.covariance_type)
@@ -369,6 +374,13 @@ class Gaussian(Family):
             return jnp.zeros((), params.means.dtype)
         prior = self.prior.cast(params.means.dtype)
         return self.structure.log_prior(params.means, params.covariances, prior)
+
+    def kept_log_prior(self, params: GaussianParams, kept: Array) -> Array:
+        """:meth:`log_prior` of the ``kept`` ``(K,)`` components (a tied matrix's prior once)."""
+        if self.prior is None:
+            return jnp.zeros((), params.means.dtype)
+        prior = self.prior.cast(params.means.dtype)
+        return self.structure.log_prior(params.means, params.covariances, prior, kept)
 
     # -- initialisation, sampling, moments -------------------------------------------
 

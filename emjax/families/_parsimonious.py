@@ -152,6 +152,8 @@ class Parsimonious(Full):
         ((3, 2, 2), 7)
     """
 
+    has_unconstrained_coordinates: ClassVar[bool] = False
+
     # -- the constrained M-step --------------------------------------------------------
 
     def constrained(self, w: Array, n: Array, live: Array) -> Array:

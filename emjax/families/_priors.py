@@ -15,7 +15,7 @@ import equinox as eqx
 from jax import Array
 from jax.scipy.special import betaln, gammaln, multigammaln, xlog1py, xlogy
 
-from .._checks import as_data_matrix, check_n_components, check_number, check_spd_matrix, real_array
+from .._checks import as_data_matrix, check_n_components, check_number, check_spd_matrix, concrete, real_array
 
 
 class Dirichlet(eqx.Module):
@@ -56,8 +56,10 @@ class Dirichlet(eqx.Module):
 
     @property
     def sparse(self) -> bool:
-        """Whether some ``alpha_k < 1``: the mode may drop components (see the class)."""
-        return bool(np.any(np.asarray(self.alpha) < 1))
+        """Whether some ``alpha_k < 1``: the mode may drop components (see the class).
+        ``False`` for a traced ``alpha`` (a prior vmapped over): its value is unknown."""
+        alpha = concrete(self.alpha)
+        return alpha is not None and bool(np.any(alpha < 1))
 
     def check_interior(self, owner: str) -> None:
         """Raise unless every ``alpha_k >= 1``: ``owner``'s M-step needs an interior mode

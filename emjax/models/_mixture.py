@@ -324,7 +324,7 @@ class Mixture(EMModel):
             else self.gating.maximize(self._gating_stats(stats), params.weights)
         )
         comps = self.family.maximize(stats.components, params.components, held - {"weights"})
-        return MixtureParams(weights, comps)
+        return MixtureParams(weights, self._keep_dropped(weights, comps, params.components))
 
     @property
     def refine_passes(self) -> int:
@@ -336,7 +336,7 @@ class Mixture(EMModel):
         if not self.refine_passes:
             return new
         comps = self.family.refine(self, params, new.components, data, self.frozen - {"weights"})
-        return MixtureParams(new.weights, comps)
+        return MixtureParams(new.weights, self._keep_dropped(new.weights, comps, new.components))
 
     def responsibilities(self, params: MixtureParams, x: Array) -> Array:
         """``(N, K)`` the E-step's responsibilities (of the fitting density; see :meth:`e_step`)."""
@@ -344,13 +344,22 @@ class Mixture(EMModel):
 
     def hold_frozen(self, params: MixtureParams, reference: MixtureParams) -> MixtureParams:
         """``params`` with the frozen groups (``frozen``: the weights, the family's
-        ``param_groups``) taken from ``reference``.
+        ``param_groups``) taken from ``reference``, and the components dropped in
+        ``reference`` (constant weight exactly 0) kept at weight 0.
 
         Example:
             >>> model = Mixture(Gaussian("full"), 3, frozen="means")
             >>> model.hold_frozen(new, old).components.means is old.components.means
             True
         """
+        ref = concrete(reference.weights)
+        if isinstance(self.gating, ConstantGating) and "weights" not in self.frozen and (ref is None or np.any(ref == 0)):
+            # A dropped component (weight exactly 0 in ``reference``) stays dropped: a
+            # softmax of unconstrained coordinates would give it 1e-308 instead of 0.
+            dropped = reference.weights == 0
+            kept = jnp.where(dropped, 0.0, params.weights)
+            weights = jnp.where(jnp.any(dropped), kept / jnp.sum(kept), params.weights)
+            params = MixtureParams(weights, params.components)
         if not self.frozen:
             return params
         weights = reference.weights if "weights" in self.frozen else params.weights
@@ -360,8 +369,14 @@ class Mixture(EMModel):
         return MixtureParams(weights, comps)
 
     def log_prior(self, params: MixtureParams) -> Array:
-        """The family's log prior plus the gating's (0 without priors)."""
-        return self.family.log_prior(params.components) + self.gating.log_prior(params.weights)
+        """The family's log prior plus the gating's (0 without priors); with constant
+        weights, of the kept components only (a dropped one, of weight exactly 0, is
+        not in the model: :meth:`emjax.families.Family.kept_log_prior`)."""
+        if isinstance(self.gating, ConstantGating) and getattr(self.family, "prior", None) is not None:
+            components = self.family.kept_log_prior(params.components, params.weights > 0)
+        else:
+            components = self.family.log_prior(params.components)
+        return components + self.gating.log_prior(params.weights)
 
     def expected_log_joint(self, stats: MixtureStats, params: MixtureParams) -> Array:
         """``E_q[log p(x, z | params)]`` for the responsibilities that produced ``stats``.
@@ -381,6 +396,8 @@ class Mixture(EMModel):
             return _overrides(self.family, Family, "expected_log_likelihood") and _overrides(
                 self.gating, Gating, "expected_log_likelihood"
             )
+        if name in ("unconstrain", "constrain"):
+            return self.family.has_unconstrained_coordinates
         return super().provides(name)
 
     def adapt(self, x: Array, weights: Array | None = None) -> "Mixture":

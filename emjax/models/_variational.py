@@ -301,6 +301,13 @@ class VariationalGaussianMixture(EMModel):
         mean = stats.shift[0] + stats.s1[0] / n
         scatter = recenter_scatter(stats.s2, stats.s1, stats.counts, stats.shift - mean[None])[0]
         cov = scatter / jnp.where(n > 1, n - 1, 1.0)
+        # A constant feature has variance 0 and would make B0 singular (scikit-learn's
+        # reg_covar rescues only components with points): it takes the largest
+        # variance, as a Gaussian's regularisation scale does (all constant: 1).
+        var = jnp.diagonal(cov)
+        top = jnp.max(var)
+        constant = var <= jnp.finfo(var.dtype).eps * top
+        cov = cov + jnp.diag(jnp.where(constant, jnp.where(top > 0, top, 1.0) - var, 0.0))
         if self.covariance_type in ("diag", "spherical"):
             cov = jnp.diagonal(cov)
             cov = jnp.mean(cov) if self.covariance_type == "spherical" else cov
@@ -543,8 +550,10 @@ class VariationalGaussianMixture(EMModel):
             x: ``(N, D)`` points.
             kind: ``"predictive"`` (the default): the posterior predictive
                 ``sum_k E[pi_k] t(x | m_k, (1 + kappa_k) / (kappa_k (nu_k + 1 - D)) B_k,
-                nu_k + 1 - D)``, a mixture of Student-t's, exactly ``∫ p(x | theta)
-                q(theta) dtheta``; ``"plugin"``: the mixture at the point estimates
+                nu_k + 1 - D)``, a mixture of Student-t's: ``∫ p(x | theta)
+                q(theta) dtheta`` exactly under the Dirichlet prior, and with the
+                truncated stick-breaking weights' means renormalised over the ``K``
+                components (as scikit-learn's ``weights_``); ``"plugin"``: the mixture at the point estimates
                 ``sum_k E[pi_k] N(x | m_k, E[Lambda_k]^-1)`` (``weights``, ``means``,
                 ``covariances``: scikit-learn's ``GaussianMixture`` with the fitted
                 attributes); ``"expected"``: ``log sum_k exp(E[log pi_k] + E[log N(x |

@@ -287,10 +287,18 @@ def test_unknown_code_names_every_valid_one():
         assert repr(name) in str(err.value)
 
 
-def test_gradient_ascent_is_refused_naming_the_structure():
+def test_unconstrained_algorithms_are_refused_naming_the_structure(monkeypatch):
+    import emjax._runner
+
+    def not_compiled(*args):
+        raise AssertionError("compiled before refusing")
+
+    monkeypatch.setattr(emjax._runner, "_fit_compiled", not_compiled)
     model = emjax.Mixture(emjax.Gaussian("EVE"), K)
-    with pytest.raises(NotImplementedError, match="'EVE'"):
-        emjax.fit(model, X, key=jax.random.key(0), algorithm=emjax.GradientAscent(optax.adam(1e-2)), max_iter=2)
+    assert not model.provides("unconstrain") and emjax.Mixture(emjax.Gaussian("EEE"), K).provides("unconstrain")
+    for algorithm in (emjax.GradientAscent(optax.adam(1e-2)), emjax.OverRelaxedEM(), emjax.GeneralizedEM()):
+        with pytest.raises(TypeError, match=r"Gaussian\('EVE'\), a parsimonious covariance structure"):
+            emjax.fit(model, X, key=jax.random.key(0), algorithm=algorithm, max_iter=2)
 
 
 def test_given_covariances_must_be_of_the_models_form():

@@ -9,14 +9,16 @@ import numpy as np
 import optax
 import pytest
 from scipy.special import gammaln, logsumexp
-from scipy.stats import multivariate_normal
+from scipy.stats import invwishart, multivariate_normal
 
 import emjax
 from tests.conftest import make_blobs
 
 X = make_blobs(0, n=400, d=2, k=3, sep=8.0)[0]
 ALPHA = 0.5
-FAMILY = emjax.Gaussian("full", reg_covar=0.0)
+# A component prior too: a dropped component's prior must leave the objective with it.
+PRIOR = emjax.NormalInverseWishart(np.zeros(2), 0.01, 5.0, np.eye(2))
+FAMILY = emjax.Gaussian("full", reg_covar=0.0, prior=PRIOR)
 
 
 def start(k_extra):
@@ -71,11 +73,13 @@ def test_the_fit_after_the_drop_is_the_smaller_mixtures_fit(fits):
     np.testing.assert_allclose(big.params.components.means[:3], alone.params.components.means, rtol=1e-10)
     # MAP-EM never decreases the log posterior once the set of components is fixed.
     assert np.all(np.diff(np.asarray(big.trace[0, 1:])) >= -1e-9 * np.abs(np.asarray(big.trace[0, 1:-1])))
-    # The prior is the Dirichlet of the kept weights; the dropped ones leave the parameter count.
+    # The prior is the Dirichlet of the kept weights and the kept components' NIW prior
+    # (SciPy's densities); the dropped ones leave the parameter count.
     w = np.asarray(big.params.weights[:3])
     ref = gammaln(3 * ALPHA) - 3 * gammaln(ALPHA) + (ALPHA - 1) * np.log(w).sum()
-    np.testing.assert_allclose(float(sparse.log_prior(big.params)), ref + float(FAMILY.log_prior(big.params.components)),
-                               rtol=1e-12)
+    for m, c in zip(np.asarray(big.params.components.means[:3]), np.asarray(big.params.components.covariances[:3])):
+        ref += multivariate_normal(np.zeros(2), c / 0.01).logpdf(m) + invwishart(5.0, np.eye(2)).logpdf(c)
+    np.testing.assert_allclose(float(sparse.log_prior(big.params)), ref, rtol=1e-10)
     ic_big, ic_small = sparse.information_criteria(big.params, X), small.information_criteria(alone.params, X)
     assert ic_big["n_parameters"] == ic_small["n_parameters"] == 2 + 3 * 2 + 3 * 3
     np.testing.assert_allclose(ic_big["bic"], ic_small["bic"], rtol=1e-10)
@@ -91,6 +95,21 @@ def test_mode_edge_cases_and_refusals():
     # A dropped component stays dropped under alpha >= 1 too (emjax.select's components beyond K).
     np.testing.assert_allclose(emjax.Dirichlet(2.0).mode(jnp.array([3.0, 5.0, 0.0]), jnp.array([True, True, False])),
                                [4 / 10, 6 / 10, 0.0])
-    with pytest.raises(ValueError, match="cannot fit a Dirichlet weights prior with alpha < 1"):
-        emjax.fit(emjax.Mixture(FAMILY, 3, weights_prior=prior), X, key=jax.random.key(0),
-                  algorithm=emjax.GradientAscent(optax.adam(1e-2)))
+    for algorithm in (emjax.GradientAscent(optax.adam(1e-2)), emjax.OverRelaxedEM(), emjax.GeneralizedEM()):
+        with pytest.raises(ValueError, match="cannot fit a Dirichlet weights prior with alpha < 1"):
+            emjax.fit(emjax.Mixture(FAMILY, 3, weights_prior=prior), X, key=jax.random.key(0), algorithm=algorithm)
+
+
+def test_coordinates_and_conditional_steps_keep_dropped_components_dropped(fits):
+    sparse, p5, big, _, _ = fits
+    # A softmax of log weights gives 1e-308 for a weight of 0: held back at exactly 0.
+    dropped = big.params
+    back = sparse.hold_frozen(sparse.constrain(sparse.unconstrain(dropped)), dropped)
+    assert np.all(np.asarray(back.weights[3:]) == 0.0)
+    np.testing.assert_allclose(back.weights[:3], dropped.weights[:3], rtol=1e-12)
+    # ECM's conditional M-steps keep a dropped component's parameters (no M-step from no data).
+    ecm = emjax.fit(sparse, X, key=jax.random.key(0), init=p5, max_iter=10, tol=0.0, algorithm=emjax.ECM())
+    assert int(ecm.status[0]) in (emjax.RESULTS.SUCCESS, emjax.RESULTS.MAX_ITER)
+    assert np.all(np.asarray(ecm.params.weights[3:]) == 0.0)
+    np.testing.assert_array_equal(ecm.params.components.covariances[3:], p5.components.covariances[3:])
+    assert np.all(np.diff(np.asarray(ecm.trace[0, 1:])) >= -1e-9 * np.abs(np.asarray(ecm.trace[0, 1:-1])))

@@ -271,3 +271,12 @@ def test_bad_input_is_refused_with_a_clear_error():
         emjax.fit(model, X, key=key, init=eqx.tree_at(lambda q: q.degrees_of_freedom, p, p.degrees_of_freedom - 300))
     with pytest.raises(ValueError, match=r"weight_concentration must have shape \(4,\)"):
         V(K, weight_concentration_prior_type="dirichlet_distribution").validate_params(p, X)
+
+
+def test_a_constant_feature_keeps_the_default_covariance_prior_positive_definite():
+    xc = np.column_stack([X, np.full(X.shape[0], 7.0)])
+    b0 = np.asarray(emjax.VariationalGaussianMixture(K, "full").adapt(xc).covariance_prior)
+    cov = np.cov(X.T)
+    np.testing.assert_allclose(b0[:2, :2], cov, rtol=1e-12)  # scikit-learn's default elsewhere
+    np.testing.assert_allclose(b0[2], [0.0, 0.0, cov.diagonal().max()], atol=1e-12)
+    assert np.all(np.linalg.eigvalsh(b0) > 0)
