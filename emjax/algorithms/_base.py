@@ -46,12 +46,13 @@ def check_unconstrained(algorithm, model) -> None:
     name = type(algorithm).__name__
     family = getattr(model, "family", None)
     if family is not None and not getattr(family, "has_unconstrained_coordinates", True):
-        what = type(family).__name__
+        what, remedy = type(family).__name__, "implement its unconstrain() and constrain()"
         if hasattr(family, "covariance_type"):
             what += f"({family.covariance_type!r}), a parsimonious covariance structure,"
+            remedy = "use 'full', 'diag', 'spherical' or 'tied'"
         raise TypeError(
             f"{name} steps in unconstrained coordinates, which {what} does not have: fit it by EM "
-            "(BatchEM, IncrementalEM, StepwiseEM, ECM), or use 'full', 'diag', 'spherical' or 'tied'."
+            f"(BatchEM, IncrementalEM, StepwiseEM, ECM), or {remedy}."
         )
     if getattr(getattr(model, "weights_prior", None), "sparse", False):
         raise ValueError(

@@ -106,7 +106,8 @@ def test_family_without_bijection_says_so():
 
     model = emjax.Mixture(NoBijection(), 2)
     x = family_sample("poisson", 50, 0)
-    with pytest.raises(NotImplementedError, match="NoBijection"):
+    assert not model.provides("unconstrain")
+    with pytest.raises(TypeError, match=r"NoBijection does not have: .* implement its unconstrain\(\) and constrain\(\)"):
         emjax.fit(model, x, key=jax.random.key(0), algorithm=ADAM, max_iter=1)
 
 

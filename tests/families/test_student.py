@@ -92,7 +92,7 @@ def test_em_equals_numpy_reference(learn_dof, update):
     or ECME): the parameters and the log-likelihood of a NumPy EM written out above, to
     1e-9 (ECME's degrees of freedom: a grid search and a secant step, to 1e-8)."""
     x, _ = student_t_blobs(300, 2)
-    k, d = 2, x.shape[1]
+    k = 2
     rng = np.random.default_rng(0)
     w0 = np.array([0.4, 0.6])
     m0 = x[rng.choice(len(x), k, replace=False)]

@@ -9,7 +9,7 @@ from scipy.optimize import minimize
 from scipy.special import expit, log_expit, logsumexp, softmax
 
 import emjax
-from emjax.families import LinearExpertParams, LogisticExpertParams
+from emjax.families import LinearExpertParams
 from tests.conftest import assert_monotone, fit_weighted_and_repeated
 
 RNG = np.random.default_rng(3)

@@ -2,7 +2,6 @@
 against scikit-learn's BayesianRidge and ARDRegression (float64)."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from sklearn.linear_model import ARDRegression, BayesianRidge

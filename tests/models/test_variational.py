@@ -75,8 +75,13 @@ def _assert_params(model, p, sk, prior_type):
         np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-9)
 
 
-@pytest.mark.parametrize("prior_type", PRIOR_TYPES)
-@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+# Every covariance type, each weight prior on two of them (the weight prior's updates do
+# not depend on the covariance type: the cross product would add compiles, not cases).
+CONFIGS = [("full", "dirichlet_process"), ("full", "dirichlet_distribution"), ("diag", "dirichlet_distribution"),
+           ("spherical", "dirichlet_process"), ("tied", "dirichlet_distribution")]
+
+
+@pytest.mark.parametrize("covariance_type,prior_type", CONFIGS)
 def test_equals_sklearn_step_for_step_and_the_elbo_never_decreases(covariance_type, prior_type):
     model = emjax.VariationalGaussianMixture(K, covariance_type, weight_concentration_prior_type=prior_type).adapt(X)
     sk = _sklearn(covariance_type, prior_type)
