@@ -359,14 +359,15 @@ class CrossValidation(eqx.Module):
 
 
 @eqx.filter_jit
-def _heldout(model: Mixture, params, x, test, w):
+def _heldout(model: Mixture, params, x, test_rows, test_w):
     """``(F, len(ks))`` held-out log-likelihoods: ``params`` with leading ``(F, len(ks))``
-    axes, ``test`` the ``(F, N)`` 0/1 masks of each fold's held-out rows."""
-    def one(p, mask):
-        held = mask * w
-        return jnp.sum(jnp.where(held > 0, held * model.log_prob(p, x), 0.0))  # a training row's -inf is no NaN
+    axes; ``test_rows`` ``(F, M)`` each fold's held-out rows (padded to the largest fold)
+    and ``test_w`` ``(F, M)`` their weights (0 on the padding): each row is scored once,
+    by its own fold's fits."""
+    def one(p, rows, held):
+        return jnp.sum(jnp.where(held > 0, held * model.log_prob(p, x[rows]), 0.0))  # padding's value unused
 
-    return jax.vmap(lambda pf, mask: jax.vmap(lambda p: one(p, mask))(pf))(params, test)
+    return jax.vmap(lambda pf, rows, held: jax.vmap(lambda p: one(p, rows, held))(pf))(params, test_rows, test_w)
 
 
 def cross_validate(
@@ -437,6 +438,10 @@ def cross_validate(
             test = fold_of[None, :] == np.arange(n_folds)[:, None]
             # Each fold's first n_train training rows (in row order): its restarts' starts see only these.
             train_rows = np.stack([np.flatnonzero(~t)[:n_train] for t in test])
+            # Each fold's held-out rows, padded by repeating its first ones (weight 0) to the largest fold.
+            n_test = n - n_train
+            test_rows = np.stack([np.resize(np.flatnonzero(t), n_test) for t in test])
+            test_pad = np.arange(n_test)[None, :] < test.sum(axis=1)[:, None]
         dtype = float_dtype(xv.dtype)
         w = jnp.ones((n,), dtype) if user_w is None else user_w
         test_w = jnp.asarray(test, dtype)
@@ -461,7 +466,8 @@ def cross_validate(
                                 result.restart_params)
         f_idx, k_idx = np.meshgrid(np.arange(n_folds), np.arange(len(ks)), indexing="ij")
         chosen = jax.tree.map(lambda a: a[f_idx, k_idx, best], restarts)
-        heldout = np.asarray(_heldout(model, chosen, xv, test_w, w))  # (F, len(ks))
+        held_w = jnp.where(jnp.asarray(test_pad), w[test_rows], 0.0)
+        heldout = np.asarray(_heldout(model, chosen, xv, jnp.asarray(test_rows), held_w))  # (F, len(ks))
         best_status = status[f_idx, k_idx, best]
         fold_weight = np.asarray(test_w @ w)
         starts = jax.tree.map(np.asarray, params0)
