@@ -50,6 +50,8 @@ from .families._priors import GammaPrior as GammaPrior
 from .families._priors import NormalInverseWishart as NormalInverseWishart
 from ._adjoint import Adjoint as Adjoint
 from ._adjoint import ForwardAdjoint as ForwardAdjoint
+from ._adjoint import ImplicitAdjoint as ImplicitAdjoint
+from ._adjoint import RecursiveCheckpointAdjoint as RecursiveCheckpointAdjoint
 from ._result import RESULTS as RESULTS
 from ._result import FitResult as FitResult
 from ._runner import fit as fit

@@ -2,7 +2,7 @@
 
 :func:`start`, :func:`body` and :func:`finish` are the whole of it. On device
 data (in memory or sharded) they run as one compiled program, the loop a
-``lax.while_loop`` owned by the adjoint (:func:`run_compiled`); on a host
+loop the adjoint chooses (:func:`run_compiled`); on a host
 stream the same three are compiled separately and a host loop calls
 :func:`body` once per iteration (:func:`run_host`), so a long pass reports
 progress and can be interrupted. Either way the algorithm's ``init``/``step``,
@@ -260,12 +260,9 @@ def finish(problem: Problem, loop: LoopState) -> FitResult:
 
 
 def run_compiled(problem: Problem, params0, keys) -> FitResult:
-    """The whole fit as one program: the loop is the adjoint's ``while_loop``."""
-    loop = start(problem, params0, keys)
-    loop = problem.adjoint.while_loop(
-        lambda loop: running(loop, problem.max_iter), lambda loop: body(problem, loop), loop
-    )
-    return finish(problem, loop)
+    """The whole fit as one program, run by the adjoint (:mod:`emjax._adjoint`):
+    :func:`start`, a loop of :func:`body`, :func:`finish`."""
+    return problem.adjoint.run(problem, params0, keys)
 
 
 _start = eqx.filter_jit(start)

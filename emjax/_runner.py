@@ -31,7 +31,9 @@ def _fit_compiled(problem: Problem, keys, init, params0) -> FitResult:
     # The data-measured constants (a Gaussian's regularisation scale): one pass, inside the program.
     problem = eqx.tree_at(lambda p: p.model, problem, problem.model.adapt(problem.data))
     if params0 is None:
-        sample = problem.data.sample
+        # An init method's start is not differentiated (k-means labels, seeding draws):
+        # derivatives flow from the data through the iterations.
+        sample = jax.lax.stop_gradient(problem.data.sample)
         params0 = map_restarts(lambda k: problem.model.init(k, sample, init), (keys,), problem.restart_batch)
     return run_compiled(problem, params0, keys)
 
@@ -142,8 +144,13 @@ def fit(
         chunk_size: rows per E-step chunk (per device for sharded ``x``; rows
             read per chunk for a stream); by default chosen so no chunk
             intermediate exceeds about 4 MB on a CPU (256 MB on a GPU).
-        adjoint: how derivatives flow through the fit; :class:`emjax.ForwardAdjoint`
-            (forward mode through the iterations) by default.
+        adjoint: how derivatives flow through the fit: :class:`emjax.ForwardAdjoint`
+            (the default: ``jax.jvp`` through the iterations taken),
+            :class:`emjax.ImplicitAdjoint` (forward and reverse mode, the
+            derivative of EM's fixed point; nothing stored per iteration) or
+            :class:`emjax.RecursiveCheckpointAdjoint` (forward and reverse mode
+            through the iterations taken, checkpointed). A start from an init
+            method is never differentiated.
         verbose: print the objective every ``print_every`` iterations while the
             compiled loop runs (a host callback; it slows a GPU fit a little).
         print_every: iterations between progress lines.
@@ -234,6 +241,7 @@ def fit(
 
     data = make_data(model, x, weights=weights, chunk_size=chunk_size, key=key)
     algorithm.validate(model, data)
+    adjoint.validate(model, algorithm, data)
     sample_dtype = jax.tree.leaves(data.sample)[0].dtype
     dtype = sample_dtype if jnp.issubdtype(sample_dtype, jnp.floating) else float_dtype()
     keys = jax.random.split(key, n_restarts)

@@ -237,6 +237,10 @@ FIT = [
     # -- adjoint, print_every, flags ------------------------------------------------------
     case("fit-adjoint-string", lambda: fit(adjoint="forward"), TypeError, r"adjoint must be an emjax Adjoint"),
     case("fit-adjoint-class", lambda: fit(adjoint=emjax.ForwardAdjoint), TypeError, r"adjoint must be"),
+    case("implicit-solver", lambda: emjax.ImplicitAdjoint(solver="cg"), ValueError, r"solver must be 'gmres' or"),
+    case("implicit-rtol", lambda: emjax.ImplicitAdjoint(rtol=0.0), ValueError, r"rtol must be a number in \(0, 1\)"),
+    case("implicit-max-steps", lambda: emjax.ImplicitAdjoint(max_steps=0), ValueError, r"max_steps must be an integer"),
+    case("checkpoint-levels", lambda: emjax.RecursiveCheckpointAdjoint(levels=0), ValueError, r"levels must be"),
     case("fit-print-every-zero", lambda: fit(print_every=0), ValueError, r"print_every must be a positive integer"),
     case("fit-print-every-float", lambda: fit(print_every=1.5), ValueError, r"print_every"),
     case("fit-reinit-string", lambda: fit(reinit_collapsed="no"), TypeError, r"reinit_collapsed must be True or False", before="accepted"),

@@ -112,6 +112,13 @@ class Algorithm(eqx.Module):
         """Raise, before anything is compiled, if this algorithm cannot fit
         ``model`` (an EMModel) to ``data`` (an :class:`emjax.data.Data`)."""
 
+    def fixed_point_options(self) -> dict | None:
+        """The E-step options of the batch EM map whose fixed point this algorithm
+        stops at, which :class:`emjax.ImplicitAdjoint` differentiates: ``{}`` (soft
+        assignments) by default; ``None`` for an algorithm with no deterministic
+        fixed point (stochastic EM's random E-step)."""
+        return {}
+
     def can_stop(self, state: AlgorithmState) -> Array:
         """Whether the fit may stop at ``state`` when the stopping rule holds
         (a veto: an annealing schedule must reach its final temperature first)."""

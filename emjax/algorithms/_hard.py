@@ -30,6 +30,10 @@ class HardEM(Algorithm):
         check_no_refine(self, model)
         check_e_step(self, model, option="assignment", assignment="hard")
 
+    def fixed_point_options(self) -> dict:
+        """Hard EM stops at a fixed point of the hard-assignment map."""
+        return {"assignment": "hard"}
+
     def init(self, model, params, data, key=None) -> BatchEMState:
         return evaluated(model, params, data, None, assignment="hard")
 

@@ -83,6 +83,10 @@ class StochasticEM(_SampledEM):
         >>> res = emjax.fit(model, x, key=key, init=res.params, algorithm=emjax.BatchEM())
     """
 
+    def fixed_point_options(self) -> None:
+        """None: the chain wanders around a maximum and stops at no fixed point."""
+        return None
+
 
 class MonteCarloEM(_SampledEM):
     """Monte-Carlo EM (Wei & Tanner, 1990).

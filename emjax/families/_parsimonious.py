@@ -61,6 +61,8 @@ model. Gradient ascent has no unconstrained coordinates for these structures.
 
 from __future__ import annotations
 
+import functools
+
 from typing import ClassVar
 
 import numpy as np
@@ -107,7 +109,26 @@ def _rotate(basis: Array, v: Array) -> Array:
 
 def _fixed_point(update, start: Array) -> Array:
     """Iterate ``update`` from ``start`` until no entry moves by ``sqrt(eps)`` (at most
-    :data:`INNER_MAX_ITER` steps); batches under ``vmap`` stop member by member."""
+    :data:`INNER_MAX_ITER` steps); batches under ``vmap`` stop member by member.
+
+    Differentiated as the fixed point ``x = update(x)`` it converges to (the
+    implicit function theorem, with ``update``'s Jacobian formed densely: ``x`` is
+    a ``(D, D)`` matrix or a ``(D,)`` vector), not through the loop: forward and
+    reverse mode, whatever the number of steps taken."""
+    # Every array ``update`` closes over (the scatters, the live mask) becomes an explicit
+    # argument, so the derivative rule sees them (``jax.closure_convert`` keeps
+    # integer ones closed over, which then leak out of the rule's trace).
+    closed = jax.make_jaxpr(update)(start)
+    jaxpr = closed.jaxpr
+
+    def converted(x, *consts):
+        return jax.core.eval_jaxpr(jaxpr, consts, x)[0]
+
+    return _solve_fixed_point(converted, start, *closed.consts)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _solve_fixed_point(update, start: Array, *consts) -> Array:
     tol = float(np.sqrt(jnp.finfo(start.dtype).eps))
 
     def cond(carry):
@@ -116,11 +137,24 @@ def _fixed_point(update, start: Array) -> Array:
 
     def body(carry):
         i, x, _ = carry
-        y = update(x)
+        y = update(x, *consts)
         return i + 1, y, jnp.max(jnp.abs(y - x))
 
     inf = jnp.asarray(jnp.inf, start.dtype)
     return jax.lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), start, inf))[1]
+
+
+@_solve_fixed_point.defjvp
+def _solve_fixed_point_jvp(update, primals, tangents):
+    start, *consts = primals
+    _, *t_consts = tangents
+    x = _solve_fixed_point(update, start, *consts)
+    # dx = (I - d update/dx)^{-1} (d update/d consts) d consts; the start does not matter.
+    b = jax.jvp(lambda *c: update(x, *c), tuple(consts), tuple(t_consts))[1]
+    n = x.size
+    jac = jax.jacfwd(lambda y: update(y, *consts))(x).reshape(n, n)
+    t = jnp.linalg.solve(jnp.eye(n, dtype=x.dtype) - jac, b.reshape(n))
+    return x, t.reshape(x.shape)
 
 
 def _trace_solve(c: Array, w: Array) -> Array:
