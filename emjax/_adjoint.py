@@ -47,6 +47,7 @@ import equinox as eqx
 import jax
 import jax.flatten_util
 import jax.numpy as jnp
+import jax.scipy.linalg
 from jax import Array
 
 from ._iterate import body, finish, map_restarts, running, start
@@ -243,47 +244,73 @@ class ImplicitAdjoint(Adjoint):
 
 
 def _gmres(matvec, b: Array, rtol: float, m: int, max_steps: int) -> Array:
-    """Restarted GMRES(m) for ``matvec(x) = b`` from ``x = 0``, at most ``max_steps``
-    products: each cycle is ``m`` Arnoldi steps (Gram-Schmidt twice) and a
-    least-squares solve on the Hessenberg matrix. ``matvec`` is traced twice (in
-    the Arnoldi loop and for the residual), which keeps the program small."""
+    """Restarted GMRES(m) for ``matvec(x) = b`` from ``x = 0``, at most about
+    ``max_steps`` products. Each cycle runs Arnoldi steps (Gram-Schmidt twice) with
+    Givens rotations tracking the residual, and stops as soon as it is below
+    ``rtol |b|``: never more products than the Neumann series needs (its iterates lie
+    in the same Krylov spaces). ``matvec`` is traced twice (in the Arnoldi loop and
+    for the residual between cycles), which keeps the program small."""
     n = b.shape[0]
     m = min(m, n)
+    dtype = b.dtype
     target = rtol * jnp.linalg.norm(b)
-    tiny = jnp.finfo(b.dtype).tiny
+    tiny = jnp.finfo(dtype).tiny
+    rows = jnp.arange(m + 1)
 
     def cycle(x, r):
         beta = jnp.linalg.norm(r)
-        basis = jnp.zeros((m + 1, n), b.dtype).at[0].set(r / jnp.maximum(beta, tiny))
-        hess = jnp.zeros((m + 1, m), b.dtype)
 
-        def arnoldi(j, carry):
-            basis, hess = carry
+        def cond(carry):
+            j, _, _, _, _, g = carry
+            return (j < m) & (jnp.abs(g[j]) > target)
+
+        def step(carry):
+            j, basis, upper, cs, sn, g = carry
             w = matvec(basis[j])
-            live = (jnp.arange(m + 1) <= j)[:, None]
-            h = jnp.zeros((m + 1,), b.dtype)
+            live = rows <= j
+            h = jnp.zeros((m + 1,), dtype)
             for _ in range(2):  # classical Gram-Schmidt, twice: orthogonal to rounding
-                c = jnp.where(live[:, 0], basis @ w, 0.0)
-                w = w - c @ jnp.where(live, basis, 0.0)
+                c = jnp.where(live, basis @ w, 0.0)
+                w = w - c @ basis
                 h = h + c
             norm = jnp.linalg.norm(w)
-            h = h.at[j + 1].set(norm)
             basis = basis.at[j + 1].set(w / jnp.maximum(norm, tiny))
-            return basis, hess.at[:, j].set(h)
+            h = h.at[j + 1].set(norm)
 
-        basis, hess = jax.lax.fori_loop(0, m, arnoldi, (basis, hess))
-        rhs = jnp.zeros((m + 1,), b.dtype).at[0].set(beta)
-        y = jnp.linalg.lstsq(hess, rhs)[0]
-        return x + y @ basis[:m]
+            def rotate(i, h):  # the earlier rotations (identities beyond j - 1)
+                a, c = h[i], h[i + 1]
+                return h.at[i].set(cs[i] * a + sn[i] * c).at[i + 1].set(cs[i] * c - sn[i] * a)
+
+            h = jax.lax.fori_loop(0, m, rotate, h)
+            a, c = h[j], h[j + 1]
+            d = jnp.maximum(jnp.hypot(a, c), tiny)
+            cs, sn = cs.at[j].set(a / d), sn.at[j].set(c / d)
+            h = h.at[j].set(d).at[j + 1].set(0.0)
+            g = g.at[j + 1].set(-sn[j] * g[j]).at[j].set(cs[j] * g[j])
+            return j + 1, basis, upper.at[:, j].set(h[:m]), cs, sn, g
+
+        start = (
+            jnp.zeros((), jnp.int32),
+            jnp.zeros((m + 1, n), dtype).at[0].set(r / jnp.maximum(beta, tiny)),
+            jnp.zeros((m, m), dtype),
+            jnp.ones((m,), dtype),  # rotations not yet made are identities
+            jnp.zeros((m,), dtype),
+            jnp.zeros((m + 1,), dtype).at[0].set(beta),
+        )
+        j, basis, upper, _, _, g = jax.lax.while_loop(cond, step, start)
+        used = jnp.arange(m) < j
+        upper = jnp.where(used[:, None] & used[None, :], upper, jnp.eye(m, dtype=dtype))
+        y = jax.scipy.linalg.solve_triangular(upper, jnp.where(used, g[:m], 0.0), lower=False)
+        return x + y @ basis[:m], j
 
     def cond(carry):
-        i, _, r = carry
-        return (i * m < max_steps) & (jnp.linalg.norm(r) > target)
+        products, _, r = carry
+        return (products < max_steps) & (jnp.linalg.norm(r) > target)
 
     def body(carry):
-        i, x, r = carry
-        x = cycle(x, r)
-        return i + 1, x, b - matvec(x)
+        products, x, r = carry
+        x, j = cycle(x, r)
+        return products + j + 1, x, b - matvec(x)
 
     return jax.lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), jnp.zeros_like(b), b))[1]
 
