@@ -49,7 +49,9 @@ def _initial_params(model, keys, sample, init, batch: int):
 MAX_ITER = 2**31 - 2
 
 
-def _check_tol(tol) -> float:
+def _check_tol(tol):
+    if is_traced(tol) and jnp.ndim(tol) == 0 and jnp.issubdtype(jnp.result_type(tol), jnp.floating):
+        return tol  # a traced scalar (a fit vmapped or jitted over tol): its value cannot be checked
     if isinstance(tol, (bool, np.bool_)) or not isinstance(tol, (int, float, np.integer, np.floating)):
         raise TypeError(f"tol must be a number; got {tol!r}.")
     if not (np.isfinite(tol) and tol >= 0):
@@ -133,7 +135,8 @@ def fit(
         tol: the stopping rule's tolerance; by default stop when the objective
             changes by less than ``tol`` per point (per unit of weight) in one
             step. A traced value: fitting again with another ``tol`` does not
-            compile again.
+            compile again, and ``tol`` may itself be a traced float scalar
+            (``jax.jit`` or ``jax.vmap`` over it).
         stopping: a :class:`emjax.StoppingRule`: ``ObjectiveChange()`` (the
             default, unless the model names its own: ``CenterShift()`` for
             :class:`emjax.KMeans`), ``RelativeChange()``, ``ParameterChange()`` or

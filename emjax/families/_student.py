@@ -220,13 +220,15 @@ class StudentT(Gaussian):
     over ``nu`` with the new location and scale (the precision weights integrated
     out, not fixed at the E-step's): the observed-data likelihood's conditional
     maximum, which converges in far fewer iterations when a degree of freedom is
-    large. Derivatives through a fit (:class:`emjax.ImplicitAdjoint`) are exact
-    for ECM, whose bisection is differentiated as its root; ECME's grid search ends
-    with a secant step, differentiated as such (a finite-difference slope over the
-    last bracket: about 6e-4 relative error in the case measured). It needs the data: batch EM runs ``ECME_PASSES`` (4) extra passes per
+    large. It needs the data: batch EM runs ``ECME_PASSES`` (4) extra passes per
     iteration (grid searches with a final secant step, root to about 1e-9 in
     ``log nu``). The incremental and stepwise algorithms, which see the data a
     block at a time, refuse it.
+
+    Derivatives through a fit (:class:`emjax.ImplicitAdjoint`) are exact for ECM,
+    whose bisection is differentiated as its root; ECME's grid search ends with a
+    secant step, differentiated as such (a finite-difference slope over the last
+    bracket: about 6e-4 relative error in the case measured).
 
     Example:
         >>> model = emjax.Mixture(emjax.StudentT("full"), n_components=2)
