@@ -414,8 +414,10 @@ def _implicit_jvp(primals, tangents, *, adjoint):
         t_obj = jax.jvp(objective_at, (d, prob_dyn), (t_d, t_prob))[1]
         return t_d, t_obj
 
+    # All restarts as one vmap (whatever restart_batch): in reverse mode JAX cannot
+    # transpose the tangents this rule closes over through restart groups run by lax.map.
     args = (p_dyn, p_static, ref_dyn, ref_static, t_ref)
-    t_p, t_objective = map_restarts(one, args, problem.restart_batch)
+    t_p, t_objective = map_restarts(one, args, jax.tree.leaves(p_dyn)[0].shape[0])
     return (p_star, objective), (t_p, t_objective)
 
 
