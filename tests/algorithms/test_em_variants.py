@@ -26,11 +26,13 @@ def _overlapping(seed=0, n_per=200):
 
 X = _overlapping()
 MODEL = emjax.Mixture(emjax.Gaussian("full", reg_covar=0.0), K)
-P0 = MODEL.init(jax.random.key(1), jnp.asarray(X), "random")  # a start from which ECM in either order reaches EM's fixed point
+# The starts are computed compiled (eagerly, k-means alone dispatched some 90 small programs).
+_init = jax.jit(MODEL.init, static_argnums=2)
+P0 = _init(jax.random.key(1), jnp.asarray(X), "random")  # a start from which ECM in either order reaches EM's fixed point
 # Well separated (EM converges in tens of steps): where the sampling variants are
 # compared with EM's fixed point after a few hundred steps.
 XS, _ = make_blobs(2, n=600, d=2, k=K, sep=4.0)
-PS = MODEL.init(jax.random.key(5), jnp.asarray(XS), "kmeans")
+PS = _init(jax.random.key(5), jnp.asarray(XS), "kmeans")
 
 
 def _fit(algorithm, *, model=MODEL, x=X, init=P0, max_iter=400, tol=1e-10, **kw):

@@ -153,8 +153,11 @@ def test_fit_is_the_same_iteration_on_a_stream_and_with_weights(batch):
     stream = emjax.fit(model, emjax.Stream(X, chunk_size=100), key=jax.random.key(0), init=p0, max_iter=20, tol=0.0)
     np.testing.assert_allclose(stream.trace, res.trace[:, :21], rtol=1e-10)
     # Integer weights are repetition counts (the priors' data defaults included).
-    counts = np.random.default_rng(1).integers(0, 3, X.shape[0])
-    fit_weighted_and_repeated(model, X, counts, p0, max_iter=10)
+    # Bootstrap counts: they sum to N, so the fit to the repeated rows is the batch
+    # fixture's program (the same steps too).
+    counts = np.bincount(np.random.default_rng(1).integers(0, X.shape[0], X.shape[0]), minlength=X.shape[0])
+    assert counts.sum() == X.shape[0] and counts.max() > 1 and counts.min() == 0
+    fit_weighted_and_repeated(model, X, counts, p0, max_iter=N_FIT)
 
 
 def test_incremental_em_climbs_the_elbo_to_the_batch_optimum(batch):
