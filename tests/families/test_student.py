@@ -120,6 +120,33 @@ def test_em_equals_numpy_reference(learn_dof, update):
     assert np.all(np.diff(trace) >= -1e-12 * np.abs(trace[1:]))  # ECM and ECME never decrease it
 
 
+def test_ecme_degrees_of_freedom_are_differentiated_as_the_root():
+    """One ECME iteration differentiated in the data (``jax.jvp`` through the fit): the
+    degrees of freedom's tangent is the exact root's (the search's secant step is not
+    differentiated), against central differences of the NumPy EM above, whose roots
+    brentq finds to 1e-14; the means' tangents likewise."""
+    x, _ = student_t_blobs(300, 2)
+    rng = np.random.default_rng(0)
+    w0 = np.array([0.4, 0.6])
+    m0 = x[rng.choice(len(x), 2, replace=False)]
+    s0 = np.stack([np.cov(x.T)] * 2)
+    nu0 = np.array([4.0, 4.0])
+    model = emjax.Mixture(emjax.StudentT("full", reg_covar=0.0, dof_update="ecme"), 2)
+    init = emjax.MixtureParams(jnp.asarray(w0), emjax.StudentTParams(jnp.asarray(m0), jnp.asarray(s0), jnp.asarray(nu0)))
+    v = rng.normal(size=x.shape)
+
+    @jax.jit
+    def tangent(x, v):
+        step = lambda x: emjax.fit(model, x, key=jax.random.key(0), init=init, max_iter=1, tol=0.0).params  # noqa: E731
+        return jax.jvp(step, (x,), (v,))[1].components
+
+    t = tangent(jnp.asarray(x), jnp.asarray(v))
+    h = 1e-5
+    plus, minus = (numpy_t_em(x + e * v, w0, m0, s0, nu0, 1, True, "ecme") for e in (h, -h))
+    np.testing.assert_allclose(t.dofs, (plus[3] - minus[3]) / (2 * h), rtol=1e-6)
+    np.testing.assert_allclose(t.means, (plus[1] - minus[1]) / (2 * h), rtol=1e-6, atol=1e-9)
+
+
 def test_single_t_matches_scipy_mle_1d():
     """K=1, one feature: the maximum-likelihood (dof, loc, scale) of scipy's t log
     density, found by Nelder-Mead from scipy's own t.fit, to 1e-5."""
