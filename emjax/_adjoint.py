@@ -52,6 +52,8 @@ from jax import Array
 
 from ._ad import split_by_tangent
 from ._iterate import body, finish, map_restarts, running, start
+from ._model import UserModel
+from .data import StreamData
 
 
 class Adjoint(eqx.Module):
@@ -63,8 +65,6 @@ class Adjoint(eqx.Module):
 
     def validate(self, model, algorithm, data) -> None:
         """Raise, before anything is compiled, where this adjoint cannot differentiate the fit."""
-        from .data import StreamData  # the data layer sits beside the loop, not below it
-
         if isinstance(data, StreamData):
             raise TypeError(
                 f"{type(self).__name__} differentiates a compiled fit, but a Stream is fitted by a loop on the host, "
@@ -338,14 +338,13 @@ def _neumann(matvec, b: Array, rtol: float, max_steps: int) -> Array:
     return jax.lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), b, inf))[1]
 
 
-
 def _stop_gradient(tree):
     return jax.tree.map(lambda a: jax.lax.stop_gradient(a) if eqx.is_inexact_array(a) else a, tree)
 
 
 def _name(model) -> str:
     """The model's class name (a duck-typed user model's own, not its wrapper's)."""
-    return type(getattr(model, "model", model)).__name__ if type(model).__name__ == "UserModel" else type(model).__name__
+    return type(model.model if isinstance(model, UserModel) else model).__name__
 
 
 def em_map(problem, params, reference, options: dict):
@@ -419,8 +418,9 @@ def _check_reverse(fixed_map, d, problem) -> None:
 
     Skipped for emjax's own models, families and gatings (their maps are tested in
     reverse mode; the extra trace costs about as much as tracing a fit)."""
-    parts = [problem.model, getattr(problem.model, "family", None), getattr(problem.model, "gating", None)]
-    if all(p is None or (type(p).__module__.startswith("emjax.") and type(p).__name__ != "UserModel") for p in parts):
+    model = problem.model
+    parts = [p for p in (model, getattr(model, "family", None), getattr(model, "gating", None)) if p is not None]
+    if not isinstance(model, UserModel) and all(type(p).__module__.startswith("emjax.") for p in parts):
         return
 
     def transposed(ct):

@@ -185,8 +185,14 @@ def _solve_dof_jvp(low, high, primals, tangents):
     nu = _solve_dof(target, low, high)
     # g'(nu) of g(nu) = log_minus_digamma(nu / 2), negative; the implicit function theorem.
     slope = jax.jvp(lambda v: log_minus_digamma(0.5 * v), (nu,), (jnp.ones_like(nu),))[1]
-    inside = (nu > low * (1 + 1e-6)) & (nu < high * (1 - 1e-6))
+    inside = _inside(nu, low, high)
     return nu, jnp.where(inside, t_target / jnp.where(inside, slope, 1.0), 0.0)
+
+
+def _inside(nu: Array, low: float = DOF_MIN, high: float = DOF_MAX) -> Array:
+    """Whether each root ``nu`` lies strictly inside ``[low, high]``: one clipped to a
+    bound does not move with the data (its derivative is 0)."""
+    return (nu > low * (1 + 1e-6)) & (nu < high * (1 - 1e-6))
 
 
 class StudentT(Gaussian):
@@ -407,8 +413,7 @@ class StudentT(Gaussian):
         t = jnp.where(span > 0, g_lo / jnp.where(span > 0, span, 1.0), 0.5)
         dofs = jax.lax.stop_gradient(jnp.exp(lo + jnp.clip(t, 0.0, 1.0) * (hi - lo)))
         live = counts > count_floor(dtype)
-        inside = live & (dofs > DOF_MIN * (1 + 1e-6)) & (dofs < DOF_MAX * (1 - 1e-6))
-        dofs = _ecme_root(dofs, mixture, params, new, data, inside)
+        dofs = _ecme_root(dofs, mixture, params, new, data, live & _inside(dofs))
         dofs = jnp.where(live, dofs, new.dofs)  # an empty component keeps its own
         return StudentTParams(new.means, new.covariances, dofs)
 

@@ -68,7 +68,11 @@ def kmeans_plus_plus(key, x: Array, n_components: int) -> Array:
     # Drawn in float32 whatever the data's dtype, so a float32 and a float64 fit from the
     # same key start from the same points.
     u = jax.random.uniform(key, (n_components,), jnp.float32).astype(x.dtype)
-    first = jnp.minimum((u[0] * n).astype(jnp.int32), n - 1)
+
+    def uniform_row(v):  # the row a uniform v in [0, 1) picks when every row is equally likely
+        return jnp.minimum((v * n).astype(jnp.int32), n - 1)
+
+    first = uniform_row(u[0])
     centers = jnp.zeros((n_components, d), x.dtype).at[0].set(x[first])
     dist = jnp.sum(jnp.square(x - x[first]), axis=-1)
 
@@ -78,7 +82,7 @@ def kmeans_plus_plus(key, x: Array, n_components: int) -> Array:
         total = cdf[-1]
         drawn = jnp.minimum(jnp.searchsorted(cdf, u[i] * total, side="right"), n - 1)
         # All remaining points coincide with centres: fall back to a uniform draw.
-        idx = jnp.where(total > 0, drawn, jnp.minimum((u[i] * n).astype(jnp.int32), n - 1))
+        idx = jnp.where(total > 0, drawn, uniform_row(u[i]))
         centers = centers.at[i].set(x[idx])
         dist = jnp.minimum(dist, jnp.sum(jnp.square(x - x[idx]), axis=-1))
         return centers, dist
