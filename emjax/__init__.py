@@ -56,6 +56,8 @@ from ._result import RESULTS as RESULTS
 from ._result import FitResult as FitResult
 from ._runner import fit as fit
 from ._runner import fit_chunks as fit_chunks
+from ._io import save as save
+from ._io import load as load
 from ._select import CrossValidation as CrossValidation
 from ._select import CVRow as CVRow
 from ._select import Selection as Selection

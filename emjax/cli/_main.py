@@ -1,29 +1,47 @@
-"""The ``emjax`` command: a demo on Old Faithful and Gaussian mixture fits of CSV files.
+"""The ``emjax`` command: a demo, and fits, model selection and predictions on CSV files.
+
+Commands:
+    ``emjax demo``: two Gaussians fitted to the bundled Old Faithful data, with a plot.
+    ``emjax fit FILE.csv -k K``: a mixture of any family fitted by any algorithm;
+    writes the model (read back by ``emjax predict`` and :func:`emjax.load`), a JSON
+    summary and an SVG plot.
+    ``emjax select FILE.csv --kmax 9``: every K (and structure), the criteria table,
+    an SVG plot of the criterion against K, and the chosen model saved.
+    ``emjax predict MODEL FILE.csv``: each row's label, posterior probabilities and
+    log density under a saved model, as CSV.
+
+Plots are hand-written SVG (``emjax.cli._svg``): the command line depends on
+nothing beyond emjax's own dependencies, so ``pip install emjax`` and ``emjax demo``
+work without matplotlib.
+
+Modules: ``_main`` (the parser, ``emjax demo``, :func:`main`), ``_commands`` (fit,
+select, predict), ``_table`` (reading CSV; errors that name the file's line and
+column), ``_build`` (``--family`` / ``--algorithm`` to emjax objects), ``_progress``
+(the progress line), ``_svg`` (the plots).
 
 Exit codes follow argparse's conventions: 0 on success, 2 for a usage error
-(bad arguments, an unreadable or non-numeric CSV, parameters emjax rejects),
-1 when a fit itself fails.
+(bad arguments, an unreadable or non-numeric CSV, data or parameters emjax
+rejects, naming the file's line and column), 1 when a fit itself fails.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import math
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
 import jax
 
 import emjax
+from . import _build
+from ._commands import check_writable as _check_writable
+from ._commands import print_components, run_fit, run_predict, run_select
+from ._commands import write as _write
 from ._svg import write_mixture_svg
-from ..families import COVARIANCE_TYPES
-
-
-class CLIError(Exception):
-    """A user error: printed as ``emjax: error: <message>``, exit code 2."""
+from ._table import CLIError, read_csv  # noqa: F401  (read_csv: the CSV reader, re-exported)
 
 
 # -- argument parsing ------------------------------------------------------------------
@@ -45,19 +63,151 @@ def _number_at_least(convert, low, what: str, high=None):
 
 
 _positive_int = _number_at_least(int, 1, "a positive integer")
+_nonnegative_int = _number_at_least(int, 0, "an integer >= 0")
+_positive_float = _number_at_least(float, 1e-300, "a positive number")
 _nonnegative_float = _number_at_least(float, 0.0, "a finite number >= 0")
 #: emjax.fit counts iterations in int32 (emjax._runner.MAX_ITER).
 _max_iter = _number_at_least(int, 0, f"an integer from 0 to {2**31 - 2}", high=2**31 - 2)
 #: jax.random.key takes a signed 64-bit seed; a larger one would end in an OverflowError.
 _seed = _number_at_least(int, -(2**63), f"an integer from {-(2**63)} to {2**63 - 1}", high=2**63 - 1)
 
+_FAMILY_HELP = (
+    "component family (default: %(default)s): gaussian and student (multivariate, any --covariance), "
+    "bernoulli (0/1 items), categorical (integer codes 0..S-1), multinomial (counts per category), "
+    "binomial (success counts out of --trials), poisson (counts)"
+)
+
+
+def _add_model_options(p: argparse.ArgumentParser, *, select: bool) -> None:
+    """The options ``emjax fit`` and ``emjax select`` share: data, family, algorithm, fit, outputs."""
+    p.add_argument("csv", metavar="FILE.csv", help="comma-separated numbers, one point per row; an optional header row")
+    p.add_argument("--no-header", action="store_true", help="the first row is data, not column names")
+    fam = p.add_argument_group("the model")
+    if select:
+        fam.add_argument("--kmax", metavar="K", type=_positive_int, default=9, help="largest K (default: %(default)s)")
+        fam.add_argument("--kmin", metavar="K", type=_positive_int, default=1, help="smallest K (default: %(default)s)")
+        fam.add_argument(
+            "--criterion",
+            choices=("bic", "aic", "icl"),
+            default="bic",
+            help="what chooses, lower is better (default: %(default)s)",
+        )
+    else:
+        fam.add_argument(
+            "-k", "--components", "--n-components", dest="k", metavar="K", type=_positive_int, required=True,
+            help="number of components K",
+        )
+    fam.add_argument("--family", choices=tuple(_build.FAMILIES), default="gaussian", help=_FAMILY_HELP)
+    if select:
+        fam.add_argument(
+            "--covariance",
+            "--structure",
+            metavar="STRUCTURE",
+            action="append",
+            help="covariance structure(s) to compare (gaussian, student), repeated or comma-separated: "
+            f"{', '.join(_build.STRUCTURES)}; 'all' = full, diag, spherical, tied (the default), "
+            "'mclust' = mclust's 14 models",
+        )
+    else:
+        fam.add_argument(
+            "--covariance",
+            "--structure",
+            metavar="STRUCTURE",
+            choices=_build.STRUCTURES,
+            help="covariance structure (gaussian, student; default: full): full, diag, spherical, tied, or one of "
+            "mclust's models (EII VII EEI VEI EVI VVI EEE VEE EVE VVE EEV VEV EVV VVV; VVV=full, EEE=tied, "
+            "VVI=diag, VII=spherical)",
+        )
+    fam.add_argument(
+        "--trials", metavar="N", type=_positive_int, help="binomial: the number of trials behind every count (required)"
+    )
+    fam.add_argument(
+        "--categories",
+        metavar="S",
+        type=_number_at_least(int, 2, "an integer >= 2"),
+        help="categorical: the number of categories S, codes 0..S-1 (default: the largest code + 1)",
+    )
+    fam.add_argument("--dof", metavar="NU", type=_positive_float, help="student: fixed degrees of freedom (default: learned)")
+    if not select:
+        fam.add_argument(
+            "--missing",
+            action="store_true",
+            help="read empty, NA and nan cells as missing at random (every family but multinomial); otherwise "
+            "they are errors",
+        )
+        fam.add_argument(
+            "--prior",
+            action="store_true",
+            help="gaussian, student: MAP-EM with the Fraley-Raftery normal-inverse-Wishart prior, which keeps "
+            "components from collapsing",
+        )
+    alg = p.add_argument_group("the fit")
+    alg.add_argument(
+        "--algorithm",
+        choices=tuple(_build.ALGORITHMS),
+        default="batch",
+        help="the EM variant (default: %(default)s): "
+        + "; ".join(f"{k}: {v[1]}" for k, v in _build.ALGORITHMS.items()),
+    )
+    alg.add_argument("--blocks", metavar="B", type=_positive_int, help="incremental: number of blocks (default: 10)")
+    alg.add_argument(
+        "--batch-size", metavar="ROWS", type=_positive_int, help="stepwise: rows per mini-batch (default: N/10, at most 1000)"
+    )
+    alg.add_argument(
+        "--restarts",
+        metavar="R",
+        type=_positive_int,
+        default=4 if select else 1,
+        help=f"random restarts{' per K' if select else ''}, run together (default: %(default)s)",
+    )
+    alg.add_argument(
+        "--init",
+        choices=("default", *emjax.Mixture.init_methods),
+        default="default",
+        help="how restarts start (default: k-means)",
+    )
+    alg.add_argument(
+        "--max-iter", metavar="N", type=_max_iter, default=100, help="most iterations per restart (default: %(default)s)"
+    )
+    alg.add_argument(
+        "--tol",
+        type=_nonnegative_float,
+        help="stop when the objective per point changes by at most this much (default: 1e-6; 0 for the "
+        "sampled algorithms stochastic, montecarlo and saem, which then run --max-iter steps)",
+    )
+    alg.add_argument("--seed", metavar="SEED", type=_seed, default=0, help="PRNG seed (default: %(default)s)")
+    shown = alg.add_mutually_exclusive_group()
+    shown.add_argument(
+        "--progress",
+        action="store_true",
+        help="report every iteration on stderr (a host callback per iteration: about a millisecond each on a "
+        "CPU); without it a terminal shows the elapsed time of fits longer than 2 s, at no cost",
+    )
+    shown.add_argument("-q", "--quiet", action="store_true", help="no progress line")
+    out = p.add_argument_group("outputs")
+    default_prefix = "-select" if select else "-emjax"
+    out.add_argument(
+        "--out",
+        "--prefix",
+        dest="out",
+        metavar="PREFIX",
+        help=f"write PREFIX.json, PREFIX.svg and PREFIX.emjax (default: the CSV's name with '{default_prefix}' "
+        "appended, next to it)",
+    )
+    out.add_argument(
+        "-o",
+        "--output",
+        metavar="MODEL",
+        help=f"the {'chosen ' if select else ''}model file, for emjax predict and emjax.load (default: PREFIX.emjax)",
+    )
+
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``emjax`` argument parser with its ``demo`` and ``fit`` subcommands."""
+    """The ``emjax`` argument parser with its ``demo``, ``fit``, ``select`` and ``predict`` subcommands."""
     parser = argparse.ArgumentParser(
         prog="emjax",
-        description="Gaussian mixture models fitted by EM, on JAX.",
-        epilog="Run 'emjax demo' for a first look, 'emjax fit --help' for fitting your own data.",
+        description="Mixture models fitted by EM, on JAX.",
+        epilog="Run 'emjax demo' for a first look, 'emjax COMMAND --help' for the rest.",
     )
     parser.add_argument("--version", action="version", version=f"emjax {emjax.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -77,148 +227,41 @@ def build_parser() -> argparse.ArgumentParser:
 
     fit = sub.add_parser(
         "fit",
-        help="fit a Gaussian mixture to a numeric CSV file",
-        description="Fit a K-component Gaussian mixture to the rows of a numeric CSV file. Writes "
-        "PREFIX.json (the fitted parameters and criteria) and, for 2 or more columns, PREFIX.svg "
-        "(a plot of the first two columns).",
+        help="fit a mixture to a numeric CSV file",
+        description="Fit a K-component mixture to the rows of a numeric CSV file. Writes PREFIX.emjax (the model, "
+        "for 'emjax predict' and emjax.load), PREFIX.json (the parameters and criteria) and, for 2 or more "
+        "columns, PREFIX.svg (the first two columns, each component's mean and covariance ellipses).",
+        epilog="Example: emjax fit counts.csv -k 3 --family poisson --algorithm incremental",
     )
-    fit.add_argument(
-        "csv", metavar="FILE.csv", help="comma-separated numbers, one point per row; an optional header row"
+    _add_model_options(fit, select=False)
+
+    select = sub.add_parser(
+        "select",
+        help="choose the number of components (and the structure) by BIC, AIC or ICL",
+        description="Fit every K from --kmin to --kmax (and every --covariance structure), print the table of "
+        "log-likelihoods and criteria, and write PREFIX.svg (the criterion against K), PREFIX.json (the table) "
+        "and PREFIX.emjax (the chosen model). Each structure is one compiled fit of all its K and restarts.",
+        epilog="Example: emjax select data.csv --kmax 9 --covariance full,diag",
     )
-    fit.add_argument(
-        "-k", "--components", dest="k", type=_positive_int, required=True, help="number of components K"
+    _add_model_options(select, select=True)
+
+    predict = sub.add_parser(
+        "predict",
+        help="label the rows of a CSV file with a saved model",
+        description="Read a model saved by 'emjax fit' or 'emjax select' (or emjax.save) and write, for every row "
+        "of FILE.csv, its most probable component (label, from 0, as Mixture.predict), the posterior "
+        "probability of each component (posterior_0 ..) and its log density under the mixture (log_density), "
+        "as CSV. The CSV must have the model's columns, in order; empty, NA and nan cells are missing values "
+        "when the model was fitted with --missing.",
     )
-    fit.add_argument(
-        "--covariance",
-        choices=COVARIANCE_TYPES,
-        default="full",
-        help="covariance type (default: %(default)s)",
-    )
-    fit.add_argument(
-        "--restarts", type=_positive_int, default=1, help="random restarts, run together (default: %(default)s)"
-    )
-    fit.add_argument(
-        "--max-iter",
-        type=_max_iter,
-        default=100,
-        help="most EM iterations per restart (default: %(default)s)",
-    )
-    fit.add_argument(
-        "--tol",
-        type=_nonnegative_float,
-        default=1e-6,
-        help="stop when the log-likelihood per point changes by at most this much (default: %(default)s)",
-    )
-    fit.add_argument("--seed", type=_seed, default=0, help="PRNG seed (default: %(default)s)")
-    fit.add_argument(
-        "--prior",
-        action="store_true",
-        help="MAP-EM with the Fraley-Raftery normal-inverse-Wishart prior, which keeps components from collapsing",
-    )
-    fit.add_argument(
-        "--out",
-        metavar="PREFIX",
-        help="write PREFIX.json and PREFIX.svg (default: the CSV's name with '-emjax' appended, next to it)",
-    )
-    fit.add_argument("--no-header", action="store_true", help="the first row is data, not column names")
+    predict.add_argument("model", metavar="MODEL", help="a model file (emjax fit's PREFIX.emjax)")
+    predict.add_argument("csv", metavar="FILE.csv", help="comma-separated numbers, one point per row; an optional header row")
+    predict.add_argument("--no-header", action="store_true", help="the first row is data, not column names")
+    predict.add_argument("-o", "--output", metavar="PATH", help="CSV file to write (default: standard output)")
     return parser
 
 
-# -- reading data ----------------------------------------------------------------------
-
-
-def _parse_float(text: str) -> float | None:
-    try:
-        return float(text)
-    except ValueError:
-        return None
-
-
-def read_csv(path: Path, *, header: bool | None = None) -> tuple[np.ndarray, list[str]]:
-    """Read a numeric CSV file into an ``(N, D)`` float64 array.
-
-    Args:
-        path: the file.
-        header: ``True``: the first row holds column names; ``False``: it is data;
-            ``None``: it is a header exactly when some field in it is not a number.
-
-    Returns:
-        ``(data, column_names)``; without a header the columns are named
-        ``x1 .. xD``.
-
-    Raises:
-        CLIError: the file cannot be read, is empty, has rows of different
-            lengths, or holds a field that is not a finite number.
-    """
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            # Line numbers are kept so every error can point at the offending line.
-            rows = [(i, [field.strip() for field in row]) for i, row in enumerate(csv.reader(f), start=1)]
-    except FileNotFoundError:
-        raise CLIError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise CLIError(f"{path} is a directory, not a CSV file") from None
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise CLIError(f"cannot read {path}: {e}") from None
-    rows = [(i, row) for i, row in rows if any(row)]  # blank lines carry no data
-    if not rows:
-        raise CLIError(f"{path} is empty: no rows to fit")
-
-    first_line, first = rows[0]
-    if header is None:
-        header = any(_parse_float(field) is None for field in first)
-    if header:
-        names = list(first)
-        rows = rows[1:]
-        if not rows:
-            raise CLIError(f"{path} has a header row but no data rows")
-    else:
-        names = [f"x{j + 1}" for j in range(len(first))]
-
-    d = len(names)
-    data = np.empty((len(rows), d), dtype=np.float64)
-    for r, (line, row) in enumerate(rows):
-        if len(row) != d:
-            raise CLIError(
-                f"{path}, line {line}: {len(row)} field{'s' if len(row) != 1 else ''}, but the first row has {d}"
-            )
-        for j, field in enumerate(row):
-            value = _parse_float(field)
-            if value is None or not math.isfinite(value):
-                what = "an empty field" if field == "" else f"{field!r} is not a finite number"
-                raise CLIError(
-                    f"{path}, line {line}, column {j + 1} ({names[j]!r}): {what}; "
-                    f"emjax fit needs every field to be a number"
-                    + (" (use --no-header only when the first row is data)" if line == first_line else "")
-                )
-            data[r, j] = value
-    return data, names
-
-
-# -- printing --------------------------------------------------------------------------
-
-
-def _format_vector(v) -> str:
-    return "[" + "  ".join(f"{float(a):.6g}" for a in np.ravel(v)) + "]"
-
-
-def _format_matrix(m, indent: int) -> str:
-    """Rows of a matrix, numbers right-aligned in columns, continuation lines indented."""
-    cells = [[f"{float(a):.6g}" for a in row] for row in np.asarray(m)]
-    width = max(len(c) for row in cells for c in row)
-    lines = ["[" + "  ".join(c.rjust(width) for c in row) + "]" for row in cells]
-    return "[" + ("\n" + " " * (indent + 1)).join(lines) + "]"
-
-
-def print_components(weights, means, covariances) -> None:
-    """Print each component's weight, mean and (full) covariance matrix."""
-    for j in range(len(weights)):
-        print(f"component {j + 1}: weight {float(weights[j]):.6f}")
-        print(f"  mean        {_format_vector(means[j])}")
-        print(f"  covariance  {_format_matrix(covariances[j], indent=14)}")
-
-
-# -- commands --------------------------------------------------------------------------
+# -- emjax demo ------------------------------------------------------------------------
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -265,125 +308,6 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_fit(args: argparse.Namespace) -> int:
-    """``emjax fit``: a Gaussian mixture fitted to a CSV file, saved as JSON and SVG."""
-    path = Path(args.csv)
-    x, columns = read_csv(path, header=False if args.no_header else None)
-    n, d = x.shape
-    prefix = Path(args.out) if args.out is not None else path.with_name(path.stem + "-emjax")
-    _check_writable(Path(str(prefix) + ".json"))
-
-    # emjax validates its inputs (K against N, the data, the prior) with ValueError or
-    # TypeError; here those are the user's errors and are reported without a traceback.
-    try:
-        prior = emjax.NormalInverseWishart.fraley_raftery(x, args.k) if args.prior else None
-        model = emjax.Mixture(emjax.Gaussian(args.covariance, prior=prior), n_components=args.k)
-        result = emjax.fit(
-            model,
-            x,
-            key=jax.random.key(args.seed),
-            n_restarts=args.restarts,
-            max_iter=args.max_iter,
-            tol=args.tol,
-        )
-    except (ValueError, TypeError) as e:
-        raise CLIError(str(e)) from None
-    except RuntimeError as e:
-        print(f"emjax: fit failed: {e}", file=sys.stderr)
-        return 1
-
-    best = int(result.best)
-    params = result.params
-    weights = np.asarray(params.weights, dtype=np.float64)
-    means = np.asarray(params.components.means, dtype=np.float64)
-    covariances = np.asarray(params.components.covariances, dtype=np.float64)
-    full_covariances = np.asarray(model.family.full_covariances(params.components), dtype=np.float64)
-    # With --prior the EM objective includes the log prior; report the plain log-likelihood.
-    loglik = float(np.sum(np.asarray(model.log_prob(params, x), dtype=np.float64)))
-    bic, aic = float(model.bic(params, x)), float(model.aic(params, x))
-    status = emjax.RESULTS.message(int(result.status[best]))
-
-    how = "MAP-EM with the Fraley-Raftery prior" if args.prior else "maximum likelihood"
-    print(f"{path}: {n} points, {d} feature{'s' if d != 1 else ''} ({', '.join(columns)})")
-    print(f"{args.k}-component Gaussian mixture, {args.covariance} covariances, {how}, {args.restarts} restart(s)\n")
-    print(result.summary())
-    print()
-    print(f"best restart: {best}, {status} after {int(result.n_iter[best])} iterations")
-    print(f"log-likelihood: {loglik:.4f} ({loglik / n:.6f} per point)")
-    print(f"BIC: {bic:.4f}")
-    print(f"AIC: {aic:.4f}\n")
-    print_components(weights, means, full_covariances)
-    print()
-
-    record = {
-        "emjax_version": emjax.__version__,
-        "data": str(path),
-        "columns": columns,
-        "n_points": n,
-        "n_features": d,
-        "n_components": args.k,
-        "covariance_type": args.covariance,
-        "prior": "fraley_raftery" if args.prior else None,
-        "seed": args.seed,
-        "restarts": args.restarts,
-        "best_restart": best,
-        "weights": weights.tolist(),
-        "means": means.tolist(),
-        # In the covariance type's own shape, as GaussianParams and scikit-learn store them ...
-        "covariances": covariances.tolist(),
-        # ... and as (K, D, D) matrices whatever the type, for readers that want matrices.
-        "full_covariances": full_covariances.tolist(),
-        "log_likelihood": loglik,
-        "bic": bic,
-        "aic": aic,
-        "n_iter": int(result.n_iter[best]),
-        "converged": bool(result.converged[best]),
-        "status": int(result.status[best]),
-        "status_message": status,
-    }
-    json_path = _write(
-        Path(str(prefix) + ".json"),
-        lambda p: p.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8"),
-    )
-    print(f"wrote {json_path}")
-    if d >= 2:
-        labels = np.asarray(model.predict(params, x))
-        svg_path = _write(
-            Path(str(prefix) + ".svg"),
-            lambda p: write_mixture_svg(
-                p,
-                x,
-                labels,
-                weights,
-                means,
-                full_covariances,
-                feature_names=columns,
-                title=f"{path.name}: {args.k}-component Gaussian mixture ({args.covariance} covariances)",
-            ),
-        )
-        print(f"wrote {svg_path}")
-    else:
-        print("no plot: the data have a single column")
-    return 0
-
-
-def _check_writable(path: Path) -> None:
-    """Fail before a fit, not after it, when an output cannot be written where asked."""
-    parent = path.parent
-    if not parent.is_dir():
-        raise CLIError(f"cannot write {path}: the directory {parent} does not exist")
-
-
-def _write(path, writer) -> Path:
-    """Run ``writer(path)``, turning a failure to write into a user error."""
-    path = Path(path)
-    try:
-        writer(path)
-    except OSError as e:
-        raise CLIError(f"cannot write {path}: {e.strerror or e}") from None
-    return path
-
-
 # -- entry point -----------------------------------------------------------------------
 
 
@@ -394,7 +318,8 @@ def main(argv: list[str] | None = None) -> int:
         argv: the arguments after the program name; ``sys.argv[1:]`` by default.
 
     Returns:
-        The exit code: 0 on success, 2 for a usage error, 1 when a fit fails.
+        The exit code: 0 on success, 2 for a usage error (bad data included), 1
+        when a fit fails.
     """
     parser = build_parser()
     try:
@@ -405,10 +330,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
-    try:
-        if args.command == "demo":
-            return run_demo(args)
-        return run_fit(args)
-    except CLIError as e:
-        print(f"emjax: error: {e}", file=sys.stderr)
-        return 2
+    command = {"demo": run_demo, "fit": run_fit, "select": run_select, "predict": run_predict}[args.command]
+    with warnings.catch_warnings():
+        # emjax's warnings (e.g. a mixture that is not identifiable) as one line each.
+        warnings.showwarning = _show_warning
+        try:
+            return command(args)
+        except CLIError as e:
+            print(f"emjax: error: {e}", file=sys.stderr)
+            return 2
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"emjax: warning: {message}", file=sys.stderr if file is None else file)

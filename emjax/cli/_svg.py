@@ -1,7 +1,10 @@
-"""A dependency-free SVG plot of a fitted Gaussian mixture in two dimensions.
+"""The command line's plots, as dependency-free SVG: a fitted mixture in two
+dimensions (points coloured by component, each component's sigma ellipses) and
+a model-selection criterion against the number of components.
 
-Only numpy and the standard library: emjax does not depend on matplotlib, and
-a plot written by the command-line interface must not need it either.
+Only numpy and the standard library: emjax does not depend on matplotlib (``pip
+install emjax`` installs none), and a plot written by the command line must not
+need it either. :mod:`emjax.plot` draws with matplotlib for Python users.
 """
 
 from __future__ import annotations
@@ -288,4 +291,163 @@ def write_mixture_svg(path, *args, **kwargs) -> Path:
     """Write :func:`mixture_svg` to ``path`` (UTF-8) and return the path."""
     path = Path(path)
     path.write_text(mixture_svg(*args, **kwargs), encoding="utf-8")
+    return path
+
+
+def _header(title: str) -> list[str]:
+    return [
+        '<?xml version="1.0" encoding="UTF-8"?>',
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{_WIDTH}" height="{_HEIGHT}" '
+        f'viewBox="0 0 {_WIDTH} {_HEIGHT}" {_FONT} font-size="12">',
+        f"<title>{escape(title)}</title>",
+        f'<rect width="{_WIDTH}" height="{_HEIGHT}" fill="white"/>',
+        f'<text x="{_WIDTH / 2:.1f}" y="28" text-anchor="middle" font-size="16" '
+        f'font-weight="bold">{escape(title)}</text>',
+    ]
+
+
+def criterion_svg(
+    ks: Sequence[int],
+    values: dict,
+    *,
+    criterion: str = "BIC",
+    best: tuple[str, int] | None = None,
+    irregular: dict | None = None,
+    title: str = "Model selection",
+) -> str:
+    """An SVG line plot of a model-selection criterion against the number of components.
+
+    One line (``<polyline class="criterion">``) per structure, one marker
+    (``<circle class="point">``) per finite value; the chosen model is ringed
+    (``<circle class="best">``). Values that are not finite are left out (the line
+    breaks there).
+
+    Args:
+        ks: the numbers of components swept, the x axis.
+        values: ``{structure: (len(ks),) criterion values}``, in legend order.
+        criterion: the y axis label (``"BIC"``; lower is better is said under the title).
+        best: ``(structure, k)`` of the chosen model, ringed.
+        irregular: ``{structure: (len(ks),) bools}``: fits that did not end regularly
+            (collapsed, not finite), drawn as hollow markers.
+        title: the plot's title.
+
+    Returns:
+        The SVG document as a string.
+    """
+    ks = [int(k) for k in ks]
+    if not ks:
+        raise ValueError("ks must not be empty.")
+    series = {name: np.asarray(v, dtype=np.float64).reshape(-1) for name, v in values.items()}
+    for name, v in series.items():
+        if v.shape != (len(ks),):
+            raise ValueError(f"values[{name!r}] must have {len(ks)} entries (one per K); got {v.shape}.")
+    finite = np.concatenate([v[np.isfinite(v)] for v in series.values()] + [np.zeros(0)])
+    if finite.size:
+        lo, hi = float(finite.min()), float(finite.max())
+    else:
+        lo, hi = 0.0, 1.0
+    span = hi - lo if hi > lo else max(abs(lo), 1.0)
+    ylo, yhi = lo - 0.06 * span, hi + 0.06 * span
+    kmin, kmax = min(ks), max(ks)
+    xlo, xhi = kmin - 0.5, kmax + 0.5
+    sx = (_RIGHT - _LEFT) / (xhi - xlo)
+    sy = (_BOTTOM - _TOP) / (yhi - ylo)
+
+    def px(v):
+        return _LEFT + (v - xlo) * sx
+
+    def py(v):
+        return _BOTTOM - (v - ylo) * sy
+
+    out = _header(title)
+    out.append(
+        f'<text x="{_WIDTH / 2:.1f}" y="46" text-anchor="middle" fill="#555">'
+        f"{escape(criterion)}: lower is better</text>"
+    )
+    out.append('<g class="axes" stroke="#000" stroke-width="1">')
+    step = max(1, int(_nice_step(kmax - kmin + 1, target=12))) if kmax > kmin else 1
+    xticks = [k for k in range(kmin, kmax + 1) if (k - kmin) % step == 0]
+    yticks, ydec = _ticks(ylo, yhi)
+    for t in xticks:
+        p = px(t)
+        out.append(f'<line x1="{p:.2f}" y1="{_TOP}" x2="{p:.2f}" y2="{_BOTTOM}" stroke="#e6e6e6"/>')
+        out.append(f'<line x1="{p:.2f}" y1="{_BOTTOM}" x2="{p:.2f}" y2="{_BOTTOM + 5}"/>')
+    for t in yticks:
+        p = py(t)
+        out.append(f'<line x1="{_LEFT}" y1="{p:.2f}" x2="{_RIGHT}" y2="{p:.2f}" stroke="#e6e6e6"/>')
+        out.append(f'<line x1="{_LEFT - 5}" y1="{p:.2f}" x2="{_LEFT}" y2="{p:.2f}"/>')
+    out.append(f'<rect x="{_LEFT}" y="{_TOP}" width="{_RIGHT - _LEFT}" height="{_BOTTOM - _TOP}" fill="none"/>')
+    out.append("</g>")
+    out.append('<g class="tick-labels" fill="#000">')
+    for t in xticks:
+        out.append(f'<text x="{px(t):.2f}" y="{_BOTTOM + 19}" text-anchor="middle">{t}</text>')
+    for t in yticks:
+        out.append(f'<text x="{_LEFT - 8}" y="{py(t) + 4:.2f}" text-anchor="end">{t:.{ydec}f}</text>')
+    out.append("</g>")
+    out.append(
+        f'<text class="xlabel" x="{(_LEFT + _RIGHT) / 2:.1f}" y="{_BOTTOM + 44}" text-anchor="middle" '
+        f'font-size="14">number of components K</text>'
+    )
+    ycenter = (_TOP + _BOTTOM) / 2
+    out.append(
+        f'<text class="ylabel" x="{_LEFT - 62}" y="{ycenter:.1f}" text-anchor="middle" font-size="14" '
+        f'transform="rotate(-90 {_LEFT - 62} {ycenter:.1f})">{escape(criterion)}</text>'
+    )
+
+    legend = ['<g class="legend" font-size="13">', f'<text x="{_RIGHT + 22}" y="{_TOP + 8}" font-weight="bold">structure</text>']
+    for j, (name, v) in enumerate(series.items()):
+        colour = PALETTE[j % len(PALETTE)]
+        hollow = np.zeros(len(ks), bool)
+        if irregular is not None and name in irregular:
+            hollow = np.asarray(irregular[name], dtype=bool).reshape(-1)
+        out.append(f'<g class="series" data-structure="{escape(name)}">')
+        # Consecutive finite values form one polyline each (a break where a value is missing).
+        runs, run = [], []
+        for k, value in zip(ks, v):
+            if np.isfinite(value):
+                run.append(f"{px(k):.2f},{py(value):.2f}")
+            elif run:
+                runs.append(run)
+                run = []
+        if run:
+            runs.append(run)
+        for run in runs:
+            out.append(f'<polyline class="criterion" points="{" ".join(run)}" fill="none" stroke="{colour}" stroke-width="2"/>')
+        for i, (k, value) in enumerate(zip(ks, v)):
+            if not np.isfinite(value):
+                continue
+            fill = "white" if hollow[i] else colour
+            out.append(
+                f'<circle class="point" data-k="{k}" cx="{px(k):.2f}" cy="{py(value):.2f}" r="4" fill="{fill}" '
+                f'stroke="{colour}" stroke-width="1.5"/>'
+            )
+            if best is not None and (name, k) == tuple(best):
+                out.append(
+                    f'<circle class="best" cx="{px(k):.2f}" cy="{py(value):.2f}" r="9" fill="none" stroke="#000" '
+                    f'stroke-width="2"/>'
+                )
+        out.append("</g>")
+        y = _TOP + 8 + 22 * (j + 1)
+        legend.append(
+            f'<line x1="{_RIGHT + 22}" y1="{y - 4}" x2="{_RIGHT + 46}" y2="{y - 4}" stroke="{colour}" stroke-width="2"/>'
+        )
+        legend.append(f'<text x="{_RIGHT + 54}" y="{y}">{escape(name)}</text>')
+    y = _TOP + 8 + 22 * (len(series) + 1) + 10
+    if best is not None:
+        legend.append(f'<circle cx="{_RIGHT + 34}" cy="{y - 4}" r="9" fill="none" stroke="#000" stroke-width="2"/>')
+        legend.append(f'<text x="{_RIGHT + 54}" y="{y}">chosen (K = {int(best[1])})</text>')
+        y += 24
+    if irregular is not None and any(np.any(a) for a in irregular.values()):
+        legend.append(f'<circle cx="{_RIGHT + 34}" cy="{y - 4}" r="4" fill="white" stroke="#333" stroke-width="1.5"/>')
+        legend.append(f'<text x="{_RIGHT + 54}" y="{y}">fit did not end regularly</text>')
+    legend.append("</g>")
+    out.extend(legend)
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
+
+
+def write_criterion_svg(path, *args, **kwargs) -> Path:
+    """Write :func:`criterion_svg` to ``path`` (UTF-8) and return the path."""
+    path = Path(path)
+    path.write_text(criterion_svg(*args, **kwargs), encoding="utf-8")
     return path
