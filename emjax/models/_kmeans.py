@@ -114,10 +114,15 @@ class KMeans(HardClustering):
         n_clusters: K.
 
     Example:
-        >>> model = emjax.KMeans(8)
-        >>> result = emjax.fit(model, x, key=jax.random.key(0), n_restarts=10, tol=1e-4)
+        >>> x, _ = emjax.datasets.old_faithful()
+        >>> model = emjax.KMeans(2)
+        >>> result = emjax.fit(model, x, key=jax.random.key(0), n_restarts=4, tol=1e-4)
         >>> labels = model.predict(result.params, x)
+        >>> np.bincount(labels)
+        array([172, 100])
         >>> inertia = -result.objective[result.best]
+        >>> print(round(float(inertia), 1))
+        8901.8
     """
 
     n_clusters: int = eqx.field(static=True)
@@ -246,7 +251,9 @@ class KMeans(HardClustering):
         return params.centers[jnp.asarray(codes)]
 
 
-def greedy_kmeans_plus_plus(key, x: Array, n_clusters: int, n_local_trials: int | None = None) -> Array:
+def greedy_kmeans_plus_plus(
+    key, x: Array, n_clusters: int, n_local_trials: int | None = None, weights: Array | None = None
+) -> Array:
     """Greedy k-means++ (Arthur & Vassilvitskii, 2007; scikit-learn's default).
 
     The first centre is a uniformly drawn point; each next one is the best of
@@ -259,32 +266,60 @@ def greedy_kmeans_plus_plus(key, x: Array, n_clusters: int, n_local_trials: int 
         x: ``(N, D)`` data.
         n_clusters: K.
         n_local_trials: candidates per step.
+        weights: optional ``(N,)`` non-negative weights with the meaning of
+            repetition counts: every draw is proportional to them and the inertia
+            weighted by them. Each draw then inverts one uniform on the cumulative
+            weighted mass, so integer weights give the centres of the rows
+            repeated, draw for draw (a row of weight 0 is never drawn).
 
     Returns:
         ``(K, D)`` centres, rows of ``x``.
+
+    Example:
+        >>> x = jnp.array([[0.0], [0.1], [10.0], [10.1]])
+        >>> c = emjax.greedy_kmeans_plus_plus(jax.random.key(0), x, 2)
+        >>> sorted(round(float(v)) for v in c[:, 0])
+        [0, 10]
     """
     x = jnp.asarray(x)
     n, d = x.shape
     trials = 2 + int(math.log(n_clusters)) if n_local_trials is None else int(n_local_trials)
     k0, key = jax.random.split(key)
-    first = jax.random.randint(k0, (), 0, n)
+    if weights is None:
+        first = jax.random.randint(k0, (), 0, n)
+    else:
+        w = jnp.asarray(weights, x.dtype)
+        first = _inverse_cdf(jnp.cumsum(w), jax.random.uniform(k0, (), x.dtype))
     centers = jnp.zeros((n_clusters, d), x.dtype).at[0].set(x[first])
     closest = jnp.sum(jnp.square(x - x[first]), axis=1)
     keys = jax.random.split(key, max(n_clusters - 1, 1))
 
     def body(i, carry):
         centers, closest = carry
-        total = jnp.sum(closest)
-        # All points on centres already: any point will do (uniform draws).
-        logits = jnp.where(total > 0, jnp.log(closest), jnp.zeros_like(closest))
-        cand = jax.random.categorical(keys[i - 1], logits, shape=(trials,))
+        if weights is None:
+            total = jnp.sum(closest)
+            # All points on centres already: any point will do (uniform draws).
+            logits = jnp.where(total > 0, jnp.log(closest), jnp.zeros_like(closest))
+            cand = jax.random.categorical(keys[i - 1], logits, shape=(trials,))
+        else:
+            cdf = jnp.cumsum(w * closest)
+            u = jax.random.uniform(keys[i - 1], (trials,), x.dtype)
+            # All points on centres already: draw by weight alone.
+            cand = jnp.where(cdf[-1] > 0, _inverse_cdf(cdf, u), _inverse_cdf(jnp.cumsum(w), u))
         dist = jnp.sum(jnp.square(x[None, :, :] - x[cand][:, None, :]), axis=-1)  # (trials, N)
         dist = jnp.minimum(closest[None, :], dist)
-        best = jnp.argmin(jnp.sum(dist, axis=1))
+        inertia = jnp.sum(dist, axis=1) if weights is None else dist @ w
+        best = jnp.argmin(inertia)
         return centers.at[i].set(x[cand[best]]), dist[best]
 
     centers, _ = jax.lax.fori_loop(1, n_clusters, body, (centers, closest))
     return centers
+
+
+def _inverse_cdf(cdf: Array, u: Array) -> Array:
+    """The rows uniforms ``u`` in [0, 1) pick from the cumulative masses ``cdf``
+    (the first row whose cumulative mass exceeds ``u * total``)."""
+    return jnp.minimum(jnp.searchsorted(cdf, u * cdf[-1], side="right"), cdf.shape[0] - 1)
 
 
 class CenterShift(StoppingRule):

@@ -201,3 +201,26 @@ def test_kmedoids_seeding_never_repeats_a_row_even_when_all_points_coincide():
     for s in range(10):
         medoids = np.asarray(model.init(jax.random.key(s), jnp.zeros((4, 2)), "k-medoids++").medoids)
         assert len(set(medoids.tolist())) == 3, medoids
+
+
+def test_weighted_greedy_kmeans_plus_plus_is_the_repeated_rows_seeding():
+    """Integer weights draw the centres of the rows repeated (inverse CDF on the same
+    uniforms), a weight-0 row is never a centre, and the draws follow the weights."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 2))
+    w = rng.integers(0, 4, 40)
+    repeated = np.repeat(x, w, axis=0)
+    for seed in range(5):
+        key = jax.random.key(seed)
+        a = emjax.greedy_kmeans_plus_plus(key, x, 4, weights=w)
+        b = emjax.greedy_kmeans_plus_plus(key, repeated, 4, weights=np.ones(len(repeated)))
+        np.testing.assert_array_equal(a, b)
+        zero = {tuple(r) for r in x[w == 0]}
+        assert not zero & {tuple(r) for r in np.asarray(a)}
+    # The first centre is drawn in proportion to the weights (a chi-square test over 2000 draws).
+    pts = np.arange(4.0)[:, None]
+    firsts = jax.vmap(lambda k: emjax.greedy_kmeans_plus_plus(k, pts, 1, weights=np.array([1.0, 2, 3, 4]))[0, 0])(
+        jax.random.split(jax.random.key(9), 2000))
+    counts = np.bincount(np.asarray(firsts).astype(int), minlength=4)
+    import scipy.stats as st
+    assert st.chisquare(counts, 2000 * np.array([0.1, 0.2, 0.3, 0.4])).pvalue > 1e-3
