@@ -285,6 +285,7 @@ def check_dense(x, name: str = "x") -> None:
     Pytree data (a tuple of arrays) are searched leaf by leaf.
 
     Example:
+        >>> import scipy.sparse
         >>> check_dense(scipy.sparse.csr_matrix(np.eye(2)))
         Traceback (most recent call last):
         TypeError: x is a sparse matrix (csr_matrix); emjax needs a dense array: pass x.toarray().
@@ -709,8 +710,9 @@ def as_regression_data(data, model: str, *, labels: bool = False, multi_output: 
         ValueError: wrong shapes, NaN or infinite values, labels other than 0/1.
 
     Example:
-        >>> as_regression_data((np.ones((3, 2)), np.array([0, 1, 1])), "ProbitRegression", labels=True)[1]
-        Array([0., 1., 1.], dtype=float32)
+        >>> x, y = as_regression_data((np.ones((3, 2)), np.array([0, 1, 1])), "ProbitRegression", labels=True)
+        >>> print(y, y.dtype == x.dtype)   # the labels as floats of the covariates' precision
+        [0. 1. 1.] True
     """
     shape = "(N,) or (N, Dy)" if multi_output else "(N,)"
     kind = " of 0/1 labels" if labels else ""

@@ -181,7 +181,15 @@ def align_components(model, params, reference, x):
         ``model.permute(params, perm)``.
 
     Example:
+        >>> x, _ = emjax.datasets.old_faithful()
+        >>> model = emjax.Mixture(emjax.Gaussian("full"), 2)
+        >>> result = emjax.fit(model, x, key=jax.random.key(0))
+        >>> other = emjax.fit(model, x, key=jax.random.key(1))   # the same fit, labelled the other way
+        >>> print(np.asarray(result.params.weights).round(3), np.asarray(other.params.weights).round(3))
+        [0.644 0.356] [0.356 0.644]
         >>> aligned = emjax.align_components(model, other.params, result.params, x)
+        >>> print(np.asarray(aligned.weights).round(3))
+        [0.644 0.356]
     """
     post = np.asarray(model.posterior(params, x), np.float64)
     post_ref = np.asarray(model.posterior(reference, x), np.float64)

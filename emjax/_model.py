@@ -34,12 +34,22 @@ class EMModel(eqx.Module):
     points (see :func:`add_stats`): chunks, devices, blocks and streams all sum them.
 
     Example:
+        Dempster, Laird & Rubin's genetic linkage: four counts with cell
+        probabilities ``(1/2 + t/4, (1 - t)/4, (1 - t)/4, t/4)``; the latent split
+        of the first cell makes the M-step a ratio of counts.
+
         >>> class Linkage(emjax.EMModel):
         ...     def e_step(self, t, x, weights=None):
-        ...         ...  # (stats, loglik)
+        ...         a, b, c, d = jnp.sum(x if weights is None else weights[:, None] * x, axis=0)
+        ...         split = a * (t / 4) / (0.5 + t / 4)   # expected part of cell 1 due to t
+        ...         loglik = a * jnp.log(0.5 + t / 4) + (b + c) * jnp.log((1 - t) / 4) + d * jnp.log(t / 4)
+        ...         return (split + d, b + c), loglik
         ...     def m_step(self, stats, t):
         ...         return stats[0] / (stats[0] + stats[1])
+        >>> x = jnp.array([[125.0, 18.0, 20.0, 34.0]])
         >>> result = emjax.fit(Linkage(), x, key=jax.random.key(0), init=jnp.asarray(0.5))
+        >>> print(round(float(result.params), 4))
+        0.6268
     """
 
     #: Names ``init`` accepts as its ``method`` (``fit(..., init="kmeans")``); none by default.
@@ -293,9 +303,16 @@ class UserModel(EMModel):
         TypeError: ``model`` lacks ``e_step`` or ``m_step``.
 
     Example:
-        >>> model = emjax.UserModel(Linkage())   # what emjax.as_model(Linkage()) returns
-        >>> model.provides("log_prior"), model.accepts_weights
-        (True, True)
+        >>> class Coin:                             # any object with e_step and m_step
+        ...     def e_step(self, p, x, weights=None):
+        ...         heads = jnp.sum(x) if weights is None else jnp.sum(weights * x)
+        ...         n = x.shape[0] if weights is None else jnp.sum(weights)
+        ...         return (heads, n), heads * jnp.log(p) + (n - heads) * jnp.log1p(-p)
+        ...     def m_step(self, stats, p):
+        ...         return stats[0] / stats[1]
+        >>> model = emjax.UserModel(Coin())   # what emjax.as_model(Coin()) returns
+        >>> model.provides("m_step"), model.provides("log_prior"), model.accepts_weights
+        (True, False, True)
     """
 
     model: Any
@@ -463,8 +480,20 @@ def as_model(model: Any) -> EMModel:
         TypeError: naming the missing method(s) when ``model`` has no ``e_step`` or ``m_step``.
 
     Example:
-        >>> model = emjax.as_model(Linkage())
-        >>> stats, loglik = model.e_step(jnp.asarray(0.5), x)
+        >>> class Coin:
+        ...     def e_step(self, p, x):                  # no weights argument
+        ...         heads = jnp.sum(x)
+        ...         return (heads, x.shape[0]), heads * jnp.log(p) + (x.shape[0] - heads) * jnp.log1p(-p)
+        ...     def m_step(self, stats, p):
+        ...         return stats[0] / stats[1]
+        >>> model = emjax.as_model(Coin())
+        >>> type(model).__name__, model.accepts_weights
+        ('UserModel', False)
+        >>> stats, loglik = model.e_step(jnp.asarray(0.5), jnp.array([1.0, 0.0, 1.0, 1.0]))
+        >>> print(stats[0], stats[1], round(float(loglik), 4))
+        3.0 4 -2.7726
+        >>> emjax.as_model(model) is model                   # EMModels pass through
+        True
     """
     if isinstance(model, EMModel):
         return model

@@ -179,9 +179,13 @@ def fit(
         A :class:`FitResult`.
 
     Example:
-        >>> model = emjax.Mixture(emjax.Gaussian("full"), n_components=3)
-        >>> result = emjax.fit(model, x, key=jax.random.key(0), n_restarts=8)
-        >>> result.params.weights, result.status
+        >>> x, _ = emjax.datasets.old_faithful()   # (272, 2)
+        >>> model = emjax.Mixture(emjax.Gaussian("full"), n_components=2)
+        >>> result = emjax.fit(model, x, key=jax.random.key(0), n_restarts=4)
+        >>> print(np.sort(np.asarray(result.params.weights).round(3)))   # the best restart's
+        [0.356 0.644]
+        >>> print(result.status, result.converged)             # one per restart
+        [0 0 0 0] [ True  True  True  True]
     """
     model = as_model(model)
     key = check_key(key, "key")
@@ -305,7 +309,14 @@ def fit_chunks(model, source, *, chunk_size: int | None = None, init_size: int =
     :class:`emjax.Stream` for the sources and options.
 
     Example:
-        >>> result = emjax.fit_chunks(model, "points.npy", key=jax.random.key(0), chunk_size=2_000_000)
+        >>> import os, tempfile
+        >>> x, _ = emjax.datasets.old_faithful()
+        >>> path = os.path.join(tempfile.mkdtemp(), "points.npy")
+        >>> np.save(path, x)
+        >>> model = emjax.Mixture(emjax.Gaussian("full"), 2)
+        >>> result = emjax.fit_chunks(model, path, key=jax.random.key(0), chunk_size=100)
+        >>> print(round(float(result.objective[0]), 2), int(result.n_passes[0]))   # passes over the file
+        -1130.27 6
     """
     stream = Stream(source, weights=weights, chunk_size=chunk_size, init_size=init_size, progress=progress)
     return fit(model, stream, **kwargs)

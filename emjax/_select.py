@@ -232,10 +232,19 @@ def select(
             :func:`emjax.fit` refuses; before compiling.
 
     Example:
-        >>> families = [emjax.Gaussian(c) for c in ("full", "diag", "spherical", "tied")]
-        >>> sel = emjax.select(families, x, ks=range(1, 7), key=jax.random.key(0))
+        >>> x, _ = emjax.datasets.old_faithful()
+        >>> families = [emjax.Gaussian("full"), emjax.Gaussian("diag")]
+        >>> sel = emjax.select(families, x, ks=range(1, 4), key=jax.random.key(0), n_restarts=2)
         >>> print(sel)                      # the table
+        structure              K      log-lik  params          BIC          AIC          ICL  status
+        Gaussian(full)         1    -1289.797       5     2607.623     2589.593     2607.623  converged
+        Gaussian(full)         2    -1130.264      11     2322.192     2282.528     2322.703  converged  <- best
+        Gaussian(full)         3    -1119.216      17     2333.730     2272.432     2366.268  converged
+        Gaussian(diag)         1    -1516.706       4     3055.835     3041.412     3055.835  converged
+        Gaussian(diag)         2    -1147.806       9     2346.065     2313.613     2346.161  converged
+        Gaussian(diag)         3    -1127.008      14     2332.497     2282.016     2345.770  converged
         >>> sel.best.k, sel.best.structure  # the chosen model
+        (2, 'Gaussian(full)')
     """
     if criterion not in CRITERIA:
         raise ValueError(f"criterion must be one of {CRITERIA}; got {criterion!r}.")
@@ -414,9 +423,16 @@ def cross_validate(
         TypeError / ValueError: as :func:`select`, or a bad ``n_folds``; before compiling.
 
     Example:
-        >>> cv = emjax.cross_validate(emjax.Gaussian("full"), x, ks=range(1, 7), key=jax.random.key(0))
+        >>> x, _ = emjax.datasets.old_faithful()
+        >>> cv = emjax.cross_validate(emjax.Gaussian("full"), x, ks=range(1, 4), key=jax.random.key(0),
+        ...                           n_folds=3, n_restarts=2)
         >>> print(cv)
+        structure              K     held-out  per point  std err  folds regular
+        Gaussian(full)         1    -1293.254    -4.7546   0.0253  3/3
+        Gaussian(full)         2    -1144.839    -4.2090   0.1134  3/3  <- best
+        Gaussian(full)         3    -1148.692    -4.2231   0.1477  3/3
         >>> cv.best.k
+        2
     """
     fams, ks, n_restarts, key = _check_sweep(families, ks, n_restarts, key)
     k_max = max(ks)

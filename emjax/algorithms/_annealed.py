@@ -62,8 +62,12 @@ class AnnealedEM(Algorithm):
         schedule: a function ``step -> temperature`` replacing the geometric one.
 
     Example:
-        >>> algo = emjax.AnnealedEM(initial_temperature=3.0, cooling=0.9, steps_per_temperature=10)
-        >>> result = emjax.fit(model, x, key=jax.random.key(0), algorithm=algo, max_iter=500)
+        >>> x, _ = emjax.datasets.old_faithful()
+        >>> model = emjax.Mixture(emjax.Gaussian("full"), 2)
+        >>> algo = emjax.AnnealedEM(initial_temperature=3.0, cooling=0.5, steps_per_temperature=5)
+        >>> result = emjax.fit(model, x, key=jax.random.key(0), algorithm=algo)
+        >>> print(round(float(result.objective[0]), 2))
+        -1130.27
     """
 
     initial_temperature: float = eqx.field(static=True, default=2.0)

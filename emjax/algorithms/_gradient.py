@@ -151,9 +151,13 @@ class GradientAscent(Algorithm):
             (``False``; what a stream read forward needs).
 
     Example:
+        >>> import optax
+        >>> x, _ = emjax.datasets.old_faithful()
         >>> model = emjax.Mixture(emjax.Gaussian("full"), n_components=2)
         >>> algo = emjax.GradientAscent(optax.adam(0.05))
-        >>> result = emjax.fit(model, x, key=jax.random.key(0), algorithm=algo, max_iter=2000)
+        >>> result = emjax.fit(model, x, key=jax.random.key(0), algorithm=algo, max_iter=50)
+        >>> print(round(float(result.objective[0]), 1))
+        -1130.3
         >>> lbfgs = emjax.GradientAscent(optax.lbfgs())
         >>> sgd = emjax.GradientAscent(optax.sgd(0.01, momentum=0.9), batch_size=256)
     """

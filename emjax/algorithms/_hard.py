@@ -23,7 +23,11 @@ class HardEM(Algorithm):
     rounding).
 
     Example:
+        >>> x, _ = emjax.datasets.old_faithful()
+        >>> model = emjax.Mixture(emjax.Gaussian("full"), 2)
         >>> result = emjax.fit(model, x, key=jax.random.key(0), algorithm=emjax.HardEM())
+        >>> np.bincount(model.predict(result.params, x))
+        array([175,  97])
     """
 
     def validate(self, model, data) -> None:

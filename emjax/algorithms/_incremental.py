@@ -59,8 +59,12 @@ class IncrementalEM(Algorithm):
         blocks_per_step: block updates per runner iteration (default ``n_blocks``).
 
     Example:
-        >>> algo = emjax.IncrementalEM(n_blocks=100)
+        >>> x, _ = emjax.datasets.old_faithful()
+        >>> model = emjax.Mixture(emjax.Gaussian("full"), 2)
+        >>> algo = emjax.IncrementalEM(n_blocks=4)
         >>> result = emjax.fit(model, x, key=jax.random.key(0), algorithm=algo)
+        >>> print(round(float(result.objective[0]), 2))
+        -1130.27
     """
 
     n_blocks: int = eqx.field(static=True, default=10)

@@ -45,7 +45,11 @@ class OverRelaxedEM(Algorithm):
         max_eta: the longest step tried.
 
     Example:
+        >>> x, _ = emjax.datasets.old_faithful()
+        >>> model = emjax.Mixture(emjax.Gaussian("full"), 2)
         >>> result = emjax.fit(model, x, key=jax.random.key(0), algorithm=emjax.OverRelaxedEM())
+        >>> print(round(float(result.objective[0]), 2))
+        -1130.27
     """
 
     growth: float = eqx.field(static=True, default=1.5)

@@ -56,6 +56,8 @@ def permute(key: Array, idx: Array, n: int) -> Array:
 
     Example:
         >>> rows = permute(jax.random.key(0), jnp.arange(1000), 1000)  # a shuffle of 0..999
+        >>> bool(jnp.all(jnp.sort(rows) == jnp.arange(1000)))
+        True
     """
     if n >= 1 << 31:
         raise ValueError(f"permute supports n < 2**31; got {n}.")

@@ -90,9 +90,12 @@ class StepwiseEM(Algorithm):
             stream read forward needs it; shuffle the rows beforehand).
 
     Example:
-        >>> algo = emjax.StepwiseEM(batch_size=1000, kappa=0.7)
+        >>> x, _ = emjax.datasets.old_faithful()
+        >>> model = emjax.Mixture(emjax.Gaussian("full"), 2)
+        >>> algo = emjax.StepwiseEM(batch_size=64, kappa=0.7)
         >>> result = emjax.fit(model, x, key=jax.random.key(0), algorithm=algo, max_iter=5)
-        >>> result.trace[0], result.n_passes  # objective per epoch, passes read
+        >>> result.trace.shape, round(float(result.n_passes[0]), 2)   # objective per epoch, passes read
+        ((1, 6), 5.71)
     """
 
     batch_size: int = eqx.field(static=True, default=1000)

@@ -79,8 +79,13 @@ class StochasticEM(_SampledEM):
     Restarts draw independent chains (keys split per restart).
 
     Example:
-        >>> res = emjax.fit(model, x, key=key, algorithm=emjax.StochasticEM(), max_iter=50, tol=0.0)
-        >>> res = emjax.fit(model, x, key=key, init=res.params, algorithm=emjax.BatchEM())
+        >>> x, _ = emjax.datasets.old_faithful()
+        >>> model = emjax.Mixture(emjax.Gaussian("full"), 2)
+        >>> key = jax.random.key(0)
+        >>> res = emjax.fit(model, x, key=key, algorithm=emjax.StochasticEM(), max_iter=20, tol=0.0)
+        >>> res = emjax.fit(model, x, key=key, init=res.params, algorithm=emjax.BatchEM())   # polish
+        >>> print(round(float(res.objective[0]), 2))
+        -1130.27
     """
 
     def fixed_point_options(self) -> None:
@@ -107,6 +112,8 @@ class MonteCarloEM(_SampledEM):
 
     Example:
         >>> algo = emjax.MonteCarloEM(initial_samples=1, growth=1.2, max_samples=1000)
+        >>> [int(algo.draws(t)) for t in range(6)]   # draws per point at each step
+        [1, 2, 2, 2, 3, 3]
     """
 
     initial_samples: int = eqx.field(static=True, default=1)
@@ -139,8 +146,12 @@ class SAEM(_SampledEM):
         n_samples: draws per point and step.
 
     Example:
-        >>> algo = emjax.SAEM(burn_in=20, kappa=0.7)
-        >>> res = emjax.fit(model, x, key=key, algorithm=algo, max_iter=300, tol=0.0)
+        >>> x, _ = emjax.datasets.old_faithful()
+        >>> model = emjax.Mixture(emjax.Gaussian("full"), 2)
+        >>> algo = emjax.SAEM(burn_in=5, kappa=0.7)
+        >>> res = emjax.fit(model, x, key=jax.random.key(0), algorithm=algo, max_iter=20, tol=0.0)
+        >>> print(round(float(res.objective[0]), 0))
+        -1130.0
     """
 
     burn_in: int = eqx.field(static=True, default=10)

@@ -85,9 +85,17 @@ class Data(eqx.Module):
         chunk's ``model.e_step`` as ``key=`` a key of that chunk's own.
 
         Example:
-            >>> stats, loglik = data.e_step(model, params)
-            >>> stats, loglik = data.e_step(model, params, temperature=2.0)
-            >>> stats, loglik = data.e_step(model, params, key=key, assignment="sample")
+            Algorithms call it inside the compiled fit; called alone, compile it too:
+
+            >>> import equinox as eqx
+            >>> x, _ = emjax.datasets.old_faithful()
+            >>> model = emjax.Mixture(emjax.Gaussian("full"), 2)
+            >>> params = model.init(jax.random.key(0), x)
+            >>> data = emjax.data.ArrayData(jnp.asarray(x), None, 100)   # chunks of 100 rows
+            >>> stats, loglik = eqx.filter_jit(data.e_step)(model, params)
+            >>> print(stats.counts.sum(), round(float(loglik), 2))   # as one E-step over all rows
+            272.0 -1143.42
+            >>> stats, _ = eqx.filter_jit(data.e_step)(model, params, key=jax.random.key(1), assignment="sample")
         """
         return self.map_sum(_e_step, (model, params, options), key=key)
 

@@ -23,8 +23,16 @@ class ArrayData(Data):
         chunk_size: rows per E-step chunk (``None``: all rows at once).
 
     Example:
-        >>> data = ArrayData(x, None, 4096)
-        >>> stats, loglik = data.e_step(model, params)
+        >>> import equinox as eqx
+        >>> x, _ = emjax.datasets.old_faithful()
+        >>> model = emjax.Mixture(emjax.Gaussian("full"), 2)
+        >>> params = model.init(jax.random.key(0), x)
+        >>> data = ArrayData(jnp.asarray(x), None, 100)   # E-steps over chunks of 100 rows
+        >>> data.n_rows
+        272
+        >>> stats, loglik = eqx.filter_jit(data.e_step)(model, params)   # compiled, as in a fit
+        >>> print(stats.counts.sum())
+        272.0
     """
 
     x: Any

@@ -65,10 +65,15 @@ def row_sharding(x) -> tuple[Mesh, tuple[str, ...]] | None:
             count that does not divide evenly over the devices.
 
     Example:
-        >>> mesh = jax.make_mesh((8,), ("data",))
+        >>> from jax.sharding import NamedSharding, PartitionSpec
+        >>> x, _ = emjax.datasets.old_faithful()   # 272 rows: a multiple of 1, 2, 4, 8 or 16 devices
+        >>> mesh = jax.make_mesh((jax.device_count(),), ("data",))
         >>> x = jax.device_put(x, NamedSharding(mesh, PartitionSpec("data")))
-        >>> row_sharding(x)
-        (Mesh('data': 8, ...), ('data',))
+        >>> mesh, row_axes = row_sharding(x)
+        >>> row_axes
+        ('data',)
+        >>> row_sharding(np.zeros((4, 2))) is None
+        True
     """
     layouts = [_leaf_rows(a) for a in jax.tree.leaves(x)]
     if all(layout is None for layout in layouts):
@@ -208,8 +213,17 @@ class ShardedData(ArrayData):
         row_axes: the mesh axes that split the rows.
 
     Example:
-        >>> data = ShardedData(x, None, 4096, mesh, ("data",))
-        >>> stats, loglik = data.e_step(model, params)  # replicated on every device
+        >>> import equinox as eqx
+        >>> from jax.sharding import NamedSharding, PartitionSpec
+        >>> x, _ = emjax.datasets.old_faithful()
+        >>> model = emjax.Mixture(emjax.Gaussian("full"), 2)
+        >>> params = model.init(jax.random.key(0), x)
+        >>> mesh = jax.make_mesh((jax.device_count(),), ("data",))
+        >>> xs = jax.device_put(x, NamedSharding(mesh, PartitionSpec("data")))
+        >>> data = ShardedData(xs, None, 100, mesh, ("data",))   # chunks of 100 rows per device
+        >>> stats, loglik = eqx.filter_jit(data.e_step)(model, params)  # replicated on every device
+        >>> print(stats.counts.sum())
+        272.0
     """
 
     mesh: Mesh = eqx.field(static=True)

@@ -63,8 +63,15 @@ class Stream:
             or ``None`` (only on a terminal, for passes longer than 2 s).
 
     Example:
-        >>> data = emjax.Stream("points.npy", chunk_size=1_000_000, progress=True)
-        >>> result = emjax.fit(model, data, key=jax.random.key(0), n_restarts=4)
+        >>> import os, tempfile
+        >>> x, _ = emjax.datasets.old_faithful()
+        >>> path = os.path.join(tempfile.mkdtemp(), "points.npy")
+        >>> np.save(path, x)
+        >>> model = emjax.Mixture(emjax.Gaussian("full"), 2)
+        >>> data = emjax.Stream(path, chunk_size=100, progress=False)   # 3 chunks per pass
+        >>> result = emjax.fit(model, data, key=jax.random.key(0))
+        >>> print(round(float(result.objective[0]), 2))
+        -1130.27
     """
 
     def __init__(self, source, *, weights=None, chunk_size: int | None = None,
@@ -303,8 +310,16 @@ def score_chunks(model, params, source, *, chunk_size: int | None = None, progre
         ``Mixture.score``'s mean).
 
     Example:
-        >>> total = emjax.score_chunks(model, result.params, "points.npy")
-        >>> per_point = total / np.load("points.npy", mmap_mode="r").shape[0]
+        >>> import os, tempfile
+        >>> x, _ = emjax.datasets.old_faithful()
+        >>> path = os.path.join(tempfile.mkdtemp(), "points.npy")
+        >>> np.save(path, x)
+        >>> model = emjax.Mixture(emjax.Gaussian("full"), 2)
+        >>> result = emjax.fit(model, x, key=jax.random.key(0))
+        >>> total = emjax.score_chunks(model, result.params, path, chunk_size=100)
+        >>> per_point = total / np.load(path, mmap_mode="r").shape[0]
+        >>> print(round(float(total), 2), round(float(per_point), 3))
+        -1130.26 -4.155
     """
     model = as_model(model)
     src = _Source(source, chunk_size, reusable=False)
@@ -362,8 +377,15 @@ def predict_chunks(
         order of the source's rows.
 
     Example:
-        >>> labels = emjax.predict_chunks(model, result.params, "points.npy", chunk_size=2_000_000)
+        >>> import os, tempfile
+        >>> x, _ = emjax.datasets.old_faithful()
+        >>> path = os.path.join(tempfile.mkdtemp(), "points.npy")
+        >>> np.save(path, x)
+        >>> model = emjax.Mixture(emjax.Gaussian("full"), 2)
+        >>> result = emjax.fit(model, x, key=jax.random.key(0))
+        >>> labels = emjax.predict_chunks(model, result.params, path, chunk_size=100)
         >>> np.bincount(labels, minlength=model.n_components)
+        array([175,  97])
     """
     src = _Source(source, chunk_size, reusable=False)
     validate = _prediction_check(model, params)

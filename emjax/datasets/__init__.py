@@ -20,6 +20,11 @@ def old_faithful() -> tuple[np.ndarray, list[str]]:
     Returns:
         ``(data (272, 2), ["eruptions", "waiting"])``: eruption time and waiting
         time to the next eruption, both in minutes.
+
+    Example:
+        >>> x, names = old_faithful()
+        >>> x.shape, names
+        ((272, 2), ['eruptions', 'waiting'])
     """
     return _load_csv("old_faithful.csv")
 
@@ -39,6 +44,8 @@ def bankruptcy() -> tuple[np.ndarray, np.ndarray, list[str]]:
 
     Example:
         >>> x, y, names = bankruptcy()
+        >>> x.shape, np.bincount(y), names
+        ((66, 2), array([33, 33]), ['RE', 'EBIT'])
     """
     data, header = _load_csv("bankruptcy.csv")
     return data[:, 1:], data[:, 0].astype(np.int64), header[1:]
@@ -61,6 +68,8 @@ def gaussian_mixture_sample(seed: int, n: int, d: int, k: int, separation: float
 
     Example:
         >>> x, z = gaussian_mixture_sample(0, n=1000, d=2, k=3, separation=4.0)
+        >>> x.shape, x.dtype, z.shape
+        ((1000, 2), dtype('float64'), (1000,))
     """
     rng = np.random.default_rng(seed)
     means = rng.normal(scale=separation, size=(k, d))

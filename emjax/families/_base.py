@@ -271,7 +271,7 @@ class Family(eqx.Module):
         ``probs`` ``(K, D, S)``); families laid out otherwise override it.
 
         Example:
-            >>> Gaussian("diag").n_features(GaussianParams(jnp.zeros((3, 2)), jnp.ones((3, 2))))
+            >>> emjax.Gaussian("diag").n_features(emjax.GaussianParams(jnp.zeros((3, 2)), jnp.ones((3, 2))))
             2
         """
         for leaf in jax.tree.leaves(params):

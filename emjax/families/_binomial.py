@@ -91,11 +91,22 @@ class Binomial(Family):
             for maximum likelihood.
 
     Example:
-        >>> model = emjax.Mixture(Binomial(10), 3)   # the three-coin problem
-        >>> model = emjax.Mixture(Binomial(None), 3)  # trials differ between points
+        >>> model = emjax.Mixture(Binomial(10), 2)    # ten tosses per point: the two-coin problem
+
+        Tosses that differ between points: two coins, of heads probability 0.2 and 0.8.
+
+        >>> rng = np.random.default_rng(0)
+        >>> trials = rng.integers(5, 15, size=200)
+        >>> successes = rng.binomial(trials, np.where(rng.uniform(size=200) < 0.5, 0.2, 0.8))[:, None]
+        >>> model = emjax.Mixture(Binomial(None), 2)
         >>> result = emjax.fit(model, (successes, trials), key=jax.random.key(0))
-        >>> z = jax.random.categorical(k1, jnp.log(result.params.weights), shape=(m,))
-        >>> x = model.family.sample_successes(k2, result.params.components, z, new_trials)
+        >>> print(np.sort(np.asarray(result.params.components.probs[:, 0]).round(1)))
+        [0.2 0.8]
+        >>> k1, k2 = jax.random.split(jax.random.key(1))
+        >>> z = jax.random.categorical(k1, jnp.log(result.params.weights), shape=(5,))
+        >>> new = model.family.sample_successes(k2, result.params.components, z, jnp.full(5, 10))
+        >>> new.shape   # heads in ten tosses of five new points
+        (5, 1)
     """
 
     n_trials: int | None = eqx.field(static=True)

@@ -164,8 +164,13 @@ class LinearExpert(Expert):
         fit_intercept: give every expert an intercept.
 
     Example:
-        >>> model = emjax.MixtureOfExperts(emjax.LinearExpert(), 3)
+        >>> rng = np.random.default_rng(0)
+        >>> X = rng.uniform(-1, 1, (200, 1))   # two lines: y = -2x left of 0, 1 + x right of it
+        >>> y = np.where(X[:, 0] < 0, -2.0 * X[:, 0], 1.0 + X[:, 0]) + 0.1 * rng.normal(size=200)
+        >>> model = emjax.MixtureOfExperts(emjax.LinearExpert(), 2)
         >>> res = emjax.fit(model, (X, y), key=jax.random.key(0))
+        >>> res.params.components.coef.shape   # (K, P + 1): slope and intercept per expert
+        (2, 2)
     """
 
     ridge: float = eqx.field(static=True)
@@ -410,8 +415,13 @@ class LogisticExpert(Expert):
         fit_intercept: give every expert an intercept.
 
     Example:
+        >>> rng = np.random.default_rng(0)
+        >>> X = rng.uniform(-1, 1, (200, 1))
+        >>> labels = (X[:, 0] > 0.3).astype(int)
         >>> model = emjax.MixtureOfExperts(emjax.LogisticExpert(ridge=1.0), 2)
-        >>> res = emjax.fit(model, (X, labels), key=jax.random.key(0), max_iter=300)
+        >>> res = emjax.fit(model, (X, labels), key=jax.random.key(0), max_iter=50)
+        >>> print(model.predict_mode(res.params, jnp.array([[-0.5], [0.9]])))
+        [0 1]
     """
 
     ridge: float = eqx.field(static=True)

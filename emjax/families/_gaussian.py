@@ -161,6 +161,7 @@ class Gaussian(Family):
             data's variance of that feature.
 
     Example:
+        >>> x, _ = emjax.datasets.old_faithful()
         >>> family = Gaussian("full", prior=NormalInverseWishart.fraley_raftery(x, 3))
         >>> families = [Gaussian(c) for c in emjax.families.MCLUST_MODELS]   # mclust's 14 models
     """
@@ -209,8 +210,8 @@ class Gaussian(Family):
             weights: optional ``(N,)`` weights of an array ``x``.
 
         Example:
-            >>> Gaussian("diag").adapt(jnp.array([[0.0, 1.0], [2.0, 1.0]])).reg_scale
-            Array([1., 1.], dtype=float32)
+            >>> print(Gaussian("diag").adapt(jnp.array([[0.0, 1.0], [2.0, 1.0]])).reg_scale)
+            [1. 1.]
         """
         if not self.measure_scale:
             return self

@@ -181,6 +181,7 @@ class Parsimonious(Full):
     gradient ascent is refused. See the module's docstring for the M-steps.
 
     Example:
+        >>> from emjax.families._covariance import covariance_structure
         >>> s = covariance_structure("VEV")
         >>> s.shape(3, 2), s.n_parameters(3, 2)
         ((3, 2, 2), 7)

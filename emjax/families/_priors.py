@@ -42,8 +42,8 @@ class Dirichlet(eqx.Module):
 
     Example:
         >>> prior = Dirichlet(2.0)   # adds one pseudo-count to every component
-        >>> Dirichlet(0.5).mode(jnp.array([10.0, 0.4, 5.0]))   # the second is dropped
-        Array([0.6785714 , 0.        , 0.32142857], dtype=float32)
+        >>> print(np.asarray(Dirichlet(0.5).mode(jnp.array([10.0, 0.4, 5.0]))).round(4))   # the second is dropped
+        [0.6786 0.     0.3214]
     """
 
     alpha: Array
@@ -135,7 +135,9 @@ class NormalInverseWishart(eqx.Module):
         S0: ``(D, D)`` scale matrix, positive definite.
 
     Example:
-        >>> prior = NormalInverseWishart.fraley_raftery(x, n_components=3)
+        >>> x, _ = emjax.datasets.old_faithful()
+        >>> prior = NormalInverseWishart.fraley_raftery(x, n_components=2)
+        >>> model = emjax.Mixture(emjax.Gaussian("full", prior=prior), 2)   # MAP-EM
     """
 
     m0: Array
@@ -211,7 +213,7 @@ class BetaPrior(eqx.Module):
     Used by :class:`emjax.Bernoulli` and :class:`emjax.Binomial`.
 
     Example:
-        >>> Bernoulli(prior=BetaPrior(2.0, 2.0))
+        >>> family = emjax.Bernoulli(prior=BetaPrior(2.0, 2.0))   # one pseudo-success and -failure
     """
 
     a: Array

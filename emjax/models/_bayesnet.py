@@ -309,8 +309,12 @@ class DiscreteBayesNet(EMModel):
     Example:
         >>> # Hidden class 0 (3 states) -> observed 1, 2, 3; node 3 also depends on 1.
         >>> model = emjax.DiscreteBayesNet((3, 2, 4, 2), {1: (0,), 2: (0,), 3: (0, 1)}, hidden=0)
-        >>> result = emjax.fit(model, x, key=jax.random.key(0), n_restarts=4)   # x (N, 3) codes
-        >>> model.posterior(result.params, x)   # (N, 3): p(x_0 = h | row)
+        >>> model.observed
+        (1, 2, 3)
+        >>> x = np.random.default_rng(0).integers(0, (2, 4, 2), size=(500, 3))   # (N, 3) codes
+        >>> result = emjax.fit(model, x, key=jax.random.key(0), n_restarts=2)
+        >>> model.posterior(result.params, x).shape   # (N, 3): p(x_0 = h | row)
+        (500, 3)
     """
 
     cardinalities: tuple = eqx.field(static=True)
@@ -449,7 +453,14 @@ class DiscreteBayesNet(EMModel):
             under ``"hard"`` the classification log-likelihood ``max_h log p(x_n, h)``.
 
         Example:
-            >>> stats, loglik = model.e_step(params, model.validate_data(x))
+            >>> model = emjax.DiscreteBayesNet((3, 2, 4, 2), {1: (0,), 2: (0,), 3: (0, 1)}, hidden=0)
+            >>> x = model.validate_data(np.random.default_rng(0).integers(0, (2, 4, 2), size=(500, 3)))
+            >>> params = model.init(jax.random.key(0), x)
+            >>> stats, loglik = jax.jit(model.e_step)(params, x)   # compiled, as a fit runs it
+            >>> [c.shape for c in stats.counts]   # expected counts shaped as the CPTs
+            [(3,), (3, 2), (3, 4), (3, 2, 2)]
+            >>> print(round(float(jnp.sum(stats.counts[0])), 3))   # the hidden node's expected counts: one per row
+            500.0
         """
         lj, design = self._log_joint(params, x)
         ll, post = latent_posterior(lj, temperature=temperature, assignment=assignment, key=key, n_samples=n_samples)
@@ -625,8 +636,13 @@ class DiscreteBayesNet(EMModel):
             takes are ``x[:, model.observed]``.
 
         Example:
-            >>> full = model.sample(jax.random.key(1), params, 1000)
-            >>> result = emjax.fit(model, full[:, model.observed], key=jax.random.key(0))
+            >>> model = emjax.DiscreteBayesNet((3, 2, 4, 2), {1: (0,), 2: (0,), 3: (0, 1)}, hidden=0)
+            >>> x = model.validate_data(np.random.default_rng(0).integers(0, (2, 4, 2), size=(500, 3)))
+            >>> params = model.init(jax.random.key(0), x)
+            >>> full = model.sample(jax.random.key(1), params, 500)
+            >>> full.shape   # the hidden node's column included
+            (500, 4)
+            >>> result = emjax.fit(model, full[:, model.observed], key=jax.random.key(0), n_restarts=2)
         """
         n = check_int("n", n)
         key = check_key(key)

@@ -45,9 +45,14 @@ class MixtureOfExperts(Mixture):
         collapse_count: see :class:`emjax.Mixture`.
 
     Example:
-        >>> model = emjax.MixtureOfExperts(emjax.LinearExpert(), 3)
-        >>> res = emjax.fit(model, (X, y), key=jax.random.key(0), n_restarts=8)
-        >>> model.predict_mode(res.params, X_new)   # the most probable output at each x
+        >>> rng = np.random.default_rng(0)
+        >>> X = rng.uniform(-1, 1, (200, 1))   # two lines: y = -2x left of 0, 1 + x right of it
+        >>> y = np.where(X[:, 0] < 0, -2.0 * X[:, 0], 1.0 + X[:, 0]) + 0.1 * rng.normal(size=200)
+        >>> model = emjax.MixtureOfExperts(emjax.LinearExpert(), 2)
+        >>> res = emjax.fit(model, (X, y), key=jax.random.key(0))
+        >>> X_new = jnp.array([[-0.5], [0.5]])
+        >>> print(np.asarray(model.predict_mode(res.params, X_new)).round(1))   # the most probable output at each x
+        [1.  1.5]
     """
 
     def __init__(
@@ -110,8 +115,18 @@ class MixtureOfExperts(Mixture):
                 multimodal, predictive density), or ``(G, Dy)`` for vector outputs.
 
         Example:
-            >>> grid = jnp.linspace(0, 1, 200)
-            >>> density = jnp.exp(model.predictive_log_prob(res.params, X_new, grid))   # (N, 200)
+            >>> rng = np.random.default_rng(0)
+            >>> X = rng.uniform(-1, 1, (200, 1))   # two lines: y = -2x left of 0, 1 + x right of it
+            >>> y = np.where(X[:, 0] < 0, -2.0 * X[:, 0], 1.0 + X[:, 0]) + 0.1 * rng.normal(size=200)
+            >>> model = emjax.MixtureOfExperts(emjax.LinearExpert(), 2)
+            >>> res = emjax.fit(model, (X, y), key=jax.random.key(0))
+            >>> X_new = jnp.array([[-0.5], [0.5]])
+            >>> grid = jnp.linspace(-1, 3, 201)
+            >>> density = jnp.exp(model.predictive_log_prob(res.params, X_new, grid))
+            >>> density.shape
+            (2, 201)
+            >>> print(np.asarray(grid[jnp.argmax(density, axis=1)]).round(1))   # its highest point at each x
+            [1.  1.5]
         """
         x = self.validate_covariates(params, x)
         y = jnp.asarray(y, x.dtype)

@@ -130,8 +130,8 @@ class ConstantGating(Gating):
 
     Example:
         >>> model = emjax.Mixture(emjax.Gaussian("full"), 3, gating=ConstantGating(emjax.Dirichlet(2.0)))
-        >>> ConstantGating().maximize(jnp.array([2.0, 6.0]))
-        Array([0.25, 0.75], dtype=float32)
+        >>> print(ConstantGating().maximize(jnp.array([2.0, 6.0])))   # the counts' proportions
+        [0.25 0.75]
     """
 
     counts_suffice: ClassVar[bool] = True
@@ -229,6 +229,8 @@ class SoftmaxGating(Gating):
 
     Example:
         >>> model = emjax.MixtureOfExperts(emjax.LinearExpert(), 3, gating=emjax.SoftmaxGating(prior_precision=1.0))
+        >>> model.gating
+        SoftmaxGating(prior_precision=1.0, fit_intercept=True)
     """
 
     prior_precision: float = eqx.field(static=True)

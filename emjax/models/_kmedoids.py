@@ -75,10 +75,15 @@ class KMedoids(HardClustering):
         method: ``"alternate"`` or ``"pam"``.
 
     Example:
-        >>> model = emjax.KMedoids(3, dissimilarity="manhattan", method="pam")
-        >>> res = emjax.fit(model, x, key=jax.random.key(0), n_restarts=4, tol=0.0, max_iter=100,
+        >>> x, _ = emjax.datasets.old_faithful()
+        >>> model = emjax.KMedoids(2, dissimilarity="manhattan", method="pam")
+        >>> res = emjax.fit(model, x, key=jax.random.key(0), n_restarts=2, tol=0.0, max_iter=20,
         ...                 stopping=emjax.ParameterChange())
-        >>> res.params.points, model.predict(res.params, x)
+        >>> print(res.params.points)   # the medoids: rows of x
+        [[ 4.35  80.   ]
+         [ 1.883 54.   ]]
+        >>> np.bincount(model.predict(res.params, x))
+        array([172, 100])
     """
 
     n_clusters: int = eqx.field(static=True)

@@ -123,9 +123,14 @@ class Mixture(EMModel):
             ``(N, K, D, D)`` Cholesky per chunk for full and tied covariances.
 
     Example:
-        >>> model = Mixture(Gaussian("full"), n_components=2)
+        >>> x, _ = emjax.datasets.old_faithful()   # eruption and waiting times, (272, 2)
+        >>> model = emjax.Mixture(emjax.Gaussian("full"), n_components=2)
         >>> result = emjax.fit(model, x, key=jax.random.key(0))
-        >>> model.predict(result.params, x)
+        >>> print(np.asarray(result.params.components.means).round(2))
+        [[ 4.29 79.97]
+         [ 2.04 54.48]]
+        >>> np.bincount(model.predict(result.params, x))
+        array([175,  97])
     """
 
     family: Family
@@ -265,8 +270,18 @@ class Mixture(EMModel):
             exactly the objective it reports.
 
         Example:
-            >>> stats, loglik = model.e_step(params, x, temperature=4.0)
-            >>> stats, loglik = model.e_step(params, x, assignment="sample", key=key)
+            >>> import equinox as eqx
+            >>> x, _ = emjax.datasets.old_faithful()
+            >>> model = emjax.Mixture(emjax.Gaussian("full"), 2)
+            >>> params = model.init(jax.random.key(0), x)
+            >>> e_step = eqx.filter_jit(model.e_step)   # compiled, as a fit runs it
+            >>> stats, loglik = e_step(params, x)
+            >>> stats, tempered = e_step(params, x, temperature=4.0)   # flatter responsibilities
+            >>> bool(jnp.isclose(loglik, tempered))   # the log-likelihood whatever the temperature
+            True
+            >>> stats, _ = e_step(params, x, assignment="sample", key=jax.random.key(1))
+            >>> print(stats.counts.sum())   # one class drawn per point
+            272.0
         """
         lj, cache = self._fitting_log_joint(params, x)
         ll, resp = latent_posterior(lj, temperature=temperature, assignment=assignment, key=key, n_samples=n_samples)
@@ -348,7 +363,10 @@ class Mixture(EMModel):
         ``reference`` (constant weight exactly 0) kept at weight 0.
 
         Example:
-            >>> model = Mixture(Gaussian("full"), 3, frozen="means")
+            >>> x, _ = emjax.datasets.old_faithful()
+            >>> model = emjax.Mixture(emjax.Gaussian("full"), 2, frozen="means")
+            >>> old = model.init(jax.random.key(0), x)
+            >>> new = model.init(jax.random.key(1), x, "random")
             >>> model.hold_frozen(new, old).components.means is old.components.means
             True
         """
@@ -468,7 +486,11 @@ class Mixture(EMModel):
         the other methods start the active components as :meth:`init` does.
 
         Example:
+            >>> x, _ = emjax.datasets.old_faithful()
+            >>> model = emjax.Mixture(emjax.Gaussian("full"), 5)
             >>> p = model.init_active(jax.random.key(0), x, jnp.arange(5) < 2)   # 2 of 5 components
+            >>> print(p.weights > 0)
+            [ True  True False False False]
         """
         if not isinstance(self.gating, ConstantGating):
             raise TypeError("init_active needs constant weights (ConstantGating): dropped components have weight 0.")
@@ -580,7 +602,15 @@ class Mixture(EMModel):
         weights renormalised). Frozen groups keep their values.
 
         Example:
-            >>> params = model.reinitialize(key, params, x, model.collapsed(params, x))
+            >>> x, _ = emjax.datasets.old_faithful()
+            >>> model = emjax.Mixture(emjax.Gaussian("full"), 2)
+            >>> result = emjax.fit(model, x, key=jax.random.key(0))
+            >>> model.collapsed(result.params, x)   # none here
+            Array([False, False], dtype=bool)
+            >>> mask = jnp.array([False, True])
+            >>> params = model.reinitialize(jax.random.key(1), result.params, x, mask)   # restart the second
+            >>> print(np.asarray(params.weights).round(3))
+            [0.563 0.437]
         """
         x = self._filled(x)
         centers = _init.random_points(key, self.family.seed_points(x), self.n_components)
@@ -601,7 +631,12 @@ class Mixture(EMModel):
             ValueError: ``perm`` is not a permutation of ``0..K-1``.
 
         Example:
+            >>> x, _ = emjax.datasets.old_faithful()
+            >>> model = emjax.Mixture(emjax.Gaussian("full"), 2)
+            >>> result = emjax.fit(model, x, key=jax.random.key(0))
             >>> swapped = model.permute(result.params, jnp.array([1, 0]))
+            >>> print(np.asarray(result.params.weights).round(3), np.asarray(swapped.weights).round(3))
+            [0.644 0.356] [0.356 0.644]
         """
         self._check_param_layout(params)
         p = np.asarray(perm)
@@ -675,8 +710,15 @@ class Mixture(EMModel):
                 not valid data (see :meth:`log_prob`).
 
         Example:
-            >>> model = emjax.Mixture(emjax.Gaussian("full"), 3, missing=True)
+            >>> x, _ = emjax.datasets.old_faithful()
+            >>> x_with_nan = x.copy()
+            >>> x_with_nan[::10, 1] = np.nan   # every tenth waiting time missing
+            >>> model = emjax.Mixture(emjax.Gaussian("full"), 2, missing=True)
+            >>> result = emjax.fit(model, x_with_nan, key=jax.random.key(0))
             >>> filled = model.impute(result.params, x_with_nan)
+            >>> print(np.asarray(filled[:2]).round(1))   # the first row's waiting time filled in
+            [[ 3.6 76. ]
+             [ 1.8 54. ]]
         """
         self._require_missing("impute")
 
@@ -693,7 +735,14 @@ class Mixture(EMModel):
         from that component's conditional law. ``(N, D)``; observed entries kept.
 
         Example:
+            >>> x, _ = emjax.datasets.old_faithful()
+            >>> x_with_nan = x.copy()
+            >>> x_with_nan[::10, 1] = np.nan   # every tenth waiting time missing
+            >>> model = emjax.Mixture(emjax.Gaussian("full"), 2, missing=True)
+            >>> result = emjax.fit(model, x_with_nan, key=jax.random.key(0))
             >>> completed = model.sample_missing(jax.random.key(1), result.params, x_with_nan)
+            >>> bool(np.isnan(completed).any()), bool((completed[1:10] == x[1:10]).all())
+            (False, True)
         """
         self._require_missing("sample_missing")
         x = self.validate_prediction(params, x)
@@ -779,8 +828,13 @@ class Mixture(EMModel):
             TypeError: the family has no Mahalanobis distance (not a Gaussian or Student-t).
 
         Example:
+            >>> x, _, _ = emjax.datasets.bankruptcy()
+            >>> model = emjax.Mixture(emjax.StudentT("full"), 2)
+            >>> result = emjax.fit(model, x, key=jax.random.key(0))
             >>> weight, distance = model.outlier_scores(result.params, x)
             >>> outliers = weight < 0.2
+            >>> int(outliers.sum())
+            4
         """
         family = self.family
         if not hasattr(family, "mahalanobis"):
@@ -892,7 +946,12 @@ class Mixture(EMModel):
             ``n_parameters``).
 
         Example:
-            >>> model.information_criteria(result.params, x)["bic"]
+            >>> x, _ = emjax.datasets.old_faithful()
+            >>> model = emjax.Mixture(emjax.Gaussian("full"), 2)
+            >>> result = emjax.fit(model, x, key=jax.random.key(0))
+            >>> ic = model.information_criteria(result.params, x)
+            >>> ic["n_parameters"], round(float(ic["bic"]), 1)
+            (11, 2322.2)
         """
 
         def terms(xc):
@@ -926,8 +985,11 @@ class Mixture(EMModel):
         better; see :meth:`information_criteria`).
 
         Example:
-            >>> model.icl(result.params, x) >= model.bic(result.params, x)
-            Array(True, dtype=bool)
+            >>> x, _ = emjax.datasets.old_faithful()
+            >>> model = emjax.Mixture(emjax.Gaussian("full"), 2)
+            >>> result = emjax.fit(model, x, key=jax.random.key(0))
+            >>> bool(model.icl(result.params, x) >= model.bic(result.params, x))
+            True
         """
         return self.information_criteria(params, x, weights)["icl"]
 

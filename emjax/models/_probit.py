@@ -61,9 +61,13 @@ class ProbitRegression(EMModel):
         fit_intercept: add a constant feature (its weight is last).
 
     Example:
+        >>> rng = np.random.default_rng(0)
+        >>> X = rng.normal(size=(100, 3))
+        >>> y = (X[:, 0] - X[:, 1] + 0.3 * rng.normal(size=100) > 0).astype(int)
         >>> model = emjax.ProbitRegression(prior_precision=1.0)
-        >>> res = emjax.fit(model, (X, y), key=jax.random.key(0), tol=1e-10, max_iter=2000)
-        >>> model.predict_proba(res.params, X_new)
+        >>> res = emjax.fit(model, (X, y), key=jax.random.key(0), max_iter=200)
+        >>> print(np.asarray(model.predict_proba(res.params, X[:3])).round(2), y[:3])
+        [0.7  0.91 0.76] [1 1 1]
     """
 
     prior_precision: float = eqx.field(static=True)

@@ -240,9 +240,16 @@ class BayesianLinearRegression(_EvidenceRegression):
         lambda_1, lambda_2: the weight precision's, 1e-6.
 
     Example:
+        >>> rng = np.random.default_rng(1)
+        >>> X = rng.normal(size=(100, 3))
+        >>> y = X @ np.array([1.0, -2.0, 0.0]) + 0.5 + 0.1 * rng.normal(size=100)
         >>> model = emjax.BayesianLinearRegression()
         >>> res = emjax.fit(model, (X, y), key=jax.random.key(0), tol=1e-10, max_iter=1000)
-        >>> mean, std = model.predict(res.params, X_new, return_std=True)
+        >>> print(np.asarray(res.params.mean[:2]).round(2))   # the weights' posterior mean
+        [ 1.   -1.99]
+        >>> mean, std = model.predict(res.params, X[:2], return_std=True)
+        >>> print(np.asarray(mean).round(2), np.asarray(std).round(2))
+        [-0.79 -2.61] [0.09 0.09]
     """
 
     def _initial_alpha(self, d, dtype):
@@ -274,9 +281,13 @@ class RelevanceVectorMachine(_EvidenceRegression):
             :class:`BayesianLinearRegression`.
 
     Example:
+        >>> rng = np.random.default_rng(1)
+        >>> X = rng.normal(size=(100, 3))
+        >>> y = X @ np.array([1.0, -2.0, 0.0]) + 0.5 + 0.1 * rng.normal(size=100)
         >>> model = emjax.RelevanceVectorMachine(threshold_alpha=1e4)
-        >>> res = emjax.fit(model, (X, y), key=jax.random.key(0), tol=1e-10, max_iter=5000)
-        >>> res.params.mean, ~res.params.active  # weights, pruned ones
+        >>> res = emjax.fit(model, (X, y), key=jax.random.key(0), tol=1e-10, max_iter=1000)
+        >>> print(np.asarray(res.params.mean).round(2), ~res.params.active)  # weights, pruned ones
+        [ 1.   -1.99  0.  ] [False False  True]
     """
 
     threshold_alpha: float = eqx.field(static=True)

@@ -58,7 +58,10 @@ def kmeans_plus_plus(key, x: Array, n_components: int) -> Array:
         ``(K, D)`` centres, rows of ``x``.
 
     Example:
-        >>> centers = emjax.kmeans_plus_plus(jax.random.key(0), np.random.rand(100, 2), 3)
+        >>> x, _ = emjax.datasets.old_faithful()
+        >>> print(emjax.kmeans_plus_plus(jax.random.key(0), x, 2))
+        [[ 4.45 83.  ]
+         [ 2.15 46.  ]]
     """
     x = jnp.asarray(x)
     n, d = x.shape
@@ -112,7 +115,13 @@ def kmeans(key, x: Array, n_components: int, n_iter: int = 10, active: Array | N
         ``(centers (K, D), labels (N,))``.
 
     Example:
-        >>> centers, labels = emjax.kmeans(jax.random.key(0), np.random.rand(100, 2), 3)
+        >>> x, _ = emjax.datasets.old_faithful()
+        >>> centers, labels = emjax.kmeans(jax.random.key(0), x, 2)
+        >>> print(np.asarray(centers).round(2))
+        [[ 4.3  80.28]
+         [ 2.09 54.75]]
+        >>> np.bincount(labels)
+        array([172, 100])
     """
     x = jnp.asarray(x)
     centers = kmeans_plus_plus(key, x, n_components)
