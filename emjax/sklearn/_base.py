@@ -75,6 +75,10 @@ def check_option(name: str, value, options) -> None:
         raise ValueError(f"The '{name}' parameter of the estimator must be one of {sorted(options)}; got {value!r}.")
 
 
+def _total_weight(X, weights) -> float:
+    return float(X.shape[0]) if weights is None else float(np.sum(weights))
+
+
 def bucket(n: int) -> int:
     """The row count ``n`` is padded to for prediction: a multiple of ``2**(b - 3)``
     for an ``n`` of ``b`` bits (at least 16), so at most 1/8 more rows and a handful
@@ -115,6 +119,9 @@ class EMEstimator(BaseEstimator, metaclass=abc.ABCMeta):
 
     #: warn (scikit-learn's ConvergenceWarning) when the best restart did not converge.
     _warn_not_converged = True
+    #: ``tol`` and ``lower_bound_`` per point (scikit-learn's GaussianMixture) or in total
+    #: (its BayesianGaussianMixture, whose bound is not divided by the number of points).
+    _per_point = True
 
     # -- what a subclass provides --------------------------------------------------------
 
@@ -167,7 +174,8 @@ class EMEstimator(BaseEstimator, metaclass=abc.ABCMeta):
                 n_restarts=n_restarts,
                 init=init,
                 max_iter=int(self.max_iter),
-                tol=float(self.tol),
+                # emjax's rule is per unit of weight; a total tolerance is divided by it.
+                tol=float(self.tol) if self._per_point else float(self.tol) / _total_weight(X, weights),
                 weights=weights,
                 throw=False,
                 verbose=verbose > 0,
@@ -179,7 +187,7 @@ class EMEstimator(BaseEstimator, metaclass=abc.ABCMeta):
         self.model_ = model
         self.params_ = result.params
         self.fit_result_ = result
-        n_points = float(result.n_points)
+        n_points = float(result.n_points) if self._per_point else 1.0
         self.n_iter_ = int(result.n_iter[best])
         self.converged_ = bool(result.converged[best])
         self.lower_bound_ = float(result.objective[best]) / n_points

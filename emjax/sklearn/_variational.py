@@ -51,11 +51,14 @@ class BayesianGaussianMixture(_MixtureEstimator):
     and the updates are (``tests/models/test_variational.py`` matches its bound and
     parameters to 1e-6 from the same start). Differences, side by side:
 
-    - **Convergence** is :class:`GaussianMixture`'s (the change of the bound per
-      point below ``tol``); emjax's ``lower_bound_`` is the exact evidence lower
-      bound per point at the returned posterior, all constants included, where
-      scikit-learn's drops constants and is evaluated before its last E-step
-      (see :class:`emjax.VariationalGaussianMixture`).
+    - **Convergence**: as in scikit-learn, ``tol`` bounds the change of the *total*
+      bound (not per point, unlike :class:`GaussianMixture`), and ``lower_bound_``
+      and ``lower_bounds_`` are totals. emjax's are the exact evidence lower bound
+      at the returned posterior, all constants included; scikit-learn's drops
+      constants and is evaluated before its last E-step (see
+      :class:`emjax.VariationalGaussianMixture`), so the two differ by a constant
+      and emjax stops one update earlier on the same path, as for
+      :class:`GaussianMixture`.
     - **reg_covar**: scikit-learn adds it to each component's scatter; the emjax
       model needs no regularisation (the Wishart prior keeps every covariance
       positive definite), so ``reg_covar`` is checked and kept but does not enter
@@ -102,6 +105,7 @@ class BayesianGaussianMixture(_MixtureEstimator):
     """
 
     _init_options = INIT_METHODS
+    _per_point = False  # scikit-learn's bound and tol for this model are totals
 
     def __init__(
         self,
