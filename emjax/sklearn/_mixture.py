@@ -523,7 +523,8 @@ class MixtureModel(_CriteriaMixture):
     be non-negative integers), with errors naming the row and column.
 
     Args:
-        family: an :class:`emjax.families.Family`; ``None`` means ``emjax.Gaussian("full")``.
+        family: an :class:`emjax.families.Family`; ``None`` means :class:`GaussianMixture`'s
+            family, ``emjax.Gaussian("full", reg_covar=1e-6, reg_scale=1.0)``.
         n_components: the number of components.
         missing: treat NaN entries as missing at random (families that support it).
         tol, max_iter, n_init, init_params, random_state, warm_start, verbose,
@@ -573,14 +574,16 @@ class MixtureModel(_CriteriaMixture):
         self.verbose_interval = verbose_interval
 
     def _family(self):
-        return Gaussian("full") if self.family is None else self.family
+        # GaussianMixture's default family (scikit-learn's absolute reg_covar): MixtureModel()
+        # is GaussianMixture() and shares its compiled programs.
+        return Gaussian("full", reg_covar=1e-6, reg_scale=1.0) if self.family is None else self.family
 
     def _check_hyperparameters(self, X) -> None:
         self._check_common(X)
         if not (self.family is None or isinstance(self.family, Family)):
             raise ValueError(
                 "The 'family' parameter of MixtureModel must be an emjax family such as emjax.Poisson() "
-                f"(or None for emjax.Gaussian('full')); got {self.family!r}."
+                f"(or None for GaussianMixture's full-covariance Gaussian); got {self.family!r}."
             )
         if not isinstance(self.missing, (bool, np.bool_)):
             raise ValueError(f"The 'missing' parameter of MixtureModel must be True or False; got {self.missing!r}.")
