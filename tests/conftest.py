@@ -110,9 +110,11 @@ def assert_weighted_equals_repeated(weighted, repeated):
 
 
 #: The files that take longest, longest first:
-#: pytest-xdist's ``--dist loadfile`` hands out whole files in collection order, so
-#: starting the long ones first keeps both workers busy to the end (longest job first).
-#: In the default order they are collected last and one worker finished a minute alone.
+#: pytest-xdist's ``--dist loadfile --no-loadscope-reorder`` (pyproject.toml) hands out
+#: whole files in collection order, so starting the long ones first keeps both workers
+#: busy to the end (longest job first). Without ``--no-loadscope-reorder`` xdist orders
+#: files by their number of tests instead, and ``tests/sklearn/test_estimators.py`` (113 s,
+#: 19 tests) started at 74% and ran alone for the last two minutes.
 LONG_FILES = (  # seconds of test time each, measured at ae514cf (2-core CPU, cold compilation cache, -n 2)
     "tests/sklearn/test_sklearn_gaussian_mixture.py",  # 123
     "tests/sklearn/test_estimators.py",  # 113

@@ -11,6 +11,7 @@ from sklearn.base import DensityMixin
 from sklearn.utils import check_array
 from sklearn.utils.validation import check_is_fitted
 
+from .._result import RESULTS
 from ..families import Family, Gaussian, StudentT
 from ..families._gaussian import GaussianParams
 from ..models._mixture import Mixture, MixtureParams
@@ -378,7 +379,7 @@ class GaussianMixture(_CriteriaMixture):
         return _Override(model, method, as_jax(weights), as_jax(means), as_jax(covariances))
 
     def _check_result(self, result) -> None:
-        if np.all(np.asarray(result.status) == 4):  # RESULTS.INIT_FAILED: a singular start
+        if np.all(np.asarray(result.status) == RESULTS.INIT_FAILED):  # every start singular
             raise ValueError(
                 "Fitting the mixture model failed because some components have ill-defined empirical "
                 "covariance (for instance caused by singleton or collapsed samples). Try to decrease "
