@@ -80,10 +80,13 @@ def _total_weight(X, weights) -> float:
 
 
 def bucket(n: int) -> int:
-    """The row count ``n`` is padded to for prediction: a multiple of ``2**(b - 3)``
-    for an ``n`` of ``b`` bits (at least 16), so at most 1/8 more rows and a handful
-    of compiled programs per octave of sizes instead of one per size."""
-    step = 1 << max(4, int(n).bit_length() - 3)
+    """The row count ``n`` is padded to for prediction: 256 up to 256 rows (one program
+    for every small batch), then a multiple of ``2**(b - 3)`` for an ``n`` of ``b``
+    bits, so at most 1/8 more rows and a handful of compiled programs per octave of
+    sizes instead of one per size."""
+    if n <= 256:
+        return 256
+    step = 1 << (int(n).bit_length() - 3)
     return -(-int(n) // step) * step
 
 

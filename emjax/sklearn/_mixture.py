@@ -220,9 +220,9 @@ class _MixtureEstimator(DensityMixin, EMEstimator):
                 f"Invalid value for 'n_samples': {n_samples} . The sampling requires at least one sample."
             )
         model, params = self._sampler()
-        # Drawn in blocks of a power of two, the first n kept (i.i.d. draws, so a
-        # sample): one compiled sampler serves every n up to the block's size.
-        block = 1 << max(4, (int(n_samples) - 1).bit_length())
+        # Drawn in blocks of a power of two (at least 1024), the first n kept (i.i.d.
+        # draws, so a sample): one compiled sampler serves every n up to the block's size.
+        block = 1 << max(10, (int(n_samples) - 1).bit_length())
         with precision(self._dtype):
             x, z = _sample(model, jax.tree.map(jnp.asarray, params), random_key(self.random_state), block)
             x, z = np.asarray(x)[:n_samples], np.asarray(z)[:n_samples]
