@@ -48,6 +48,29 @@ def _nice_step(span: float, target: int = 8) -> float:
     return 10.0 * power
 
 
+def _axes(out: list, px, py, xticks, yticks) -> None:
+    """Grid lines, tick marks, the frame and the tick labels of a plot's axes;
+    ``xticks``/``yticks`` are ``(value, label)`` pairs, ``px``/``py`` map values to pixels."""
+    out.append('<g class="axes" stroke="#000" stroke-width="1">')
+    for t, _ in xticks:
+        p = px(t)
+        out.append(f'<line x1="{p:.2f}" y1="{_TOP}" x2="{p:.2f}" y2="{_BOTTOM}" stroke="#e6e6e6"/>')
+        out.append(f'<line x1="{p:.2f}" y1="{_BOTTOM}" x2="{p:.2f}" y2="{_BOTTOM + 5}"/>')
+    for t, _ in yticks:
+        p = py(t)
+        out.append(f'<line x1="{_LEFT}" y1="{p:.2f}" x2="{_RIGHT}" y2="{p:.2f}" stroke="#e6e6e6"/>')
+        out.append(f'<line x1="{_LEFT - 5}" y1="{p:.2f}" x2="{_LEFT}" y2="{p:.2f}"/>')
+    # The frame after the grid lines, so they do not paint over it.
+    out.append(f'<rect x="{_LEFT}" y="{_TOP}" width="{_RIGHT - _LEFT}" height="{_BOTTOM - _TOP}" fill="none"/>')
+    out.append("</g>")
+    out.append('<g class="tick-labels" fill="#000">')
+    for t, label in xticks:
+        out.append(f'<text x="{px(t):.2f}" y="{_BOTTOM + 19}" text-anchor="middle">{label}</text>')
+    for t, label in yticks:
+        out.append(f'<text x="{_LEFT - 8}" y="{py(t) + 4:.2f}" text-anchor="end">{label}</text>')
+    out.append("</g>")
+
+
 def _ticks(lo: float, hi: float) -> tuple[np.ndarray, int]:
     """Tick positions inside ``[lo, hi]`` and the number of decimals that shows them exactly."""
     step = _nice_step(hi - lo)
@@ -173,26 +196,9 @@ def mixture_svg(
         )
 
     # Axes: ticks, grid lines and labels.
-    out.append('<g class="axes" stroke="#000" stroke-width="1">')
     xticks, xdec = _ticks(xlo, xhi)
     yticks, ydec = _ticks(ylo, yhi)
-    for t in xticks:
-        p = px(t)
-        out.append(f'<line x1="{p:.2f}" y1="{_TOP}" x2="{p:.2f}" y2="{_BOTTOM}" stroke="#e6e6e6"/>')
-        out.append(f'<line x1="{p:.2f}" y1="{_BOTTOM}" x2="{p:.2f}" y2="{_BOTTOM + 5}"/>')
-    for t in yticks:
-        p = py(t)
-        out.append(f'<line x1="{_LEFT}" y1="{p:.2f}" x2="{_RIGHT}" y2="{p:.2f}" stroke="#e6e6e6"/>')
-        out.append(f'<line x1="{_LEFT - 5}" y1="{p:.2f}" x2="{_LEFT}" y2="{p:.2f}"/>')
-    # The frame after the grid lines, so they do not paint over it.
-    out.append(f'<rect x="{_LEFT}" y="{_TOP}" width="{_RIGHT - _LEFT}" height="{_BOTTOM - _TOP}" fill="none"/>')
-    out.append("</g>")
-    out.append('<g class="tick-labels" fill="#000">')
-    for t in xticks:
-        out.append(f'<text x="{px(t):.2f}" y="{_BOTTOM + 19}" text-anchor="middle">{t:.{xdec}f}</text>')
-    for t in yticks:
-        out.append(f'<text x="{_LEFT - 8}" y="{py(t) + 4:.2f}" text-anchor="end">{t:.{ydec}f}</text>')
-    out.append("</g>")
+    _axes(out, px, py, [(t, f"{t:.{xdec}f}") for t in xticks], [(t, f"{t:.{ydec}f}") for t in yticks])
     out.append(
         f'<text class="xlabel" x="{(_LEFT + _RIGHT) / 2:.1f}" y="{_BOTTOM + 44}" text-anchor="middle" '
         f'font-size="14">{escape(names[0])}</text>'
@@ -364,26 +370,10 @@ def criterion_svg(
         f'<text x="{_WIDTH / 2:.1f}" y="46" text-anchor="middle" fill="#555">'
         f"{escape(criterion)}: lower is better</text>"
     )
-    out.append('<g class="axes" stroke="#000" stroke-width="1">')
     step = max(1, int(_nice_step(kmax - kmin + 1, target=12))) if kmax > kmin else 1
     xticks = [k for k in range(kmin, kmax + 1) if (k - kmin) % step == 0]
     yticks, ydec = _ticks(ylo, yhi)
-    for t in xticks:
-        p = px(t)
-        out.append(f'<line x1="{p:.2f}" y1="{_TOP}" x2="{p:.2f}" y2="{_BOTTOM}" stroke="#e6e6e6"/>')
-        out.append(f'<line x1="{p:.2f}" y1="{_BOTTOM}" x2="{p:.2f}" y2="{_BOTTOM + 5}"/>')
-    for t in yticks:
-        p = py(t)
-        out.append(f'<line x1="{_LEFT}" y1="{p:.2f}" x2="{_RIGHT}" y2="{p:.2f}" stroke="#e6e6e6"/>')
-        out.append(f'<line x1="{_LEFT - 5}" y1="{p:.2f}" x2="{_LEFT}" y2="{p:.2f}"/>')
-    out.append(f'<rect x="{_LEFT}" y="{_TOP}" width="{_RIGHT - _LEFT}" height="{_BOTTOM - _TOP}" fill="none"/>')
-    out.append("</g>")
-    out.append('<g class="tick-labels" fill="#000">')
-    for t in xticks:
-        out.append(f'<text x="{px(t):.2f}" y="{_BOTTOM + 19}" text-anchor="middle">{t}</text>')
-    for t in yticks:
-        out.append(f'<text x="{_LEFT - 8}" y="{py(t) + 4:.2f}" text-anchor="end">{t:.{ydec}f}</text>')
-    out.append("</g>")
+    _axes(out, px, py, [(t, f"{t}") for t in xticks], [(t, f"{t:.{ydec}f}") for t in yticks])
     out.append(
         f'<text class="xlabel" x="{(_LEFT + _RIGHT) / 2:.1f}" y="{_BOTTOM + 44}" text-anchor="middle" '
         f'font-size="14">number of components K</text>'
