@@ -455,6 +455,20 @@ class MatrixStructure(CovarianceStructure):
     def symmetrize(self, covariances):
         return 0.5 * (covariances + jnp.swapaxes(covariances, -1, -2))
 
+    def maximize(self, scatter, counts, reg, prior=None, means=None):
+        # Each variance gets at least f = 2 D eps of itself (cholesky_floor, as in
+        # constrain) when R is on: R is relative to the data's spread, and a component
+        # wider than the data (random responsibilities give every component a share of
+        # an outlier at 1e5: a diagonal of 2e8 against a spread of 8e7) can hold a
+        # conditional variance below float32's rounding of its scatter. The floor bites
+        # only where f diag(Sigma_k) exceeds R: never for float64 (f = 1.3e-15) nor for
+        # float32 components narrower than the data by reg_covar / f.
+        cov = super().maximize(scatter, counts, reg, prior, means)
+        d = cov.shape[-1]
+        floor = cholesky_floor(d, cov.dtype) * jnp.diagonal(cov, axis1=-2, axis2=-1)
+        extra = jnp.where(reg > 0, jnp.maximum(floor - reg, 0.0), 0.0)
+        return cov + extra[..., None] * jnp.eye(d, dtype=cov.dtype)
+
     def _inverse_wishart(self, covariances, prior):
         """``L^{-1}``, ``log |Sigma|`` and the inverse-Wishart log density, per matrix."""
         chol = cholesky(covariances)

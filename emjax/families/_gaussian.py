@@ -142,8 +142,10 @@ class Gaussian(Family):
             log-likelihood by about ``reg_covar * D / 2`` per point; prediction
             methods use the unpenalised density). In float32 a positive
             ``reg_covar`` is at least ``2 D eps`` (``2.4e-6`` for ``D = 10``),
-            below which a covariance's Cholesky factor is not reliable; ``0``
-            means none.
+            below which a covariance's Cholesky factor is not reliable, and a
+            full or tied covariance's variances each get at least ``2 D eps``
+            of themselves (a component wider than the data, such as one
+            holding a far outlier); ``0`` means none.
         reg_scale: the scale ``v``: ``None`` (the default) measures each
             feature's variance on the data :func:`emjax.fit` is given
             (:meth:`adapt`; a constant feature takes the largest variance, all
