@@ -35,6 +35,16 @@ def is_sharded(x) -> bool:
     )
 
 
+def on_devices(x) -> bool:
+    """True for a concrete ``jax.Array`` checked where it lives rather than read on
+    the host: sharded (:func:`is_sharded`) or in an accelerator's memory (a GPU's
+    data would otherwise cross to the host and back). A CPU array is read on the
+    host without a copy."""
+    return is_sharded(x) or (
+        isinstance(x, jax.Array) and not is_traced(x) and any(d.platform != "cpu" for d in x.sharding.device_set)
+    )
+
+
 def _host(a) -> np.ndarray:
     """A replicated (small) result on the host; under several processes each reads its own copy."""
     return np.asarray(a.addressable_data(0))
@@ -79,7 +89,7 @@ def find_first(predicate, *arrays) -> Found | None:
         >>> find_first(negative, np.array([[1.0, -2.0], [-3.0, 4.0]]))
         Found(count=2, row=0, col=1, values=(-2.0,))
     """
-    if any(is_sharded(a) for a in arrays):
+    if any(on_devices(a) for a in arrays):
         count, row, col, values = jax.tree.map(_host, _locate(predicate, *arrays))
         if int(count) == 0:
             return None
@@ -219,8 +229,8 @@ def as_data_matrix(x, name: str = "x", *, allow_nan: bool = False):
             raise ValueError(f"{name} must be a 2-D array (N, D); got shape {x.shape}.")
         check_numeric_dtype(x.dtype, name)
         return x.astype(float_dtype(x.dtype))
-    if is_sharded(x):
-        return _sharded_data_matrix(x, name, allow_nan)
+    if isinstance(x, jax.Array):
+        return _device_data_matrix(x, name, allow_nan)
     arr = host_array(x, name)
     check_numeric_dtype(arr.dtype, name)
     _check_matrix_shape(arr.shape, name)
@@ -312,9 +322,10 @@ def _check_matrix_shape(shape: tuple, name: str) -> None:
         raise ValueError(f"{name} must have at least one row and one column; got shape {shape}.")
 
 
-def _sharded_data_matrix(x: Array, name: str, allow_nan: bool) -> Array:
-    """:func:`as_data_matrix` for an array spread over devices: the same checks and
-    messages, the value checks run where the data live, the sharding is kept."""
+def _device_data_matrix(x: Array, name: str, allow_nan: bool) -> Array:
+    """:func:`as_data_matrix` for a ``jax.Array``: the same checks and messages, the
+    value checks run where the data live (:func:`on_devices`), the sharding is kept,
+    and the array itself is returned when its dtype fits (no copy of the data)."""
     check_numeric_dtype(x.dtype, name)
     _check_matrix_shape(x.shape, name)
     if jnp.issubdtype(x.dtype, jnp.floating):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 
@@ -119,3 +120,14 @@ def chunked_map(fn: Callable, x, chunk_size: int | None):
     if rest is not None:
         out = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), out, fn(rest[0]))
     return out
+
+
+@eqx.filter_jit
+def rowwise(model, name: str, params, x, chunk_size: int | None, *options):
+    """``model.<name>(params, rows, *options)`` over chunks of ``x`` (:func:`chunked_map`):
+    one compiled program per model configuration, method, options, shape and dtype.
+
+    The models' prediction methods check their arguments on the host and then call
+    this, so that a prediction compiles once instead of dispatching its operations
+    one by one (each chunk loop traced anew on every call)."""
+    return chunked_map(lambda xc: getattr(model, name)(params, xc, *options), x, chunk_size)

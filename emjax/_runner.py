@@ -39,6 +39,16 @@ def _fit_compiled(problem: Problem, keys, init, params0) -> FitResult:
 
 
 @eqx.filter_jit
+def _start(model, data, keys, init: str, batch: int):
+    """Every restart's start from the init method ``init`` on in-memory ``data``, with
+    the data-measured constants set: a program of its own, so that the k-means
+    seeding's compilation and temporaries are freed before the fit's begin (one
+    program holding both peaked at 2.9x the data's size on 5,000,000 x 8 rows, 1.9x apart)."""
+    model = model.adapt(data)
+    return map_restarts(lambda k: model.init(k, data.sample, init), (keys,), batch)
+
+
+@eqx.filter_jit
 def _initial_params(model, keys, sample, init, batch: int):
     if isinstance(init, str):
         return map_restarts(lambda k: model.init(k, sample, init), (keys,), batch)
@@ -272,6 +282,9 @@ def fit(
         params0 = _initial_params(model, keys, data.sample, init, restart_batch_size)
     if params0 is not None:
         params0 = _as_params(model, params0, data, n_restarts, dtype)
+    elif not any(is_traced(a) for a in jax.tree.leaves(data)):
+        # Data under a trace (a fit differentiated or vmapped over its data) start inside the fit's program.
+        params0 = _start(model, data, keys, init, min(restart_batch_size, n_restarts))
 
     problem = Problem(
         model=model,

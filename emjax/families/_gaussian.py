@@ -86,7 +86,11 @@ def _feature_variance(data) -> tuple[Array, Array]:
     0 where it is below the rounding of the column's values; and ``(D,)`` that
     rounding, the ulp ``eps |mean|`` of each column."""
     # Missing entries (NaN, under Mixture(missing=True)) are left out of each column's moments.
+    # The shift only has to be central for the one-pass moments: the mean of at most
+    # 1024 evenly spaced rows of the sample (all of it, a whole (N, D) pass, was
+    # materialised as two (N, D) temporaries by XLA:CPU).
     sample = data.sample
+    sample = sample[:: max(1, sample.shape[0] // 1024)]
     seen = ~jnp.isnan(sample)
     shift = jnp.sum(jnp.where(seen, sample, 0.0), axis=0) / jnp.maximum(jnp.sum(seen, axis=0), 1)
 
@@ -174,6 +178,9 @@ class Gaussian(Family):
     collapse_tol: float = eqx.field(static=True)
     reg_scale: Array | None
     measure_scale: bool = eqx.field(static=True)
+    #: ``(D,)`` the data's variance, measured by :meth:`adapt`: the collapse test's
+    #: reference (``None`` before: the test then measures the data it is given).
+    data_variance: Array | None = None
 
     param_groups: ClassVar[tuple[str, ...]] = ("means", "covariances")
 
@@ -198,9 +205,10 @@ class Gaussian(Family):
                 raise ValueError(f"reg_scale must be None, a positive number or a (D,) array of them; got {reg_scale!r}.")
             reg_scale = jnp.asarray(scale, dtype=float)
         self.reg_scale = reg_scale
+        self.data_variance = None
 
     def adapt(self, x, weights: Array | None = None) -> "Gaussian":
-        """The family with ``reg_scale`` measured on the data (unless it was given).
+        """The family with ``reg_scale`` (unless it was given) and ``data_variance`` measured on the data.
 
         Each feature's variance over all rows, weighted by the sample weights
         (so that weights act as repetition counts); a constant feature takes the
@@ -215,13 +223,15 @@ class Gaussian(Family):
             >>> print(Gaussian("diag").adapt(jnp.array([[0.0, 1.0], [2.0, 1.0]])).reg_scale)
             [1. 1.]
         """
-        if not self.measure_scale:
-            return self
         if not hasattr(x, "map_sum"):
             from ..data._memory import ArrayData
 
             x = ArrayData(jnp.asarray(x), None if weights is None else jnp.asarray(weights), None)
         var, ulp = _feature_variance(x)
+        # Measured once here, not by the collapse test in every iteration (a pass over the data).
+        family = eqx.tree_at(lambda f: f.data_variance, self, var, is_leaf=lambda a: a is None)
+        if not self.measure_scale:
+            return family
         top = jnp.max(var)
         scale = jnp.where(var > 0, var, jnp.where(top > 0, top, 1.0))
         if self.reg_covar > 0:
@@ -230,7 +240,7 @@ class Gaussian(Family):
             # scatter of ulp^2 that a smaller R cannot keep positive definite.
             d = scale.shape[0]
             scale = jnp.maximum(scale, d * ulp * ulp / self._relative(d, scale.dtype))
-        return eqx.tree_at(lambda f: f.reg_scale, self, scale, is_leaf=lambda a: a is None)
+        return eqx.tree_at(lambda f: f.reg_scale, family, scale, is_leaf=lambda a: a is None)
 
     def reg(self, n_features: int, dtype) -> Array:
         """``(D,)`` the diagonal of the regularisation ``R`` in ``dtype`` (see ``reg_covar``)."""
@@ -463,7 +473,8 @@ class Gaussian(Family):
 
     def degenerate(self, params: GaussianParams, x: Array) -> Array:
         k = params.means.shape[0]
-        return self.structure.degenerate(params.covariances, jnp.var(x, axis=0), self.collapse_tol, k)
+        var = jnp.var(x, axis=0) if self.data_variance is None else self.data_variance.astype(params.means.dtype)
+        return self.structure.degenerate(params.covariances, var, self.collapse_tol, k)
 
     def validate_width(self, n_features: int) -> None:
         """The prior's dimension (as every family) and a given per-feature ``reg_scale`` against the data's width."""

@@ -39,7 +39,7 @@ from .._checks import (
     raise_first,
     safe_log,
 )
-from .._chunks import chunked_map, default_chunk_size, n_rows
+from .._chunks import default_chunk_size, n_rows, rowwise
 from .._model import EMModel
 from ._mixture import latent_posterior
 
@@ -244,12 +244,6 @@ def _normalize_rows(num: Array) -> Array:
     """Rows (last axis) divided by their sums; a row summing to 0 becomes uniform."""
     total = jnp.sum(num, axis=-1, keepdims=True)
     return jnp.where(total > 0, num / jnp.where(total > 0, total, 1.0), 1.0 / num.shape[-1])
-
-
-@eqx.filter_jit
-def _rowwise(model: "DiscreteBayesNet", name: str, params: BayesNetParams, x: Array, chunk: int):
-    """``model.<name>(params, rows)`` over chunks of ``x``, one compiled program per method and shape."""
-    return chunked_map(lambda xc: getattr(model, name)(params, xc), x, chunk)
 
 
 class DiscreteBayesNet(EMModel):
@@ -495,6 +489,7 @@ class DiscreteBayesNet(EMModel):
         """``E_q[log p(x, hidden | params)] = sum_v sum counts_v log cpt_v``, linear in ``stats`` (incremental EM)."""
         return sum(jnp.sum(c * safe_log(cpt)) for c, cpt in zip(stats.counts, params.cpts))
 
+    @eqx.filter_jit
     def init(self, key, x, method: str = "random") -> BayesNetParams:
         """Every CPT row drawn from a flat ``Dirichlet(1)``: a pure function of ``key`` (vmapped over restarts).
 
@@ -588,7 +583,7 @@ class DiscreteBayesNet(EMModel):
     def _map(self, name: str, params: BayesNetParams, x):
         self.validate_params(params)
         x = self.validate_data(x)
-        return _rowwise(self, name, params, x, default_chunk_size(n_rows(x), self.row_width(x)))
+        return rowwise(self, name, params, x, default_chunk_size(n_rows(x), self.row_width(x)))
 
     def _row_log_prob(self, params, x):
         return logsumexp(self.log_joint(params, x), axis=1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import functools
 import math
 from typing import ClassVar
 
@@ -12,8 +13,8 @@ import jax.numpy as jnp
 import equinox as eqx
 from jax import Array
 
-from .._checks import as_data_matrix, check_n_components
-from .._chunks import chunked_map, default_chunk_size, n_rows
+from .._checks import as_data_matrix, check_int, check_n_components
+from .._chunks import default_chunk_size, n_rows, rowwise
 from .._model import EMModel
 from .._stopping import StoppingRule
 from ..families._base import rows_times
@@ -206,10 +207,11 @@ class KMeans(HardClustering):
 
     # -- initialisation ----------------------------------------------------------------------
 
+    @eqx.filter_jit
     def init(self, key, x, method: str = "k-means++") -> KMeansParams:
         """Initial centres: ``"k-means++"`` (greedy, as scikit-learn: ``2 + log K``
         candidates per step, the one that lowers the inertia most kept) or
-        ``"random"`` (``K`` distinct rows)."""
+        ``"random"`` (``K`` distinct rows). One compiled program per method and shape."""
         x = jnp.asarray(x)
         if method == "random":
             idx = jax.random.choice(key, x.shape[0], (self.n_clusters,), replace=False)
@@ -226,14 +228,18 @@ class KMeans(HardClustering):
     def predict(self, params: KMeansParams, x) -> Array:
         """``(N,)`` the index of each point's nearest centre."""
         x = jnp.asarray(x)
-        return chunked_map(
-            lambda xc: jnp.argmin(_sq_distances(params.centers, xc, self.offset)[0], axis=1), x, self._chunk(x)
-        )
+        return rowwise(self, "_rows_predict", params, x, self._chunk(x))
+
+    def _rows_predict(self, params, x):
+        return jnp.argmin(_sq_distances(params.centers, x, self.offset)[0], axis=1)
+
+    def _rows_transform(self, params, x):
+        return jnp.sqrt(_sq_distances(params.centers, x, self.offset)[0])
 
     def transform(self, params: KMeansParams, x) -> Array:
         """``(N, K)`` Euclidean distances to every centre (scikit-learn's ``transform``)."""
         x = jnp.asarray(x)
-        return chunked_map(lambda xc: jnp.sqrt(_sq_distances(params.centers, xc, self.offset)[0]), x, self._chunk(x))
+        return rowwise(self, "_rows_transform", params, x, self._chunk(x))
 
     def inertia(self, params: KMeansParams, x, weights=None) -> Array:
         """The (weighted) sum of squared distances to the nearest centre."""
@@ -281,9 +287,14 @@ def greedy_kmeans_plus_plus(
         >>> sorted(round(float(v)) for v in c[:, 0])
         [0, 10]
     """
-    x = jnp.asarray(x)
+    n_clusters = check_int("n_clusters", n_clusters)
+    trials = 2 + int(math.log(n_clusters)) if n_local_trials is None else check_int("n_local_trials", n_local_trials)
+    return _greedy_kmeans_plus_plus(key, jnp.asarray(x), n_clusters, trials, None if weights is None else jnp.asarray(weights))
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _greedy_kmeans_plus_plus(key, x, n_clusters, trials, weights):
     n, d = x.shape
-    trials = 2 + int(math.log(n_clusters)) if n_local_trials is None else int(n_local_trials)
     k0, key = jax.random.split(key)
     if weights is None:
         first = jax.random.randint(k0, (), 0, n)

@@ -11,7 +11,7 @@ import equinox as eqx
 from jax import Array
 
 from .._checks import check_n_components
-from .._chunks import chunked_map, default_chunk_size, n_rows
+from .._chunks import default_chunk_size, n_rows, rowwise
 from ._kmeans import HardClustering
 
 _METRICS = {
@@ -173,6 +173,7 @@ class KMedoids(HardClustering):
 
     # -- initialisation ----------------------------------------------------------------------
 
+    @eqx.filter_jit
     def init(self, key, x, method: str = "k-medoids++") -> KMedoidsParams:
         """``"k-medoids++"`` (k-means++ with the dissimilarity: each next medoid drawn
         with probability proportional to its dissimilarity to the nearest so far) or
@@ -209,8 +210,10 @@ class KMedoids(HardClustering):
     def predict(self, params: KMedoidsParams, x) -> Array:
         """``(N,)`` each point's nearest medoid (0..K-1)."""
         x = jnp.asarray(x)
-        chunk = default_chunk_size(n_rows(x), 4 * self.n_clusters)
-        return chunked_map(lambda xc: jnp.argmin(self._to_medoids(params, xc), axis=1), x, chunk)
+        return rowwise(self, "_rows_predict", params, x, default_chunk_size(n_rows(x), 4 * self.n_clusters))
+
+    def _rows_predict(self, params, x):
+        return jnp.argmin(self._to_medoids(params, x), axis=1)
 
     def cost(self, params: KMedoidsParams, x, weights=None) -> Array:
         """The (weighted) sum of every point's dissimilarity to its nearest medoid."""

@@ -27,7 +27,7 @@ from .._checks import (
     float_dtype,
     is_traced,
 )
-from .._chunks import chunked_map, chunked_sum, default_chunk_size, n_features, n_rows
+from .._chunks import chunked_sum, default_chunk_size, n_features, n_rows, rowwise
 from .._model import EMModel, add_stats, scale_stats
 from ..families._priors import Dirichlet
 from ..families._base import Family
@@ -458,21 +458,26 @@ class Mixture(EMModel):
                 ``"random"`` (random distinct points as locations, the data's
                 spread) or ``"random_resp"`` (one M-step from random responsibilities).
         """
-        # NumPy data would meet traced indices inside the seeding loops.
-        x = self._filled(jax.tree.map(jnp.asarray, x))
+        if method not in INIT_METHODS:
+            raise ValueError(f"unknown init method {method!r}; choose one of {INIT_METHODS}.")
+        return self._init(key, x, method)
+
+    @eqx.filter_jit
+    def _init(self, key, x, method: str) -> MixtureParams:
+        # One program per configuration and shape: run op by op, the seeding loops were
+        # traced and compiled again on every call (and their programs never freed).
+        x = self._filled(x)
         k = self.n_components
         seeds = self.family.seed_points(x)
         if method == "kmeans":
             _, labels = _init.kmeans(key, seeds, k)
-            return self.init_from_labels(x, labels)
+            return self._m_step_from_resp(x, labels=labels)
         if method == "random_resp":
-            return self.init_from_resp(x, _init.random_responsibilities(key, n_rows(x), k, seeds.dtype))
+            return self._m_step_from_resp(x, _init.random_responsibilities(key, n_rows(x), k, seeds.dtype))
         if method == "kmeans++":
             centers = _init.kmeans_plus_plus(key, seeds, k)
-        elif method == "random":
-            centers = _init.random_points(key, seeds, k)
         else:
-            raise ValueError(f"unknown init method {method!r}; choose one of {INIT_METHODS}.")
+            centers = _init.random_points(key, seeds, k)
         return MixtureParams(self.gating.init(k, seeds.dtype, x), self.family.init_from_centers(x, centers))
 
     def init_active(self, key, x: Array, active: Array, method: str = "kmeans") -> MixtureParams:
@@ -494,12 +499,18 @@ class Mixture(EMModel):
         """
         if not isinstance(self.gating, ConstantGating):
             raise TypeError("init_active needs constant weights (ConstantGating): dropped components have weight 0.")
-        x = self._filled(jax.tree.map(jnp.asarray, x))
+        if method not in INIT_METHODS:
+            raise ValueError(f"unknown init method {method!r}; choose one of {INIT_METHODS}.")
+        return self._init_active(key, x, active, method)
+
+    @eqx.filter_jit
+    def _init_active(self, key, x, active, method: str) -> MixtureParams:
         if method == "kmeans":
+            x = self._filled(x)
             _, labels = _init.kmeans(key, self.family.seed_points(x), self.n_components, active=active)
-            params = self.init_from_labels(x, labels)
+            params = self._m_step_from_resp(x, labels=labels)
         else:
-            params = self.init(key, x, method)
+            params = self._init(key, x, method)
         weights = jnp.where(active, params.weights, 0.0)
         return MixtureParams(weights / jnp.sum(weights), params.components)
 
@@ -528,21 +539,34 @@ class Mixture(EMModel):
             return x
         return self.validate_rows(x)
 
-    def _m_step_from_resp(self, x, resp) -> MixtureParams:
-        resp = jnp.asarray(resp, self.family.seed_points(x).dtype)
+    @eqx.filter_jit
+    def _m_step_from_resp(self, x, resp=None, *, labels=None) -> MixtureParams:
+        """One M-step from responsibilities ``(N, K)`` or hard ``labels`` ``(N,)``, whose
+        one-hot rows are built chunk by chunk (never ``(N, K)`` at once)."""
+        dtype = self.family.seed_points(x).dtype
+        k = self.n_components
+        chunk = self._chunk_size(x)
+        if labels is None:
+            rows = jnp.asarray(resp, dtype)
+            counts = jnp.sum(rows, axis=0)
+            as_resp = lambda rc: rc  # noqa: E731
+        else:
+            rows = jnp.asarray(labels)
+            as_resp = lambda lc: jax.nn.one_hot(lc, k, dtype=dtype)  # noqa: E731
+            # Chunked too: a scatter-add of the labels builds two (N,) temporaries.
+            counts, _ = chunked_sum(lambda lc, _: (jnp.sum(as_resp(lc), axis=0), jnp.zeros(())), rows, None, chunk)
         # A component no point is responsible for (an empty k-means cluster when the
         # data have fewer distinct rows than K) would start at weight 0, never
         # revive in EM and give gradient ascent log 0: it starts instead as a
         # broad component, 1/K of every point (the data's mean and spread).
-        counts = jnp.sum(resp, axis=0)
-        empty = counts <= jnp.finfo(resp.dtype).eps * jnp.sum(counts)
-        resp = jnp.where(empty[None, :], 1.0 / self.n_components, resp)
+        empty = counts <= jnp.finfo(dtype).eps * jnp.sum(counts)
 
-        def chunk_stats(xc, rc):
+        def chunk_stats(xc, rows_c):
+            rc = jnp.where(empty[None, :], 1.0 / k, as_resp(rows_c))
             gating_stats = None if self.gating.counts_suffice else self.gating.statistics(xc, rc, None)
             return MixtureStats(jnp.sum(rc, axis=0), self.family.statistics(xc, rc, None), gating_stats), jnp.zeros(())
 
-        stats, _ = chunked_sum(chunk_stats, x, resp, self._chunk_size(x))
+        stats, _ = chunked_sum(chunk_stats, x, rows, chunk)
         return self.m_step(stats, None)
 
     def init_from_labels(self, x: Array, labels: Array) -> MixtureParams:
@@ -555,7 +579,7 @@ class Mixture(EMModel):
         """
         x = self._filled(self._concrete_rows(x))
         check_labels(labels, n_rows(x), self.n_components)
-        return self._m_step_from_resp(x, jax.nn.one_hot(labels, self.n_components))
+        return self._m_step_from_resp(x, labels=jnp.asarray(labels))
 
     # -- validation (host side, before compiling) ------------------------------------
 
@@ -721,13 +745,11 @@ class Mixture(EMModel):
              [ 1.8 54. ]]
         """
         self._require_missing("impute")
+        return self._map("_rows_impute", params, x)
 
-        def fill(xc):
-            lj, (x0, observed, _) = self._log_joint_and_cache(params, xc)
-            post = jax.nn.softmax(lj, axis=1)
-            return self.family.impute_mixture(params.components, x0, observed, post)
-
-        return self._map(fill, params, x)
+    def _rows_impute(self, params, x):
+        lj, (x0, observed, _) = self._log_joint_and_cache(params, x)
+        return self.family.impute_mixture(params.components, x0, observed, jax.nn.softmax(lj, axis=1))
 
     def sample_missing(self, key, params: MixtureParams, x: Array) -> Array:
         """One draw of the missing entries from their posterior given each row's
@@ -745,7 +767,10 @@ class Mixture(EMModel):
             (False, True)
         """
         self._require_missing("sample_missing")
-        x = self.validate_prediction(params, x)
+        return self._sample_missing(key, params, self.validate_prediction(params, x))
+
+    @eqx.filter_jit
+    def _sample_missing(self, key, params, x):
         k_z, k_x = jax.random.split(key)
         lj, (x0, observed, _) = self._log_joint_and_cache(params, x)
         components = jax.random.categorical(k_z, lj, axis=1)
@@ -796,9 +821,25 @@ class Mixture(EMModel):
                 "(result.restart_params) have a leading restart axis: pass result.params."
             )
 
-    def _map(self, fn, params: MixtureParams, x):
+    def _map(self, name: str, params: MixtureParams, x):
+        """``self.<name>(params, rows)`` over chunks of ``x`` once ``x`` is checked: one compiled program."""
         x = self.validate_prediction(params, x)
-        return chunked_map(fn, x, self._chunk_size(x))
+        return rowwise(self, name, params, x, self._chunk_size(x))
+
+    def _rows_log_prob(self, params, x):
+        return logsumexp(self.log_joint(params, x), axis=1)
+
+    def _rows_posterior(self, params, x):
+        return jax.nn.softmax(self.log_joint(params, x), axis=1)
+
+    def _rows_predict(self, params, x):
+        return jnp.argmax(self.log_joint(params, x), axis=1)
+
+    def _rows_criteria_terms(self, params, x):
+        """``log p(x)`` and ``log max_k p(k | x)`` per row (:meth:`information_criteria`)."""
+        lj = self.log_joint(params, x)
+        ll = logsumexp(lj, axis=1)
+        return ll, jnp.max(lj, axis=1) - ll
 
     def log_prob(self, params: MixtureParams, x: Array) -> Array:
         """Log density of each point under the mixture: ``(N,)``.
@@ -807,15 +848,15 @@ class Mixture(EMModel):
             TypeError / ValueError: ``x`` is not valid data for the family, or its
                 number of features differs from the components'.
         """
-        return self._map(lambda xc: logsumexp(self.log_joint(params, xc), axis=1), params, x)
+        return self._map("_rows_log_prob", params, x)
 
     def posterior(self, params: MixtureParams, x: Array) -> Array:
         """Responsibilities ``p(z = k | x_n)``: ``(N, K)``; ``x`` checked as in :meth:`log_prob`."""
-        return self._map(lambda xc: jax.nn.softmax(self.log_joint(params, xc), axis=1), params, x)
+        return self._map("_rows_posterior", params, x)
 
     def predict(self, params: MixtureParams, x: Array) -> Array:
         """Most probable component of each point: ``(N,)``; ``x`` checked as in :meth:`log_prob`."""
-        return self._map(lambda xc: jnp.argmax(self.log_joint(params, xc), axis=1), params, x)
+        return self._map("_rows_predict", params, x)
 
     def outlier_scores(self, params: MixtureParams, x: Array) -> tuple[Array, Array]:
         """Each point's ``(weight, distance)``, both ``(N,)``: its posterior expected
@@ -836,22 +877,22 @@ class Mixture(EMModel):
             >>> int(outliers.sum())
             4
         """
+        if not hasattr(self.family, "mahalanobis"):
+            raise TypeError(
+                f"outlier_scores needs Gaussian or Student-t components; the family is {type(self.family).__name__}.")
+        return self._map("_rows_outlier_scores", params, x)
+
+    def _rows_outlier_scores(self, params, x):
         family = self.family
-        if not hasattr(family, "mahalanobis"):
-            raise TypeError(f"outlier_scores needs Gaussian or Student-t components; the family is {type(family).__name__}.")
-
-        def scores(xc):
-            lj = self.log_joint(params, xc)
-            maha, d = family.distances(params.components, xc, self.missing)
-            if hasattr(family, "precision_weights"):
-                u = family.precision_weights(params.components, maha, d)
-                weight = jnp.sum(jax.nn.softmax(lj, axis=1) * u, axis=1)
-            else:
-                weight = jnp.ones(lj.shape[:1], lj.dtype)
-            best = jnp.argmax(lj, axis=1)
-            return weight, jnp.take_along_axis(maha, best[:, None], axis=1)[:, 0]
-
-        return self._map(scores, params, x)
+        lj = self.log_joint(params, x)
+        maha, d = family.distances(params.components, x, self.missing)
+        if hasattr(family, "precision_weights"):
+            u = family.precision_weights(params.components, maha, d)
+            weight = jnp.sum(jax.nn.softmax(lj, axis=1) * u, axis=1)
+        else:
+            weight = jnp.ones(lj.shape[:1], lj.dtype)
+        best = jnp.argmax(lj, axis=1)
+        return weight, jnp.take_along_axis(maha, best[:, None], axis=1)[:, 0]
 
     def score(self, params: MixtureParams, x: Array, weights: Array | None = None) -> Array:
         """Mean log-likelihood per point (weighted mean with ``weights``).
@@ -884,8 +925,12 @@ class Mixture(EMModel):
             raise ValueError(f"n, the number of points to sample, must be a positive integer; got {n!r}.")
         key = check_key(key)
         self._check_param_layout(params)
+        return self._sample(key, params, int(n))
+
+    @eqx.filter_jit
+    def _sample(self, key, params: MixtureParams, n: int):
         kz, kx = jax.random.split(key)
-        z = jax.random.categorical(kz, self.gating.log_weights(params.weights, None), shape=(int(n),))
+        z = jax.random.categorical(kz, self.gating.log_weights(params.weights, None), shape=(n,))
         return self.family.sample(kx, params.components, z), z
 
     def mean(self, params: MixtureParams) -> Array:
@@ -953,13 +998,7 @@ class Mixture(EMModel):
             >>> ic["n_parameters"], round(float(ic["bic"]), 1)
             (11, 2322.2)
         """
-
-        def terms(xc):
-            lj = self.log_joint(params, xc)
-            ll = logsumexp(lj, axis=1)
-            return ll, jnp.max(lj, axis=1) - ll  # log p(x), log max_k p(k | x)
-
-        ll, log_top = self._map(terms, params, x)
+        ll, log_top = self._map("_rows_criteria_terms", params, x)
         if weights is None:
             n = n_rows(x)
         else:

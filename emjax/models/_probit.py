@@ -103,6 +103,7 @@ class ProbitRegression(EMModel):
         """``-prior_precision |w|^2 / 2`` (up to a constant)."""
         return -0.5 * self.prior_precision * jnp.sum(params.weights * params.weights)
 
+    @eqx.filter_jit
     def init(self, key, data, method: str = "zeros") -> ProbitParams:
         """All weights 0 (every probability 1/2)."""
         x = jnp.asarray(data[0])

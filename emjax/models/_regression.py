@@ -192,6 +192,7 @@ class _EvidenceRegression(EMModel):
 
     init_methods = ("default",)
 
+    @eqx.filter_jit
     def init(self, key, data, method: str = "default") -> RegressionParams:
         """scikit-learn's start: ``beta = 1 / var(y)``, ``alpha = 1``; the posterior at them."""
         x, y = (jnp.asarray(a) for a in data)

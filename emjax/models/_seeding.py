@@ -8,11 +8,14 @@ traced index (inside the seeding loops) cannot be traced.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from jax import Array
 
-from .._chunks import chunked_map, default_chunk_size
+from .._checks import check_int
+from .._chunks import chunked_map, chunked_sum, default_chunk_size
 
 
 def _sq_dists(x: Array, centers: Array) -> Array:
@@ -26,12 +29,13 @@ def nearest(x: Array, centers: Array, active: Array | None = None) -> Array:
     (among the ``active`` ``(K,)`` centres only, when given)."""
     x, centers = jnp.asarray(x), jnp.asarray(centers)
     chunk = default_chunk_size(x.shape[0], centers.shape[0] * centers.shape[1])
+    return chunked_map(lambda xc: nearest_in_chunk(xc, centers, active), x, chunk)
 
-    def nearest_chunk(xc):
-        d = _sq_dists(xc, centers)
-        return jnp.argmin(d if active is None else jnp.where(active[None, :], d, jnp.inf), axis=1)
 
-    return chunked_map(nearest_chunk, x, chunk)
+def nearest_in_chunk(x: Array, centers: Array, active: Array | None = None) -> Array:
+    """:func:`nearest` on rows few enough for one ``(N, K, D)`` difference."""
+    d = _sq_dists(x, centers)
+    return jnp.argmin(d if active is None else jnp.where(active[None, :], d, jnp.inf), axis=1)
 
 
 def random_points(key, x: Array, n_components: int) -> Array:
@@ -63,7 +67,11 @@ def kmeans_plus_plus(key, x: Array, n_components: int) -> Array:
         [[ 4.45 83.  ]
          [ 2.15 46.  ]]
     """
-    x = jnp.asarray(x)
+    return _kmeans_plus_plus(key, jnp.asarray(x), check_int("n_components", n_components))
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _kmeans_plus_plus(key, x, n_components):
     n, d = x.shape
     # One uniform per centre, each inverted on the cumulative squared distances: a draw
     # with probability d_n^2 / sum d^2 (to the uniform's 2^-24 resolution) that compiles
@@ -123,19 +131,27 @@ def kmeans(key, x: Array, n_components: int, n_iter: int = 10, active: Array | N
         >>> np.bincount(labels)
         array([172, 100])
     """
-    x = jnp.asarray(x)
-    centers = kmeans_plus_plus(key, x, n_components)
+    return _kmeans(key, jnp.asarray(x), check_int("n_components", n_components), check_int("n_iter", n_iter, low=0),
+                   None if active is None else jnp.asarray(active))
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _kmeans(key, x, n_components, n_iter, active):
+    centers = _kmeans_plus_plus(key, x, n_components)
+    chunk = default_chunk_size(x.shape[0], n_components * x.shape[1])
+
+    def sums(centers, xc, _):
+        # Per chunk: no (N, K) one-hot of the whole data (as large as the data for K = D).
+        onehot = jax.nn.one_hot(nearest_in_chunk(xc, centers, active), n_components, dtype=x.dtype)
+        stats = jnp.sum(onehot, axis=0), jnp.matmul(onehot.T, xc, precision=jax.lax.Precision.HIGHEST)
+        return stats, jnp.zeros((), x.dtype)
 
     def body(_, centers):
-        labels = nearest(x, centers, active)
-        onehot = jax.nn.one_hot(labels, n_components, dtype=x.dtype)
-        counts = jnp.sum(onehot, axis=0)
-        sums = jnp.matmul(onehot.T, x, precision=jax.lax.Precision.HIGHEST)
-        return jnp.where(counts[:, None] > 0, sums / jnp.maximum(counts, 1)[:, None], centers)
+        (counts, total), _ = chunked_sum(functools.partial(sums, centers), x, None, chunk)
+        return jnp.where(counts[:, None] > 0, total / jnp.maximum(counts, 1)[:, None], centers)
 
     centers = jax.lax.fori_loop(0, n_iter, body, centers)
-    labels = nearest(x, centers, active)
-    return centers, labels
+    return centers, nearest(x, centers, active)
 
 
 def random_responsibilities(key, n: int, n_components: int, dtype) -> Array:

@@ -45,7 +45,7 @@ from .._checks import (
     is_traced,
     real_array,
 )
-from .._chunks import chunked_map, chunked_sum, default_chunk_size, n_features, n_rows
+from .._chunks import chunked_sum, default_chunk_size, n_features, n_rows, rowwise
 from .._model import EMModel
 from ..families._covariance import (
     COVARIANCE_TYPES,
@@ -382,11 +382,17 @@ class VariationalGaussianMixture(EMModel):
 
     def posterior(self, params: VariationalGaussianParams, x: Array) -> Array:
         """``(N, K)`` the responsibilities ``q(z_n = k)`` (scikit-learn's ``predict_proba``)."""
-        return self._map(lambda xc: jax.nn.softmax(self.log_joint(params, xc), axis=1), params, x)
+        return self._map("_rows_posterior", params, x)
 
     def predict(self, params: VariationalGaussianParams, x: Array) -> Array:
         """``(N,)`` each point's most probable component (scikit-learn's ``predict``)."""
-        return self._map(lambda xc: jnp.argmax(self.log_joint(params, xc), axis=1), params, x)
+        return self._map("_rows_predict", params, x)
+
+    def _rows_posterior(self, params, x):
+        return jax.nn.softmax(self.log_joint(params, x), axis=1)
+
+    def _rows_predict(self, params, x):
+        return jnp.argmax(self.log_joint(params, x), axis=1)
 
     # -- the M-step: statistics to the variational posterior --------------------------
 
@@ -478,6 +484,7 @@ class VariationalGaussianMixture(EMModel):
 
     # -- initialisation ---------------------------------------------------------------
 
+    @eqx.filter_jit
     def init(self, key, x: Array, method: str = "kmeans") -> VariationalGaussianParams:
         """The posterior after one M-step from initial responsibilities (scikit-learn's
         ``_initialize``), a pure function of ``key``.
@@ -568,26 +575,24 @@ class VariationalGaussianMixture(EMModel):
         """
         if kind not in LOG_PROB_KINDS:
             raise ValueError(f"kind must be one of {LOG_PROB_KINDS}; got {kind!r}.")
-        structure = self.structure
+        return self._map("_rows_log_prob", params, x, kind)
 
-        def density(xc):
-            if kind == "expected":
-                return logsumexp(self.log_joint(params, xc), axis=1)
-            log_w = jnp.log(self.weights(params))
-            d = xc.shape[-1]
-            maha, logdet = structure.mahalanobis_logdet(xc, params.means, params.covariances)
-            if kind == "plugin":
-                lp = -0.5 * (d * _LOG_2PI + logdet[None, :] + maha)
-            else:
-                # The t's scale is s_k covariances_k with s = (1 + kappa) nu / (kappa nu').
-                nu = self._dofs(params)
-                kappa = params.mean_precision
-                dof = nu + 1.0 - d
-                log_s = jnp.log1p(kappa) - jnp.log(kappa) + jnp.log(nu) - jnp.log(dof)
-                lp = _t_log_density(dof[None, :], d, (logdet + d * log_s)[None, :], maha * jnp.exp(-log_s)[None, :])
-            return logsumexp(lp + log_w[None, :], axis=1)
-
-        return self._map(density, params, x)
+    def _rows_log_prob(self, params, xc, kind):
+        if kind == "expected":
+            return logsumexp(self.log_joint(params, xc), axis=1)
+        log_w = jnp.log(self.weights(params))
+        d = xc.shape[-1]
+        maha, logdet = self.structure.mahalanobis_logdet(xc, params.means, params.covariances)
+        if kind == "plugin":
+            lp = -0.5 * (d * _LOG_2PI + logdet[None, :] + maha)
+        else:
+            # The t's scale is s_k covariances_k with s = (1 + kappa) nu / (kappa nu').
+            nu = self._dofs(params)
+            kappa = params.mean_precision
+            dof = nu + 1.0 - d
+            log_s = jnp.log1p(kappa) - jnp.log(kappa) + jnp.log(nu) - jnp.log(dof)
+            lp = _t_log_density(dof[None, :], d, (logdet + d * log_s)[None, :], maha * jnp.exp(-log_s)[None, :])
+        return logsumexp(lp + log_w[None, :], axis=1)
 
     def score(self, params: VariationalGaussianParams, x: Array, kind: str = "predictive") -> Array:
         """The mean of :meth:`log_prob` over the points of ``x``."""
@@ -665,11 +670,11 @@ class VariationalGaussianMixture(EMModel):
     def _chunk_size(self, x) -> int:
         return default_chunk_size(n_rows(x), self.row_width(x))
 
-    def _map(self, fn, params, x):
+    def _map(self, name: str, params, x, *options):
         if not is_traced(x):
             x = self.validate_rows(x)
             self.validate_params(params, x)
-        return chunked_map(fn, x, self._chunk_size(x))
+        return rowwise(self, name, params, x, self._chunk_size(x), *options)
 
 
 def _check_covariance_prior(value, structure) -> np.ndarray:
