@@ -7,12 +7,14 @@ chunks: a ``lax.scan`` over equal chunks and one call on the ragged remainder
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from ._checks import is_traced
 from ._model import add_stats
 
 #: Elements of the largest per-chunk intermediate (chunk x K x D) aimed for: small
@@ -122,7 +124,27 @@ def chunked_map(fn: Callable, x, chunk_size: int | None):
     return out
 
 
-@eqx.filter_jit
+def compiled(fn: Callable) -> Callable:
+    """``fn`` as a public entry point: compiled (``eqx.filter_jit``: arrays traced,
+    everything else static) when called on concrete values, so that it compiles once
+    per configuration, shape and dtype, and run as it is when any argument is traced,
+    inlined into the caller's program (a nested jit would make ``vmap`` re-trace it
+    batched and add a function to the lowered module: a fit's trace took 15-30% longer).
+
+    Decorates functions and methods alike (``self`` is the first argument).
+    """
+    jitted = eqx.filter_jit(fn)
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        if any(is_traced(a) for a in jax.tree.leaves((args, kwargs))):
+            return fn(*args, **kwargs)
+        return jitted(*args, **kwargs)
+
+    return call
+
+
+@compiled
 def rowwise(model, name: str, params, x, chunk_size: int | None, *options):
     """``model.<name>(params, rows, *options)`` over chunks of ``x`` (:func:`chunked_map`):
     one compiled program per model configuration, method, options, shape and dtype.

@@ -39,7 +39,7 @@ from .._checks import (
     raise_first,
     safe_log,
 )
-from .._chunks import default_chunk_size, n_rows, rowwise
+from .._chunks import compiled, default_chunk_size, n_rows, rowwise
 from .._model import EMModel
 from ._mixture import latent_posterior
 
@@ -489,7 +489,7 @@ class DiscreteBayesNet(EMModel):
         """``E_q[log p(x, hidden | params)] = sum_v sum counts_v log cpt_v``, linear in ``stats`` (incremental EM)."""
         return sum(jnp.sum(c * safe_log(cpt)) for c, cpt in zip(stats.counts, params.cpts))
 
-    @eqx.filter_jit
+    @compiled
     def init(self, key, x, method: str = "random") -> BayesNetParams:
         """Every CPT row drawn from a flat ``Dirichlet(1)``: a pure function of ``key`` (vmapped over restarts).
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import abc
-import functools
 import math
 from typing import ClassVar
 
@@ -14,7 +13,7 @@ import equinox as eqx
 from jax import Array
 
 from .._checks import as_data_matrix, check_int, check_n_components
-from .._chunks import default_chunk_size, n_rows, rowwise
+from .._chunks import compiled, default_chunk_size, n_rows, rowwise
 from .._model import EMModel
 from .._stopping import StoppingRule
 from ..families._base import rows_times
@@ -207,7 +206,7 @@ class KMeans(HardClustering):
 
     # -- initialisation ----------------------------------------------------------------------
 
-    @eqx.filter_jit
+    @compiled
     def init(self, key, x, method: str = "k-means++") -> KMeansParams:
         """Initial centres: ``"k-means++"`` (greedy, as scikit-learn: ``2 + log K``
         candidates per step, the one that lowers the inertia most kept) or
@@ -292,7 +291,7 @@ def greedy_kmeans_plus_plus(
     return _greedy_kmeans_plus_plus(key, jnp.asarray(x), n_clusters, trials, None if weights is None else jnp.asarray(weights))
 
 
-@functools.partial(jax.jit, static_argnums=(2, 3))
+@compiled
 def _greedy_kmeans_plus_plus(key, x, n_clusters, trials, weights):
     n, d = x.shape
     k0, key = jax.random.split(key)

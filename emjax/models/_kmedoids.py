@@ -11,7 +11,7 @@ import equinox as eqx
 from jax import Array
 
 from .._checks import check_n_components
-from .._chunks import default_chunk_size, n_rows, rowwise
+from .._chunks import compiled, default_chunk_size, n_rows, rowwise
 from ._kmeans import HardClustering
 
 _METRICS = {
@@ -173,7 +173,7 @@ class KMedoids(HardClustering):
 
     # -- initialisation ----------------------------------------------------------------------
 
-    @eqx.filter_jit
+    @compiled
     def init(self, key, x, method: str = "k-medoids++") -> KMedoidsParams:
         """``"k-medoids++"`` (k-means++ with the dissimilarity: each next medoid drawn
         with probability proportional to its dissimilarity to the nearest so far) or

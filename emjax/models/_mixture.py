@@ -27,7 +27,7 @@ from .._checks import (
     float_dtype,
     is_traced,
 )
-from .._chunks import chunked_sum, default_chunk_size, n_features, n_rows, rowwise
+from .._chunks import chunked_sum, compiled, default_chunk_size, n_features, n_rows, rowwise
 from .._model import EMModel, add_stats, scale_stats
 from ..families._priors import Dirichlet
 from ..families._base import Family
@@ -462,7 +462,7 @@ class Mixture(EMModel):
             raise ValueError(f"unknown init method {method!r}; choose one of {INIT_METHODS}.")
         return self._init(key, x, method)
 
-    @eqx.filter_jit
+    @compiled
     def _init(self, key, x, method: str) -> MixtureParams:
         # One program per configuration and shape: run op by op, the seeding loops were
         # traced and compiled again on every call (and their programs never freed).
@@ -503,7 +503,7 @@ class Mixture(EMModel):
             raise ValueError(f"unknown init method {method!r}; choose one of {INIT_METHODS}.")
         return self._init_active(key, x, active, method)
 
-    @eqx.filter_jit
+    @compiled
     def _init_active(self, key, x, active, method: str) -> MixtureParams:
         if method == "kmeans":
             x = self._filled(x)
@@ -539,7 +539,7 @@ class Mixture(EMModel):
             return x
         return self.validate_rows(x)
 
-    @eqx.filter_jit
+    @compiled
     def _m_step_from_resp(self, x, resp=None, *, labels=None) -> MixtureParams:
         """One M-step from responsibilities ``(N, K)`` or hard ``labels`` ``(N,)``, whose
         one-hot rows are built chunk by chunk (never ``(N, K)`` at once)."""
@@ -769,7 +769,7 @@ class Mixture(EMModel):
         self._require_missing("sample_missing")
         return self._sample_missing(key, params, self.validate_prediction(params, x))
 
-    @eqx.filter_jit
+    @compiled
     def _sample_missing(self, key, params, x):
         k_z, k_x = jax.random.split(key)
         lj, (x0, observed, _) = self._log_joint_and_cache(params, x)
@@ -927,7 +927,7 @@ class Mixture(EMModel):
         self._check_param_layout(params)
         return self._sample(key, params, int(n))
 
-    @eqx.filter_jit
+    @compiled
     def _sample(self, key, params: MixtureParams, n: int):
         kz, kx = jax.random.split(key)
         z = jax.random.categorical(kz, self.gating.log_weights(params.weights, None), shape=(n,))

@@ -11,6 +11,7 @@ import equinox as eqx
 from jax import Array
 from jax.scipy.special import log_ndtr, ndtr
 
+from .._chunks import compiled
 from .._checks import as_regression_data, check_number
 from .._model import EMModel
 
@@ -103,7 +104,7 @@ class ProbitRegression(EMModel):
         """``-prior_precision |w|^2 / 2`` (up to a constant)."""
         return -0.5 * self.prior_precision * jnp.sum(params.weights * params.weights)
 
-    @eqx.filter_jit
+    @compiled
     def init(self, key, data, method: str = "zeros") -> ProbitParams:
         """All weights 0 (every probability 1/2)."""
         x = jnp.asarray(data[0])

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import equinox as eqx
 from jax import Array
 
+from .._chunks import compiled
 from .._checks import as_regression_data, check_number
 from .._model import EMModel
 
@@ -192,7 +193,7 @@ class _EvidenceRegression(EMModel):
 
     init_methods = ("default",)
 
-    @eqx.filter_jit
+    @compiled
     def init(self, key, data, method: str = "default") -> RegressionParams:
         """scikit-learn's start: ``beta = 1 / var(y)``, ``alpha = 1``; the posterior at them."""
         x, y = (jnp.asarray(a) for a in data)

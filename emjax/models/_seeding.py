@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from jax import Array
 
 from .._checks import check_int
-from .._chunks import chunked_map, chunked_sum, default_chunk_size
+from .._chunks import chunked_map, chunked_sum, compiled, default_chunk_size
 
 
 def _sq_dists(x: Array, centers: Array) -> Array:
@@ -70,7 +70,7 @@ def kmeans_plus_plus(key, x: Array, n_components: int) -> Array:
     return _kmeans_plus_plus(key, jnp.asarray(x), check_int("n_components", n_components))
 
 
-@functools.partial(jax.jit, static_argnums=2)
+@compiled
 def _kmeans_plus_plus(key, x, n_components):
     n, d = x.shape
     # One uniform per centre, each inverted on the cumulative squared distances: a draw
@@ -135,7 +135,7 @@ def kmeans(key, x: Array, n_components: int, n_iter: int = 10, active: Array | N
                    None if active is None else jnp.asarray(active))
 
 
-@functools.partial(jax.jit, static_argnums=(2, 3))
+@compiled
 def _kmeans(key, x, n_components, n_iter, active):
     centers = _kmeans_plus_plus(key, x, n_components)
     chunk = default_chunk_size(x.shape[0], n_components * x.shape[1])

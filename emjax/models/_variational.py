@@ -45,7 +45,7 @@ from .._checks import (
     is_traced,
     real_array,
 )
-from .._chunks import chunked_sum, default_chunk_size, n_features, n_rows, rowwise
+from .._chunks import chunked_sum, compiled, default_chunk_size, n_features, n_rows, rowwise
 from .._model import EMModel
 from ..families._covariance import (
     COVARIANCE_TYPES,
@@ -484,7 +484,7 @@ class VariationalGaussianMixture(EMModel):
 
     # -- initialisation ---------------------------------------------------------------
 
-    @eqx.filter_jit
+    @compiled
     def init(self, key, x: Array, method: str = "kmeans") -> VariationalGaussianParams:
         """The posterior after one M-step from initial responsibilities (scikit-learn's
         ``_initialize``), a pure function of ``key``.
