@@ -115,28 +115,29 @@ def assert_weighted_equals_repeated(weighted, repeated):
 #: busy to the end (longest job first). Without ``--no-loadscope-reorder`` xdist orders
 #: files by their number of tests instead, and ``tests/sklearn/test_estimators.py`` (113 s,
 #: 19 tests) started at 74% and ran alone for the last two minutes.
-LONG_FILES = (  # seconds of test time each, measured at ae514cf (2-core CPU, cold compilation cache, -n 2)
-    "tests/sklearn/test_sklearn_gaussian_mixture.py",  # 123
-    "tests/sklearn/test_estimators.py",  # 113
-    "tests/test_doctests.py",  # 89
-    "tests/test_adjoint.py",  # 72
-    "tests/families/test_conformance.py",  # 71
-    "tests/test_notebooks.py",  # 68
-    "tests/test_readme.py",  # 64
-    "tests/data/test_sharded.py",  # 54 (one subprocess)
-    "tests/algorithms/test_em_variants.py",  # 51
-    "tests/data/test_sources.py",  # 47
-    "tests/algorithms/test_online_em.py",  # 46
-    "tests/algorithms/test_gradient.py",  # 45
-    "tests/test_properties.py",  # 41
-    "tests/models/test_missing.py",  # 40
-    "tests/data/test_stream.py",  # 38
-    "tests/algorithms/test_batch_em.py",  # 38
-    "tests/cli/test_cli.py",  # 36
-    "tests/families/test_student.py",  # 36
-    "tests/families/test_counts.py",  # 31
+LONG_FILES = (  # seconds of test time each, measured at 03ef615 (2-core CPU, cold compilation cache, -n 2)
+    "tests/sklearn/test_estimators.py",  # 95
+    "tests/sklearn/test_sklearn_gaussian_mixture.py",  # 87
+    "tests/test_readme.py",  # 66
+    "tests/test_adjoint.py",  # 65
+    "tests/test_doctests.py",  # 63
+    "tests/families/test_conformance.py",  # 56
+    "tests/test_notebooks.py",  # 54
+    "tests/data/test_sharded.py",  # 41 (one subprocess)
+    "tests/algorithms/test_em_variants.py",  # 41
+    "tests/test_compile_once.py",  # 40 (one subprocess)
+    "tests/test_properties.py",  # 38
+    "tests/data/test_sources.py",  # 36
+    "tests/families/test_student.py",  # 35
+    "tests/algorithms/test_online_em.py",  # 34
+    "tests/data/test_stream.py",  # 32
+    "tests/algorithms/test_gradient.py",  # 31
+    "tests/models/test_missing.py",  # 31
+    "tests/algorithms/test_batch_em.py",  # 28
     "tests/models/test_variational.py",  # 24
-    "tests/test_runner.py",  # 22
+    "tests/cli/test_cli.py",  # 24
+    "tests/families/test_counts.py",  # 23
+    "tests/families/test_regularization.py",  # 22
 )
 
 
