@@ -86,9 +86,9 @@ def _feature_variance(data) -> tuple[Array, Array]:
     0 where it is below the rounding of the column's values; and ``(D,)`` that
     rounding, the ulp ``eps |mean|`` of each column."""
     # Missing entries (NaN, under Mixture(missing=True)) are left out of each column's moments.
-    # The shift only has to be central for the one-pass moments: the mean of at most
-    # 1024 evenly spaced rows of the sample (all of it, a whole (N, D) pass, was
-    # materialised as two (N, D) temporaries by XLA:CPU).
+    # The shift only has to be central for the one-pass moments: the mean of every
+    # (N // 1024)-th row of the sample, 1024 to 2047 rows (all of them, a whole (N, D)
+    # pass, was materialised as two (N, D) temporaries by XLA:CPU).
     sample = data.sample
     sample = sample[:: max(1, sample.shape[0] // 1024)]
     seen = ~jnp.isnan(sample)
